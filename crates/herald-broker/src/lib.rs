@@ -1,0 +1,18 @@
+//! The broker: where messages get their offsets, where history lives, and how live messages
+//! reach every node that has subscribers.
+//!
+//! The server talks only to the [`Broker`] trait. [`MemoryBroker`] is the embedded single-node
+//! default; a Redis implementation sits behind the same trait for multi-node deployments.
+
+mod broker;
+pub mod memory;
+
+pub use broker::{Broker, BrokerError, History, Published, Sink};
+pub use memory::{MemoryBroker, MemoryConfig};
+
+/// Unix time in microseconds (for `Message::published_at_us`).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}

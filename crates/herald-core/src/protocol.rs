@@ -1,0 +1,437 @@
+//! The JSON protocol: publish request bodies, WebSocket client ops and server frames.
+//!
+//! Parsing is two-step: serde reads a permissive shape, then `validate` turns it into typed
+//! values or an [`ErrorCode`] with a message a client developer can act on. Server frames are
+//! written by hand into `Bytes` because they sit on the fan-out hot path and contain only
+//! pre-validated names (no escaping needed) plus already-compact JSON data.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::{
+    channel::{ChannelName, EventName},
+    error::ErrorCode,
+    json,
+    message::{Epoch, Message, StreamPosition},
+};
+
+/// Idempotency keys are 1-128 printable ASCII characters.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// A rejected request: the code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Limits applied while validating, from the server's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_channel_len: usize,
+    /// Largest compacted `data` accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Most channels in one broadcast.
+    pub max_broadcast_channels: usize,
+}
+
+/// A validated publish to one channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub channel: ChannelName,
+    pub event: Option<EventName>,
+    /// Compact single-line JSON.
+    pub data: Bytes,
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawPublish<'a> {
+    channel: Option<&'a str>,
+    channels: Option<Vec<&'a str>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    event: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
+    serde_json::from_slice(body)
+        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
+}
+
+fn channel(name: &str, limits: &Limits) -> Result<ChannelName, Rejection> {
+    ChannelName::parse_with_limit(name, limits.max_channel_len).map_err(|e| {
+        Rejection::new(
+            ErrorCode::InvalidChannel,
+            format!("invalid channel {name:?}: {e}"),
+        )
+    })
+}
+
+fn event(name: Option<&str>) -> Result<Option<EventName>, Rejection> {
+    name.map(|e| {
+        EventName::parse(e).map_err(|err| {
+            Rejection::new(
+                ErrorCode::InvalidEvent,
+                format!("invalid event {e:?}: {err}"),
+            )
+        })
+    })
+    .transpose()
+}
+
+fn idempotency_key(key: Option<&str>) -> Result<Option<String>, Rejection> {
+    match key {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_owned()))
+        }
+        Some(_) => Err(Rejection::new(
+            ErrorCode::BadRequest,
+            format!(
+                "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+            ),
+        )),
+    }
+}
+
+fn data(raw: Option<&RawValue>, limits: &Limits) -> Result<Bytes, Rejection> {
+    let raw = raw.ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `data`"))?;
+    let compact = json::compact(raw.get());
+    if compact.len() > limits.max_message_bytes {
+        return Err(Rejection::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "data is {} bytes; the limit is {}",
+                compact.len(),
+                limits.max_message_bytes
+            ),
+        ));
+    }
+    Ok(Bytes::from(compact))
+}
+
+/// Parses the body of `POST /v1/publish`.
+pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Publish, Rejection> {
+    let raw: RawPublish<'_> = parse_json(body)?;
+    let name = raw
+        .channel
+        .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channel`"))?;
+    Ok(Publish {
+        channel: channel(name, limits)?,
+        event: event(raw.event)?,
+        data: data(raw.data, limits)?,
+        idempotency_key: idempotency_key(raw.idempotency_key)?,
+    })
+}
+
+/// Parses the body of `POST /v1/broadcast` into one publish per (deduplicated) channel. An
+/// idempotency key applies per channel, so a retried broadcast publishes nothing new anywhere.
+pub fn parse_broadcast(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Rejection> {
+    let raw: RawPublish<'_> = parse_json(body)?;
+    let names = raw
+        .channels
+        .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channels`"))?;
+    if names.is_empty() || names.len() > limits.max_broadcast_channels {
+        return Err(Rejection::new(
+            ErrorCode::LimitExceeded,
+            format!(
+                "channels must list 1-{} channels",
+                limits.max_broadcast_channels
+            ),
+        ));
+    }
+    let event = event(raw.event)?;
+    let data = data(raw.data, limits)?;
+    let key = idempotency_key(raw.idempotency_key)?;
+    let mut out: Vec<Publish> = Vec::with_capacity(names.len());
+    for name in names {
+        let channel = channel(name, limits)?;
+        if out.iter().all(|p| p.channel != channel) {
+            out.push(Publish {
+                channel,
+                event: event.clone(),
+                data: data.clone(),
+                idempotency_key: key.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A WebSocket client op, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientOp {
+    Subscribe {
+        id: Option<u64>,
+        channel: ChannelName,
+        since: Option<StreamPosition>,
+    },
+    Unsubscribe {
+        id: Option<u64>,
+        channel: ChannelName,
+    },
+    Publish {
+        id: Option<u64>,
+        publish: Publish,
+    },
+    Ping {
+        id: Option<u64>,
+    },
+}
+
+#[derive(Deserialize)]
+struct RawSince<'a> {
+    offset: u64,
+    epoch: &'a str,
+}
+
+#[derive(Deserialize)]
+struct RawOp<'a> {
+    op: Option<&'a str>,
+    id: Option<u64>,
+    channel: Option<&'a str>,
+    #[serde(borrow)]
+    since: Option<RawSince<'a>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    event: Option<&'a str>,
+    idempotency_key: Option<&'a str>,
+}
+
+/// A rejected op, with the client's correlation id when it could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpRejection {
+    pub id: Option<u64>,
+    pub rejection: Rejection,
+}
+
+/// Parses one WebSocket text frame.
+pub fn parse_client_op(frame: &[u8], limits: &Limits) -> Result<ClientOp, OpRejection> {
+    let raw: RawOp<'_> = parse_json(frame).map_err(|rejection| OpRejection {
+        id: None,
+        rejection,
+    })?;
+    let id = raw.id;
+    let fail = |rejection| OpRejection { id, rejection };
+    let need_channel = || {
+        raw.channel
+            .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channel`"))
+            .and_then(|c| channel(c, limits))
+    };
+    match raw.op {
+        Some("subscribe") => {
+            let since = match &raw.since {
+                None => None,
+                Some(s) => Some(StreamPosition {
+                    epoch: Epoch::parse(s.epoch).ok_or_else(|| {
+                        fail(Rejection::new(
+                            ErrorCode::InvalidPosition,
+                            "since.epoch is not a valid epoch",
+                        ))
+                    })?,
+                    offset: s.offset,
+                }),
+            };
+            Ok(ClientOp::Subscribe {
+                id,
+                channel: need_channel().map_err(fail)?,
+                since,
+            })
+        }
+        Some("unsubscribe") => Ok(ClientOp::Unsubscribe {
+            id,
+            channel: need_channel().map_err(fail)?,
+        }),
+        Some("publish") => Ok(ClientOp::Publish {
+            id,
+            publish: Publish {
+                channel: need_channel().map_err(fail)?,
+                event: event(raw.event).map_err(fail)?,
+                data: data(raw.data, limits).map_err(fail)?,
+                idempotency_key: idempotency_key(raw.idempotency_key).map_err(fail)?,
+            },
+        }),
+        Some("ping") => Ok(ClientOp::Ping { id }),
+        Some(other) => Err(fail(Rejection::new(
+            ErrorCode::UnknownOp,
+            format!(
+                "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
+                truncate(other)
+            ),
+        ))),
+        None => Err(fail(Rejection::new(
+            ErrorCode::InvalidJson,
+            "missing field `op`",
+        ))),
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+// ---- server frames -------------------------------------------------------------------------
+
+fn put_id(out: &mut BytesMut, id: Option<u64>) {
+    if let Some(id) = id {
+        out.put_slice(b",\"id\":");
+        out.put_slice(id.to_string().as_bytes());
+    }
+}
+
+/// `{"type":"message","channel","offset","epoch","event"?,"data"}`: encoded once per message and
+/// shared by every WebSocket subscriber.
+pub fn message_frame(msg: &Message) -> Bytes {
+    let mut out = BytesMut::with_capacity(msg.data.len() + msg.channel.as_str().len() + 96);
+    out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
+    out.put_slice(msg.channel.as_str().as_bytes());
+    out.put_slice(b"\",\"offset\":");
+    out.put_slice(msg.offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":\"");
+    out.put_slice(msg.epoch.as_str().as_bytes());
+    out.put_slice(b"\"");
+    if let Some(e) = &msg.event {
+        out.put_slice(b",\"event\":\"");
+        out.put_slice(e.as_str().as_bytes());
+        out.put_slice(b"\"");
+    }
+    out.put_slice(b",\"data\":");
+    out.put_slice(&msg.data);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"subscribed","channel","offset","epoch","recovered","id"?}`. `offset`/`epoch` are the
+/// channel's position when the subscription went live: the client's new resume point.
+pub fn subscribed_frame(
+    id: Option<u64>,
+    channel: &ChannelName,
+    pos: &StreamPosition,
+    recovered: bool,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_slice(
+        format!(
+            "{{\"type\":\"subscribed\",\"channel\":\"{}\",\"offset\":{},\"epoch\":\"{}\",\"recovered\":{}",
+            channel, pos.offset, pos.epoch, recovered
+        )
+        .as_bytes(),
+    );
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"unsubscribed","channel","id"?}`.
+pub fn unsubscribed_frame(id: Option<u64>, channel: &ChannelName) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_slice(format!("{{\"type\":\"unsubscribed\",\"channel\":\"{channel}\"").as_bytes());
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"published","channel","offset","epoch","id"?}`: the ack of a WebSocket publish.
+pub fn published_frame(id: Option<u64>, channel: &ChannelName, pos: &StreamPosition) -> Bytes {
+    let mut out = BytesMut::with_capacity(96);
+    out.put_slice(
+        format!(
+            "{{\"type\":\"published\",\"channel\":\"{}\",\"offset\":{},\"epoch\":\"{}\"",
+            channel, pos.offset, pos.epoch
+        )
+        .as_bytes(),
+    );
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"pong","id"?}`.
+pub fn pong_frame(id: Option<u64>) -> Bytes {
+    let mut out = BytesMut::with_capacity(32);
+    out.put_slice(b"{\"type\":\"pong\"");
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"error","code","message","id"?}`.
+pub fn error_frame(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
+    let mut v = serde_json::json!({"type": "error", "code": code.as_str(), "message": message});
+    if let Some(id) = id {
+        v["id"] = id.into();
+    }
+    Bytes::from(v.to_string())
+}
+
+// ---- WebSocket framing -----------------------------------------------------------------------
+
+/// WebSocket opcodes the server writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opcode {
+    Text = 0x1,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
+}
+
+/// Appends an unmasked, final server frame header for a payload of `len` bytes (RFC 6455 5.2).
+pub fn put_frame_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
+    out.put_u8(0x80 | opcode as u8);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// A complete frame: header plus payload.
+pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(payload.len() + 10);
+    put_frame_header(&mut out, opcode, payload.len());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// A close frame with status `code` and a short reason (truncated to fit the 125-byte limit).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(truncate_to(reason, 123).as_bytes());
+    frame(Opcode::Close, &payload)
+}
+
+fn truncate_to(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests;

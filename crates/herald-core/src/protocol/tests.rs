@@ -1,0 +1,218 @@
+use super::*;
+use proptest::prelude::*;
+
+const LIMITS: Limits = Limits {
+    max_channel_len: 32,
+    max_message_bytes: 64,
+    max_broadcast_channels: 3,
+};
+
+fn code<T: std::fmt::Debug>(r: Result<T, Rejection>) -> ErrorCode {
+    r.expect_err("should be rejected").code
+}
+
+#[test]
+fn publish_parses_and_compacts_data() {
+    let p = parse_publish(
+        br#"{"channel":"news","data":{ "a" : [1, 2] },"event":"upd","idempotency_key":"k1"}"#,
+        &LIMITS,
+    )
+    .expect("valid");
+    assert_eq!(p.channel.as_str(), "news");
+    assert_eq!(&p.data[..], br#"{"a":[1,2]}"#);
+    assert_eq!(p.event.as_ref().map(|e| e.as_str()), Some("upd"));
+    assert_eq!(p.idempotency_key.as_deref(), Some("k1"));
+}
+
+#[test]
+fn publish_rejections_carry_the_right_code() {
+    assert_eq!(code(parse_publish(b"{", &LIMITS)), ErrorCode::InvalidJson);
+    assert_eq!(code(parse_publish(b"[]", &LIMITS)), ErrorCode::InvalidJson);
+    assert_eq!(
+        code(parse_publish(br#"{"data":1}"#, &LIMITS)),
+        ErrorCode::InvalidJson
+    );
+    assert_eq!(
+        code(parse_publish(br#"{"channel":"a"}"#, &LIMITS)),
+        ErrorCode::InvalidJson
+    );
+    assert_eq!(
+        code(parse_publish(br#"{"channel":"a b","data":1}"#, &LIMITS)),
+        ErrorCode::InvalidChannel
+    );
+    let long = format!(r#"{{"channel":"{}","data":1}}"#, "a".repeat(33));
+    assert_eq!(
+        code(parse_publish(long.as_bytes(), &LIMITS)),
+        ErrorCode::InvalidChannel
+    );
+    assert_eq!(
+        code(parse_publish(
+            br#"{"channel":"a","data":1,"event":"herald.x"}"#,
+            &LIMITS
+        )),
+        ErrorCode::InvalidEvent
+    );
+    assert_eq!(
+        code(parse_publish(
+            br#"{"channel":"a","data":1,"idempotency_key":""}"#,
+            &LIMITS
+        )),
+        ErrorCode::BadRequest
+    );
+    let big = format!(r#"{{"channel":"a","data":"{}"}}"#, "x".repeat(100));
+    assert_eq!(
+        code(parse_publish(big.as_bytes(), &LIMITS)),
+        ErrorCode::PayloadTooLarge
+    );
+    assert_eq!(
+        code(parse_publish(b"\xff\xfe", &LIMITS)),
+        ErrorCode::InvalidJson
+    );
+}
+
+#[test]
+fn broadcast_dedupes_channels_and_enforces_the_limit() {
+    let b = parse_broadcast(br#"{"channels":["a","b","a"],"data":true}"#, &LIMITS).expect("valid");
+    assert_eq!(
+        b.iter().map(|p| p.channel.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert_eq!(
+        code(parse_broadcast(br#"{"channels":[],"data":1}"#, &LIMITS)),
+        ErrorCode::LimitExceeded
+    );
+    assert_eq!(
+        code(parse_broadcast(
+            br#"{"channels":["a","b","c","d"],"data":1}"#,
+            &LIMITS
+        )),
+        ErrorCode::LimitExceeded
+    );
+    assert_eq!(
+        code(parse_broadcast(
+            br#"{"channels":["ok","no way"],"data":1}"#,
+            &LIMITS
+        )),
+        ErrorCode::InvalidChannel
+    );
+}
+
+#[test]
+fn client_ops_parse() {
+    let op = parse_client_op(
+        br#"{"op":"subscribe","channel":"a","since":{"offset":3,"epoch":"ab"},"id":9}"#,
+        &LIMITS,
+    );
+    assert_eq!(
+        op,
+        Ok(ClientOp::Subscribe {
+            id: Some(9),
+            channel: ChannelName::parse("a").expect("name"),
+            since: Some(StreamPosition {
+                epoch: Epoch::parse("ab").expect("epoch"),
+                offset: 3
+            }),
+        })
+    );
+    assert!(matches!(
+        parse_client_op(br#"{"op":"unsubscribe","channel":"a"}"#, &LIMITS),
+        Ok(ClientOp::Unsubscribe { .. })
+    ));
+    assert!(matches!(
+        parse_client_op(br#"{"op":"ping"}"#, &LIMITS),
+        Ok(ClientOp::Ping { id: None })
+    ));
+    let publish = parse_client_op(br#"{"op":"publish","channel":"a","data":[1]}"#, &LIMITS);
+    assert!(matches!(publish, Ok(ClientOp::Publish { .. })));
+}
+
+#[test]
+fn client_op_rejections_keep_the_id() {
+    let err = parse_client_op(br#"{"op":"dance","id":4}"#, &LIMITS).expect_err("unknown");
+    assert_eq!(
+        (err.id, err.rejection.code),
+        (Some(4), ErrorCode::UnknownOp)
+    );
+    let err = parse_client_op(br#"{"op":"subscribe","id":5}"#, &LIMITS).expect_err("no channel");
+    assert_eq!(
+        (err.id, err.rejection.code),
+        (Some(5), ErrorCode::InvalidJson)
+    );
+    let err = parse_client_op(
+        br#"{"op":"subscribe","channel":"a","since":{"offset":1,"epoch":"!"}}"#,
+        &LIMITS,
+    )
+    .expect_err("bad epoch");
+    assert_eq!(err.rejection.code, ErrorCode::InvalidPosition);
+    let err = parse_client_op(b"not json", &LIMITS).expect_err("garbage");
+    assert_eq!((err.id, err.rejection.code), (None, ErrorCode::InvalidJson));
+    assert_eq!(
+        parse_client_op(br#"{"id":1}"#, &LIMITS)
+            .expect_err("no op")
+            .rejection
+            .code,
+        ErrorCode::InvalidJson
+    );
+}
+
+#[test]
+fn server_frames_are_valid_json() {
+    let msg = Message {
+        channel: ChannelName::parse("chat:1").expect("name"),
+        offset: 12,
+        epoch: Epoch::parse("e9").expect("epoch"),
+        event: Some(EventName::parse("upd").expect("event")),
+        data: Bytes::from_static(br#"{"x":"y"}"#),
+        published_at_us: 1,
+    };
+    let v: serde_json::Value = serde_json::from_slice(&message_frame(&msg)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"message","channel":"chat:1","offset":12,"epoch":"e9","event":"upd","data":{"x":"y"}})
+    );
+    let pos = msg.position();
+    let v: serde_json::Value =
+        serde_json::from_slice(&subscribed_frame(Some(3), &msg.channel, &pos, true)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"subscribed","channel":"chat:1","offset":12,"epoch":"e9","recovered":true,"id":3})
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&error_frame(None, ErrorCode::UnknownOp, "say \"what\""))
+            .expect("json");
+    assert_eq!(v["message"], "say \"what\"");
+    for f in [
+        pong_frame(Some(1)),
+        unsubscribed_frame(None, &msg.channel),
+        published_frame(Some(2), &msg.channel, &pos),
+    ] {
+        serde_json::from_slice::<serde_json::Value>(&f).expect("json");
+    }
+}
+
+#[test]
+fn frame_headers_use_the_right_length_encoding() {
+    assert_eq!(&frame(Opcode::Text, b"hi")[..], b"\x81\x02hi");
+    let f = frame(Opcode::Text, &[0u8; 200]);
+    assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
+    let f = frame(Opcode::Text, &vec![0u8; 70_000]);
+    assert_eq!(&f[..10], &[0x81, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    let c = close_frame(4000, &"é".repeat(100));
+    assert!(c.len() <= 2 + 125);
+    assert_eq!(&c[2..4], &4000u16.to_be_bytes());
+}
+
+proptest! {
+    #[test]
+    fn client_op_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = parse_client_op(&bytes, &LIMITS);
+        let _ = parse_publish(&bytes, &LIMITS);
+        let _ = parse_broadcast(&bytes, &LIMITS);
+    }
+
+    #[test]
+    fn structured_ops_never_panic(op in "(subscribe|unsubscribe|publish|ping|x)", ch in ".{0,40}", off in any::<u64>(), ep in ".{0,40}") {
+        let v = serde_json::json!({"op": op, "channel": ch, "since": {"offset": off, "epoch": ep}, "data": {"k": ch}});
+        let _ = parse_client_op(v.to_string().as_bytes(), &LIMITS);
+    }
+}
