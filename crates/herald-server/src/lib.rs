@@ -1,1 +1,16 @@
-//! placeholder
+//! The Herald server: HTTP publish, SSE and WebSocket fan-out, over a pluggable broker.
+//!
+//! The binary is a thin wrapper around [`run`], which takes a bound listener and a shutdown
+//! future so tests can start servers on port 0 in-process or as real processes.
+
+pub mod app;
+pub mod config;
+mod http;
+pub mod hub;
+pub mod metrics;
+mod server;
+pub mod shutdown;
+mod transport;
+
+pub use config::{Cli, Config, ConfigError};
+pub use server::{RunError, build_broker, run};

@@ -1,0 +1,47 @@
+//! What every request handler shares: configuration, the hub, metrics and the drain signal.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use herald_core::protocol::Limits;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{config::Config, hub::Hub, metrics::Metrics};
+
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    /// Cancelled when the server starts draining: streaming connections end and tell their
+    /// clients to reconnect.
+    pub shutdown: CancellationToken,
+    /// Tracks every connection task (including upgraded WebSockets) so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    /// Set first on shutdown so `/readyz` fails before connections are closed.
+    draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(config: Config, hub: Arc<Hub>) -> Arc<Self> {
+        Arc::new(Self {
+            limits: config.limits(),
+            metrics: Metrics::new(hub.clone()),
+            config,
+            hub,
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,385 @@
+//! Configuration: defaults, overridden by a TOML file, overridden by `HERALD_*` environment
+//! variables and command-line flags (clap reads both; a flag wins over its variable).
+//!
+//! Every option exists in all three forms with the same name: `--history-size`,
+//! `HERALD_HISTORY_SIZE`, `history_size = ...`. Durations are written like `15s`, `500ms`, `2m`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Why the configuration was refused. Printed at start; the process exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid value for {option}: {reason}")]
+    Invalid {
+        option: &'static str,
+        reason: String,
+    },
+}
+
+macro_rules! options {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal, parse = $parse:expr; )*) => {
+        /// Herald: real-time pub/sub fan-out over SSE and WebSocket.
+        ///
+        /// Every option can also be set as HERALD_<NAME> in the environment or as <name> in the
+        /// TOML file given by --config. Precedence: flag > environment > file > default.
+        #[derive(Debug, Parser)]
+        #[command(name = "herald", version, about, long_about = None)]
+        pub struct Cli {
+            /// TOML file with any of the options below (snake_case keys).
+            #[arg(long, env = "HERALD_CONFIG")]
+            pub config: Option<PathBuf>,
+            $( $(#[doc = $doc])* #[arg(long, env = $env, value_parser = $parse)] pub $name: Option<$ty>, )*
+        }
+
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig { $( $name: Option<toml::Value>, )* }
+
+        /// The effective configuration.
+        #[derive(Debug, Clone)]
+        pub struct Config { $( $(#[doc = $doc])* pub $name: $ty, )* }
+
+        impl Config {
+            /// Merges flags/env over the file over the defaults.
+            pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+                let file = match &cli.config {
+                    Some(path) => {
+                        let text = std::fs::read_to_string(path)
+                            .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                        toml::from_str::<FileConfig>(&text)
+                            .map_err(|source| ConfigError::Parse { path: path.clone(), source: Box::new(source) })?
+                    }
+                    None => FileConfig::default(),
+                };
+                let config = Self {
+                    $( $name: match (cli.$name, file.$name) {
+                        (Some(v), _) => v,
+                        (None, Some(v)) => ($parse)(&file_text(v))
+                            .map_err(|reason| ConfigError::Invalid { option: stringify!($name), reason })?,
+                        (None, None) => $default,
+                    }, )*
+                };
+                config.validate()?;
+                Ok(config)
+            }
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+    };
+}
+
+/// Reads a TOML value as the text a flag would carry, so file values go through the same
+/// parser as flags (`history_ttl = "1h"`, `history_size = 500`, `api_keys = ["a", "b"]`).
+fn file_text(value: toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s,
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 15s, 500ms, 2m or 1h"))?;
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?} is not a duration like 15s, 500ms, 2m or 1h")),
+    }
+}
+
+fn parse_usize(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a non-negative integer"))
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080"))
+}
+
+fn parse_string(s: &str) -> Result<String, String> {
+    Ok(s.to_owned())
+}
+
+/// Comma-separated list (API keys). Whitespace around items is ignored.
+fn parse_list(s: &str) -> Result<ApiKeys, String> {
+    Ok(ApiKeys(
+        s.split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    ))
+}
+
+/// Publisher API keys. A newtype so `Debug` (and so any log of the config) never shows them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(pub Vec<String>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} redacted)", self.0.len())
+    }
+}
+
+impl std::ops::Deref for ApiKeys {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        &self.0
+    }
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s.trim() {
+        "human" | "text" => Ok(LogFormat::Human),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{s:?} is not human or json")),
+    }
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+options! {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
+    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
+    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker.
+    redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
+    /// API keys allowed to publish (comma-separated). Empty: publishing needs no key.
+    api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = parse_list;
+    /// Let WebSocket clients publish with the `publish` op.
+    allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool;
+    /// Messages kept per channel for resume and the history endpoint.
+    history_size: usize = 1000, env = "HERALD_HISTORY_SIZE", parse = parse_usize;
+    /// How long history (and idempotency keys) are kept.
+    history_ttl: Duration = Duration::from_secs(3600), env = "HERALD_HISTORY_TTL", parse = parse_duration;
+    /// Interval of SSE heartbeat comments (they also reap dead SSE connections).
+    sse_heartbeat: Duration = Duration::from_secs(15), env = "HERALD_SSE_HEARTBEAT", parse = parse_duration;
+    /// The `retry:` hint sent to EventSource clients.
+    sse_retry: Duration = Duration::from_secs(2), env = "HERALD_SSE_RETRY", parse = parse_duration;
+    /// Interval of server pings to WebSocket clients.
+    ws_ping_interval: Duration = Duration::from_secs(25), env = "HERALD_WS_PING_INTERVAL", parse = parse_duration;
+    /// A WebSocket client silent for this long after a ping is closed (4001).
+    ws_ping_timeout: Duration = Duration::from_secs(20), env = "HERALD_WS_PING_TIMEOUT", parse = parse_duration;
+    /// Largest POST body, in bytes.
+    max_body_bytes: usize = 256 * 1024, env = "HERALD_MAX_BODY_BYTES", parse = parse_usize;
+    /// Largest message `data` (compact JSON), in bytes.
+    max_message_bytes: usize = 64 * 1024, env = "HERALD_MAX_MESSAGE_BYTES", parse = parse_usize;
+    /// Largest WebSocket message from a client, in bytes (larger: close 1009).
+    max_ws_frame_bytes: usize = 128 * 1024, env = "HERALD_MAX_WS_FRAME_BYTES", parse = parse_usize;
+    /// Most channels one SSE stream or WebSocket may subscribe to.
+    max_channels_per_connection: usize = 64, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", parse = parse_usize;
+    /// Longest channel name (at most 255).
+    max_channel_len: usize = 128, env = "HERALD_MAX_CHANNEL_LEN", parse = parse_usize;
+    /// Most channels in one broadcast.
+    max_broadcast_channels: usize = 100, env = "HERALD_MAX_BROADCAST_CHANNELS", parse = parse_usize;
+    /// Most messages queued for one connection before it is cut off as a slow consumer.
+    queue_max_messages: usize = 2048, env = "HERALD_QUEUE_MAX_MESSAGES", parse = parse_usize;
+    /// Most bytes queued for one connection before it is cut off as a slow consumer.
+    queue_max_bytes: usize = 4 << 20, env = "HERALD_QUEUE_MAX_BYTES", parse = parse_usize;
+    /// How long a channel's backbone subscription outlives its last local subscriber.
+    channel_linger: Duration = Duration::from_secs(2), env = "HERALD_CHANNEL_LINGER", parse = parse_duration;
+    /// On SIGTERM/SIGINT: how long to wait for connections to close before exiting.
+    shutdown_timeout: Duration = Duration::from_secs(10), env = "HERALD_SHUTDOWN_TIMEOUT", parse = parse_duration;
+    /// Log format: human or json.
+    log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
+    /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug).
+    log_level: String = "info".to_owned(), env = "HERALD_LOG_LEVEL", parse = parse_string;
+}
+
+impl Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        if self.max_channel_len == 0 || self.max_channel_len > herald_core::channel::MAX_CHANNEL_LEN
+        {
+            return invalid("max_channel_len", "must be between 1 and 255");
+        }
+        for (option, v) in [
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_ws_frame_bytes", self.max_ws_frame_bytes),
+            (
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+            ),
+            ("max_broadcast_channels", self.max_broadcast_channels),
+            ("queue_max_messages", self.queue_max_messages),
+            ("queue_max_bytes", self.queue_max_bytes),
+        ] {
+            if v == 0 {
+                return invalid(option, "must be greater than 0");
+            }
+        }
+        for (option, d) in [
+            ("sse_heartbeat", self.sse_heartbeat),
+            ("ws_ping_interval", self.ws_ping_interval),
+            ("ws_ping_timeout", self.ws_ping_timeout),
+            ("history_ttl", self.history_ttl),
+        ] {
+            if d.is_zero() {
+                return invalid(option, "must be greater than 0");
+            }
+        }
+        if self.queue_max_bytes < self.max_message_bytes + 1024 {
+            return invalid(
+                "queue_max_bytes",
+                "must exceed max_message_bytes by at least 1 KiB",
+            );
+        }
+        let url = &self.redis_url;
+        if !url.is_empty() {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+cluster://"))
+            {
+                return invalid(
+                    "redis_url",
+                    "must start with redis://, rediss:// or redis+cluster://",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Validation limits for request parsing.
+    pub fn limits(&self) -> herald_core::protocol::Limits {
+        herald_core::protocol::Limits {
+            max_channel_len: self.max_channel_len,
+            max_message_bytes: self.max_message_bytes,
+            max_broadcast_channels: self.max_broadcast_channels,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied())).expect("parses")
+    }
+
+    #[test]
+    fn defaults_flags_and_file_merge_in_order() {
+        let dir = std::env::temp_dir().join(format!("herald-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("herald.toml");
+        std::fs::write(&path, "history_size = 5\nsse_heartbeat = \"500ms\"\napi_keys = [\"a\", \"b\"]\nlisten = \"127.0.0.1:0\"\n")
+            .expect("write");
+        let c = Config::from_cli(cli(&[
+            "--config",
+            path.to_str().expect("utf8"),
+            "--history-size",
+            "7",
+        ]))
+        .expect("valid");
+        assert_eq!(c.history_size, 7, "flag beats file");
+        assert_eq!(
+            c.sse_heartbeat,
+            Duration::from_millis(500),
+            "file beats default"
+        );
+        assert_eq!(*c.api_keys, ["a", "b"]);
+        assert_eq!(format!("{:?}", c.api_keys), "ApiKeys(2 redacted)");
+        assert_eq!(c.max_channels_per_connection, 64, "default");
+        std::fs::write(&path, "no_such_option = 1\n").expect("write");
+        assert!(matches!(
+            Config::from_cli(cli(&["--config", path.to_str().expect("utf8")])),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "history_ttl = \"forever\"\n").expect("write");
+        assert!(matches!(
+            Config::from_cli(cli(&["--config", path.to_str().expect("utf8")])),
+            Err(ConfigError::Invalid {
+                option: "history_ttl",
+                ..
+            })
+        ));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn list_flags_take_comma_separated_values() {
+        let c = Config::from_cli(cli(&["--api-keys", "k1, k2"])).expect("valid");
+        assert_eq!(*c.api_keys, ["k1", "k2"]);
+        assert!(c.redis_url.is_empty());
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_option_name() {
+        assert!(Cli::try_parse_from(["herald", "--sse-heartbeat", "soon"]).is_err());
+        assert!(matches!(
+            Config::from_cli(cli(&["--max-channel-len", "300"])),
+            Err(ConfigError::Invalid {
+                option: "max_channel_len",
+                ..
+            })
+        ));
+        assert!(matches!(
+            Config::from_cli(cli(&["--redis-url", "http://x"])),
+            Err(ConfigError::Invalid {
+                option: "redis_url",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("x").is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! HTTP routing and the JSON responses every route shares.
+
+mod history;
+pub mod publish;
+pub mod query;
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use herald_core::{ErrorCode, error::error_body};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
+
+use crate::{app::App, transport};
+
+/// The response body type of every route (full JSON bodies and SSE streams alike).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A JSON error response: `{"error":{"code","message"}}` with the code's status.
+pub fn error(code: ErrorCode, message: &str) -> Response<Body> {
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, error_body(code, message))
+}
+
+/// Routes one request. Never fails: every problem becomes a JSON error response.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let resp = match (&method, path.as_str()) {
+        (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&app).await,
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(full(app.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        (&Method::POST, "/v1/publish") => publish::publish(&app, req).await,
+        (&Method::POST, "/v1/broadcast") => publish::broadcast(&app, req).await,
+        (&Method::GET, "/v1/sse") => transport::sse::handle(&app, req).await,
+        (&Method::GET, "/v1/ws") => transport::ws::handle(&app, req),
+        (&Method::GET, p) if history::matches(p) => {
+            history::handle(&app, p, req.uri().query()).await
+        }
+        (_, p) => match allowed_methods(p) {
+            Some(allow) => {
+                let mut resp = error(
+                    ErrorCode::MethodNotAllowed,
+                    &format!("{method} is not allowed on {p}; use {allow}"),
+                );
+                resp.headers_mut()
+                    .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+                resp
+            }
+            None => error(ErrorCode::NotFound, &format!("no route for {p}")),
+        },
+    };
+    Ok(resp)
+}
+
+fn allowed_methods(path: &str) -> Option<&'static str> {
+    match path {
+        "/v1/publish" | "/v1/broadcast" => Some("POST"),
+        "/healthz" | "/readyz" => Some("GET, HEAD"),
+        "/v1/sse" | "/v1/ws" | "/metrics" => Some("GET"),
+        p if history::matches(p) => Some("GET"),
+        _ => None,
+    }
+}
+
+/// Ready when not draining and the broker answers within a second.
+async fn readyz(app: &App) -> Response<Body> {
+    if app.is_draining() {
+        return error(ErrorCode::Draining, "draining");
+    }
+    match tokio::time::timeout(Duration::from_secs(1), app.hub.broker().ready()).await {
+        Ok(Ok(())) => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        Ok(Err(e)) => error(ErrorCode::Unavailable, &e.to_string()),
+        Err(_) => error(ErrorCode::Unavailable, "broker did not answer within 1s"),
+    }
+}

@@ -1,0 +1,337 @@
+//! The local hub: which connections on this node subscribe to which channels.
+//!
+//! The registry is sharded by channel so fan-out to different channels never contends on one
+//! lock, and no lock is held across an await. The broker feeds the hub through [`Sink`]; the hub
+//! wraps each message once in a shared [`Delivery`] and pushes a refcounted handle into each
+//! subscriber's [`Outbox`].
+//!
+//! Subscribing with a resume position closes the seam between history and live messages: the
+//! subscription is registered (buffering live messages) before history is read, then history and
+//! the buffered messages are delivered together under the shard lock, deduplicated by offset.
+
+mod delivery;
+pub mod outbox;
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+pub use delivery::Delivery;
+use herald_broker::{Broker, BrokerError, Sink};
+use herald_core::{ChannelName, Epoch, Message, StreamPosition};
+pub use outbox::{Bounds, CloseReason, Item, Outbox};
+use parking_lot::Mutex;
+
+const SHARDS: usize = 64;
+
+/// Why a subscribe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(ChannelName),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+enum SlotState {
+    /// Waiting for history: live messages are held here, bounded by the outbox's item bound.
+    Buffering(Vec<Arc<Delivery>>),
+    /// Delivering; `last` drops duplicates at the seam, `epoch` detects a stream reset.
+    Live { epoch: Epoch, last: u64 },
+}
+
+struct Slot {
+    conn: u64,
+    outbox: Arc<Outbox>,
+    state: SlotState,
+}
+
+struct Entry {
+    slots: Vec<Slot>,
+    /// Whether the broker relays this channel to us. The async mutex serialises the broker's
+    /// subscribe and unsubscribe calls for the channel.
+    backbone: Arc<tokio::sync::Mutex<bool>>,
+    /// Bumped on every subscribe so a pending linger knows it was overtaken.
+    generation: u64,
+}
+
+/// Hub settings.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// How long the backbone subscription outlives the last local subscriber.
+    pub linger: Duration,
+    /// Most history messages delivered on a resume.
+    pub resume_limit: usize,
+}
+
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<ChannelName, Entry>>]>,
+    hasher: RandomState,
+    broker: Arc<dyn Broker>,
+    config: HubConfig,
+    /// Handed to the broker as the channels' sink; weak so the broker does not keep the hub alive.
+    sink: Arc<dyn Sink>,
+    next_conn: AtomicU64,
+}
+
+struct HubSink(Weak<Hub>);
+
+impl Sink for HubSink {
+    fn deliver(&self, msg: Arc<Message>) {
+        if let Some(hub) = self.0.upgrade() {
+            hub.deliver(msg);
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(broker: Arc<dyn Broker>, config: HubConfig) -> Arc<Self> {
+        Arc::new_cyclic(|weak| Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            broker,
+            config,
+            sink: Arc::new(HubSink(weak.clone())),
+            next_conn: AtomicU64::new(1),
+        })
+    }
+
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// A fresh connection id for `subscribe`/`unsubscribe`.
+    pub fn connection_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn shard(&self, channel: &str) -> &Mutex<HashMap<ChannelName, Entry>> {
+        &self.shards[self.hasher.hash_one(channel) as usize % SHARDS]
+    }
+
+    /// Subscribes connection `conn` to `channel`, resuming after `since` when given. Queues an
+    /// [`Item::Subscribed`] and then the missed messages into `outbox`; live messages follow.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        conn: u64,
+        outbox: &Arc<Outbox>,
+        channel: &ChannelName,
+        since: Option<StreamPosition>,
+        request_id: Option<u64>,
+    ) -> Result<(), SubscribeError> {
+        let backbone = {
+            let mut shard = self.shard(channel.as_str()).lock();
+            let entry = shard.entry(channel.clone()).or_insert_with(|| Entry {
+                slots: Vec::new(),
+                backbone: Arc::new(tokio::sync::Mutex::new(false)),
+                generation: 0,
+            });
+            if entry.slots.iter().any(|s| s.conn == conn) {
+                return Err(SubscribeError::AlreadySubscribed(channel.clone()));
+            }
+            entry.generation += 1;
+            entry.slots.push(Slot {
+                conn,
+                outbox: outbox.clone(),
+                state: SlotState::Buffering(Vec::new()),
+            });
+            entry.backbone.clone()
+        };
+        match self
+            .go_live(conn, channel, since, request_id, backbone)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.unsubscribe(conn, channel);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn go_live(
+        self: &Arc<Self>,
+        conn: u64,
+        channel: &ChannelName,
+        since: Option<StreamPosition>,
+        request_id: Option<u64>,
+        backbone: Arc<tokio::sync::Mutex<bool>>,
+    ) -> Result<(), BrokerError> {
+        {
+            let mut subscribed = backbone.lock().await;
+            if !*subscribed {
+                self.broker.subscribe(channel, self.sink.clone()).await?;
+                *subscribed = true;
+            }
+        }
+        // Read after the backbone subscription is live: whatever history misses, the buffer has.
+        let limit = if since.is_some() {
+            self.config.resume_limit
+        } else {
+            0
+        };
+        let history = self.broker.history(channel, since.as_ref(), limit).await?;
+        let epoch = history.top.epoch.clone();
+        // Where this subscription continues from: the client's position when resuming in the same
+        // epoch (or just before the first retained message if some were lost), else the top.
+        let start = match (&since, history.messages.first()) {
+            (Some(_), Some(first)) => first.offset - 1,
+            (Some(pos), None) if history.recovered => pos.offset,
+            _ => history.top.offset,
+        };
+        let replay: Vec<Arc<Delivery>> = history.messages.into_iter().map(Delivery::new).collect();
+
+        let mut shard = self.shard(channel.as_str()).lock();
+        let Some(slot) = shard
+            .get_mut(channel)
+            .and_then(|e| e.slots.iter_mut().find(|s| s.conn == conn))
+        else {
+            return Ok(()); // the connection went away meanwhile
+        };
+        let buffered = match std::mem::replace(
+            &mut slot.state,
+            SlotState::Live {
+                epoch: epoch.clone(),
+                last: start,
+            },
+        ) {
+            SlotState::Buffering(b) => b,
+            SlotState::Live { .. } => Vec::new(),
+        };
+        let position = StreamPosition {
+            epoch,
+            offset: start,
+        };
+        let recovered = since.is_some() && history.recovered;
+        slot.outbox.push(Item::Subscribed {
+            id: request_id,
+            channel: channel.clone(),
+            position,
+            recovered,
+        });
+        for d in replay.into_iter().chain(buffered) {
+            offer(slot, d);
+        }
+        Ok(())
+    }
+
+    /// Removes `conn`'s subscription to `channel`. When the channel has no local subscriber left,
+    /// the backbone subscription is dropped after the linger period unless someone resubscribes.
+    pub fn unsubscribe(self: &Arc<Self>, conn: u64, channel: &ChannelName) -> bool {
+        let mut shard = self.shard(channel.as_str()).lock();
+        let Some(entry) = shard.get_mut(channel) else {
+            return false;
+        };
+        let before = entry.slots.len();
+        entry.slots.retain(|s| s.conn != conn);
+        let removed = entry.slots.len() != before;
+        if entry.slots.is_empty() {
+            let generation = entry.generation;
+            let hub = self.clone();
+            let channel = channel.clone();
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(async move { hub.linger(channel, generation).await });
+            }
+        }
+        removed
+    }
+
+    async fn linger(self: Arc<Self>, channel: ChannelName, generation: u64) {
+        tokio::time::sleep(self.config.linger).await;
+        let idle = |hub: &Self| {
+            hub.shard(channel.as_str())
+                .lock()
+                .get(&channel)
+                .filter(|e| e.slots.is_empty() && e.generation == generation)
+                .map(|e| e.backbone.clone())
+        };
+        let Some(backbone) = idle(&self) else { return };
+        let mut subscribed = backbone.lock().await;
+        // A subscriber that arrived meanwhile bumped the generation and is waiting on the lock.
+        if idle(&self).is_none() {
+            return;
+        }
+        if *subscribed {
+            self.broker.unsubscribe(&channel).await;
+            *subscribed = false;
+        }
+        let mut shard = self.shard(channel.as_str()).lock();
+        if shard
+            .get(&channel)
+            .is_some_and(|e| e.slots.is_empty() && e.generation == generation)
+        {
+            shard.remove(&channel);
+        }
+    }
+
+    /// Fans one live message out to the channel's local subscribers.
+    fn deliver(&self, msg: Arc<Message>) {
+        let delivery = Delivery::new(msg);
+        let mut shard = self.shard(delivery.msg.channel.as_str()).lock();
+        let Some(entry) = shard.get_mut(&delivery.msg.channel) else {
+            return;
+        };
+        for slot in &mut entry.slots {
+            offer(slot, delivery.clone());
+        }
+    }
+
+    /// Local channels with at least one subscriber or a lingering backbone subscription.
+    pub fn channel_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Local subscriptions (connection x channel).
+    pub fn subscription_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().values().map(|e| e.slots.len()).sum::<usize>())
+            .sum()
+    }
+}
+
+/// Hands `d` to one subscriber: buffer it, drop it as a duplicate, or queue it (announcing a
+/// stream reset first when the epoch changed).
+fn offer(slot: &mut Slot, d: Arc<Delivery>) {
+    match &mut slot.state {
+        SlotState::Buffering(buf) => {
+            if buf.len() >= slot.outbox.bounds().max_items {
+                // The same bound as the live queue: a resume that cannot keep up is a slow consumer.
+                buf.clear();
+                slot.outbox.close(CloseReason::SlowConsumer);
+            } else {
+                buf.push(d);
+            }
+        }
+        SlotState::Live { epoch, last } => {
+            if *epoch != d.msg.epoch {
+                // The channel's history was lost (e.g. Redis restarted empty): tell the client
+                // explicitly instead of silently continuing in a new stream.
+                *epoch = d.msg.epoch.clone();
+                *last = d.msg.offset.saturating_sub(1);
+                slot.outbox.push(Item::Subscribed {
+                    id: None,
+                    channel: d.msg.channel.clone(),
+                    position: StreamPosition {
+                        epoch: epoch.clone(),
+                        offset: *last,
+                    },
+                    recovered: false,
+                });
+            } else if d.msg.offset <= *last {
+                return;
+            }
+            *last = d.msg.offset;
+            slot.outbox.push(Item::Message(d));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

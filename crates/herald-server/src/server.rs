@@ -1,0 +1,116 @@
+//! The accept loop, per-connection HTTP serving, and graceful shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use herald_broker::{Broker, BrokerError, MemoryBroker, MemoryConfig};
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{
+    app::App,
+    config::Config,
+    http,
+    hub::{Hub, HubConfig},
+};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot start the broker: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+/// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory.
+pub async fn build_broker(config: &Config) -> Result<Arc<dyn Broker>, BrokerError> {
+    match config.redis_url.as_str() {
+        "" => Ok(MemoryBroker::new(MemoryConfig {
+            history_size: config.history_size,
+            history_ttl: config.history_ttl,
+            ..MemoryConfig::default()
+        })),
+        _ => Err(BrokerError::Internal(
+            "Redis support is not built yet".into(),
+        )),
+    }
+}
+
+/// Serves Herald on `listener` until `shutdown` resolves, then drains: readiness fails, streams
+/// end with a reconnect signal, and the function returns once connections are closed or
+/// `shutdown_timeout` has passed.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let broker = build_broker(&config).await?;
+    let hub = Hub::new(
+        broker,
+        HubConfig {
+            linger: config.channel_linger,
+            resume_limit: config.history_size.max(1),
+        },
+    );
+    let app = App::new(config, hub);
+    tracing::info!(broker = app.hub.broker().kind(), "herald serving");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let app2 = app.clone();
+                    app.tasks.spawn(serve(app2, stream));
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning; existing connections go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = &mut shutdown => break,
+        }
+    }
+
+    tracing::info!("draining");
+    app.start_draining();
+    drop(listener);
+    app.shutdown.cancel();
+    app.tasks.close();
+    if tokio::time::timeout(app.config.shutdown_timeout, app.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = app.tasks.len(),
+            "shutdown timeout: closing remaining connections"
+        );
+    }
+    Ok(())
+}
+
+async fn serve(app: Arc<App>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let service_app = app.clone();
+    let service = service_fn(move |req| http::handle(service_app.clone(), req));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        res = conn.as_mut() => {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+            return;
+        }
+        () = app.shutdown.cancelled() => {}
+    }
+    // Let the in-flight request (or the SSE stream, which ends itself on shutdown) finish.
+    conn.as_mut().graceful_shutdown();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "connection ended with error during shutdown");
+    }
+}

@@ -1,0 +1,236 @@
+//! `GET /v1/sse`: Server-Sent Events for an unmodified browser `EventSource`.
+//!
+//! The stream is a custom body that pulls straight from the connection's outbox, so an SSE
+//! connection costs no task of its own. Subscriptions are live before the response headers are
+//! sent: once `EventSource.onopen` fires, every later publish is delivered.
+//!
+//! Each event's `id:` is the stream's resume token (every channel's position), which the browser
+//! sends back as `Last-Event-ID` when it reconnects, to any node.
+
+use std::{
+    convert::Infallible,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::{Bytes, BytesMut};
+use herald_core::{ChannelName, ErrorCode, sse, token::ResumeToken};
+use http_body_util::BodyExt;
+use hyper::{
+    Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    header,
+};
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::Connection;
+use crate::{
+    app::App,
+    http::{Body, error, query},
+    hub::{CloseReason, Item, SubscribeError},
+};
+
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    if app.is_draining() {
+        return error(ErrorCode::Draining, "this node is draining; reconnect");
+    }
+    let q = req.uri().query();
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in query::values(q, "channel") {
+        match ChannelName::parse_with_limit(&name, app.config.max_channel_len) {
+            Ok(c) if !channels.contains(&c) => channels.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return error(
+                    ErrorCode::InvalidChannel,
+                    &format!("invalid channel {name:?}: {e}"),
+                );
+            }
+        }
+    }
+    if channels.is_empty() {
+        return error(ErrorCode::BadRequest, "give at least one ?channel=");
+    }
+    if channels.len() > app.config.max_channels_per_connection {
+        let max = app.config.max_channels_per_connection;
+        return error(
+            ErrorCode::LimitExceeded,
+            &format!("at most {max} channels per connection"),
+        );
+    }
+    // The header is what EventSource sends on reconnect, so it is newer than the URL's value.
+    let header_token = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned));
+    let token_text = match header_token {
+        Some(Ok(t)) => Some(t),
+        Some(Err(_)) => {
+            return error(
+                ErrorCode::InvalidPosition,
+                "Last-Event-ID is not valid text",
+            );
+        }
+        None => query::first(q, "last_event_id").map(|t| t.into_owned()),
+    };
+    let resume = match token_text.as_deref().map(ResumeToken::parse).transpose() {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => return error(ErrorCode::InvalidPosition, &format!("Last-Event-ID: {e}")),
+    };
+
+    let conn = Connection::new(app, "sse");
+    for channel in channels {
+        let since = resume.get(channel.as_str()).cloned();
+        match app
+            .hub
+            .subscribe(conn.id, &conn.outbox, &channel, since, None)
+            .await
+        {
+            Ok(()) => conn.add(channel),
+            Err(SubscribeError::AlreadySubscribed(_)) => {}
+            Err(SubscribeError::Broker(e)) => {
+                conn.closed("unavailable");
+                return error(ErrorCode::Unavailable, &e.to_string());
+            }
+        }
+    }
+
+    let heartbeat = app.config.sse_heartbeat;
+    let body = SseBody {
+        preamble: Some(sse::retry(app.config.sse_retry.as_millis() as u64)),
+        conn,
+        token: ResumeToken::default(),
+        heartbeat_every: heartbeat,
+        heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
+        shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+        done: false,
+    };
+    let mut resp = Response::new(body.boxed_unsync());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+    *resp.status_mut() = StatusCode::OK;
+    resp
+}
+
+/// The event stream of one SSE connection.
+struct SseBody {
+    /// `retry:`, sent first.
+    preamble: Option<Bytes>,
+    conn: Connection,
+    /// This stream's position in each channel, written as every event's `id:`.
+    token: ResumeToken,
+    heartbeat_every: std::time::Duration,
+    /// Fires after a quiet period; any write resets it.
+    heartbeat: Pin<Box<Sleep>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// The closing event was sent; the next poll ends the body.
+    done: bool,
+}
+
+impl SseBody {
+    fn render(&mut self, items: impl IntoIterator<Item = Item>, out: &mut BytesMut) {
+        let mut id = String::new();
+        for item in items {
+            match item {
+                Item::Message(d) => {
+                    self.token
+                        .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
+                    id.clear();
+                    self.token.write_to(&mut id);
+                    sse::id_line(out, &id);
+                    out.extend_from_slice(d.sse_body());
+                }
+                Item::Subscribed {
+                    channel,
+                    position,
+                    recovered,
+                    ..
+                } => {
+                    let data = format!(
+                        r#"{{"channel":"{}","offset":{},"epoch":"{}","recovered":{}}}"#,
+                        channel, position.offset, position.epoch, recovered
+                    );
+                    self.token.set(&channel, position);
+                    id.clear();
+                    self.token.write_to(&mut id);
+                    out.extend_from_slice(&sse::event(Some(&id), "herald.subscribed", &data));
+                }
+                Item::Raw(bytes) => out.extend_from_slice(&bytes),
+            }
+        }
+    }
+
+    fn closing_event(&mut self, reason: CloseReason) -> Bytes {
+        let (event, code, message, label) = match reason {
+            CloseReason::SlowConsumer => (
+                "herald.error",
+                ErrorCode::SlowConsumer,
+                "the stream fell too far behind; reconnect to resume",
+                "slow_consumer",
+            ),
+            CloseReason::Shutdown => (
+                "herald.reconnect",
+                ErrorCode::Draining,
+                "this node is shutting down; reconnect",
+                "shutdown",
+            ),
+            CloseReason::Closed { reason, .. } => {
+                ("herald.error", ErrorCode::Internal, reason, "closed")
+            }
+        };
+        self.conn.closed(label);
+        let data = format!(r#"{{"code":"{}","message":"{}"}}"#, code.as_str(), message);
+        sse::event(None, event, &data)
+    }
+
+    fn reset_heartbeat(&mut self) {
+        let next = Instant::now() + self.heartbeat_every;
+        self.heartbeat.as_mut().reset(next);
+    }
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(p) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(Frame::data(p))));
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.conn.outbox.close(CloseReason::Shutdown);
+        }
+        if let Poll::Ready(batch) = this.conn.outbox.poll_take(cx) {
+            let mut out = BytesMut::new();
+            this.render(batch.items, &mut out);
+            if let Some(reason) = batch.closed {
+                out.extend_from_slice(&this.closing_event(reason));
+                this.done = true;
+            }
+            this.reset_heartbeat();
+            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+        }
+        if this.heartbeat.as_mut().poll(cx).is_ready() {
+            this.reset_heartbeat();
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+        }
+        Poll::Pending
+    }
+}

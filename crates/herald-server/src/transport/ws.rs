@@ -1,0 +1,270 @@
+//! `GET /v1/ws`: the WebSocket transport.
+//!
+//! fastwebsockets performs the handshake and parses client frames on the read half, in a task of
+//! its own (its `read_frame` is not cancel-safe, so it never sits in a `select!`). The write half
+//! belongs to this module's writer: server frames are unmasked and trivial to encode, so the
+//! writer takes everything queued in the outbox and writes the shared, pre-encoded frames with one
+//! vectored write.
+
+mod reader;
+
+use std::{
+    io::IoSlice,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use fastwebsockets::{Role, upgrade};
+use herald_core::{
+    ChannelName, ErrorCode,
+    protocol::{self, Opcode},
+};
+use hyper::{Request, Response, body::Incoming};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::Connection;
+use crate::{
+    app::App,
+    http::{Body, error, full, query},
+    hub::{CloseReason, Item, SubscribeError},
+};
+
+/// Close codes (documented in docs/api.md).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const RESTART: u16 = 1012;
+    pub const SLOW_CONSUMER: u16 = 4000;
+    pub const PING_TIMEOUT: u16 = 4001;
+}
+
+pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
+    if !upgrade::is_upgrade_request(&req) {
+        return error(
+            ErrorCode::BadRequest,
+            "this endpoint needs a WebSocket upgrade",
+        );
+    }
+    if app.is_draining() {
+        return error(ErrorCode::Draining, "this node is draining; reconnect");
+    }
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in query::values(req.uri().query(), "channel") {
+        match ChannelName::parse_with_limit(&name, app.config.max_channel_len) {
+            Ok(c) if !channels.contains(&c) => channels.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return error(
+                    ErrorCode::InvalidChannel,
+                    &format!("invalid channel {name:?}: {e}"),
+                );
+            }
+        }
+    }
+    if channels.len() > app.config.max_channels_per_connection {
+        let max = app.config.max_channels_per_connection;
+        return error(
+            ErrorCode::LimitExceeded,
+            &format!("at most {max} channels per connection"),
+        );
+    }
+    let (resp, fut) = match upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => {
+            return error(
+                ErrorCode::BadRequest,
+                &format!("WebSocket handshake failed: {e}"),
+            );
+        }
+    };
+    let task_app = app.clone();
+    app.tasks.spawn(async move {
+        match fut.await {
+            Ok(ws) => serve(task_app, ws.into_inner(), channels).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let (parts, _empty) = resp.into_parts();
+    Response::from_parts(parts, full(Bytes::new()))
+}
+
+/// Milliseconds since `start`: cheap "last heard from the client" clock shared with the reader.
+fn elapsed_ms(start: tokio::time::Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+async fn serve(app: Arc<App>, io: TokioIo<hyper::upgrade::Upgraded>, channels: Vec<ChannelName>) {
+    let (read, mut write) = tokio::io::split(io);
+    let (mut ws_read, _unused_write) =
+        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    // Pings and closes are answered by our writer, so the reader never needs a write half.
+    ws_read.set_auto_pong(false);
+    ws_read.set_auto_close(false);
+    ws_read.set_max_message_size(app.config.max_ws_frame_bytes);
+
+    let conn = Arc::new(Connection::new(&app, "ws"));
+    for channel in channels {
+        subscribe(&app, &conn, channel, None, None).await;
+    }
+
+    let clock = tokio::time::Instant::now();
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let reader = tokio::spawn(reader::run(
+        app.clone(),
+        conn.clone(),
+        ws_read,
+        last_heard.clone(),
+        clock,
+    ));
+
+    let reason = write_loop(&app, &conn, &mut write, &last_heard, clock).await;
+    reader.abort();
+    let label = match reason {
+        Some(CloseReason::SlowConsumer) => "slow_consumer",
+        Some(CloseReason::Shutdown) => "shutdown",
+        Some(CloseReason::Closed {
+            code: close::PING_TIMEOUT,
+            ..
+        }) => "ping_timeout",
+        Some(CloseReason::Closed {
+            code: close::NORMAL,
+            ..
+        }) => "client_closed",
+        Some(CloseReason::Closed { .. }) => "protocol_error",
+        None => "io_error",
+    };
+    conn.closed(label);
+    let _ = write.shutdown().await;
+}
+
+/// Subscribes and reports failures to the client as error frames.
+pub async fn subscribe(
+    app: &App,
+    conn: &Connection,
+    channel: ChannelName,
+    since: Option<herald_core::StreamPosition>,
+    id: Option<u64>,
+) {
+    if conn.channel_count() >= app.config.max_channels_per_connection {
+        let msg = format!(
+            "at most {} channels per connection",
+            app.config.max_channels_per_connection
+        );
+        send_error(conn, id, ErrorCode::LimitExceeded, &msg);
+        return;
+    }
+    match app
+        .hub
+        .subscribe(conn.id, &conn.outbox, &channel, since, id)
+        .await
+    {
+        Ok(()) => conn.add(channel),
+        Err(SubscribeError::AlreadySubscribed(c)) => {
+            send_error(
+                conn,
+                id,
+                ErrorCode::BadRequest,
+                &format!("already subscribed to {c}"),
+            );
+        }
+        Err(SubscribeError::Broker(e)) => {
+            send_error(conn, id, ErrorCode::Unavailable, &e.to_string())
+        }
+    }
+}
+
+/// Queues a JSON text frame.
+pub fn send_text(conn: &Connection, json: &[u8]) {
+    conn.outbox
+        .push(Item::Raw(protocol::frame(Opcode::Text, json)));
+}
+
+pub fn send_error(conn: &Connection, id: Option<u64>, code: ErrorCode, message: &str) {
+    send_text(conn, &protocol::error_frame(id, code, message));
+}
+
+/// Writes queued frames until the connection ends; returns why it ended (`None`: write error).
+async fn write_loop<W: AsyncWrite + Unpin>(
+    app: &App,
+    conn: &Connection,
+    write: &mut W,
+    last_heard: &AtomicU64,
+    clock: tokio::time::Instant,
+) -> Option<CloseReason> {
+    let ping_every = app.config.ws_ping_interval;
+    let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut frames: Vec<Bytes> = Vec::new();
+    loop {
+        let batch = tokio::select! {
+            batch = conn.outbox.take() => batch,
+            _ = ping.tick() => {
+                if elapsed_ms(clock).saturating_sub(last_heard.load(Ordering::Relaxed)) > deadline {
+                    conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
+                } else {
+                    conn.outbox.push(Item::Raw(protocol::frame(Opcode::Ping, b"")));
+                }
+                continue;
+            }
+            () = app.shutdown.cancelled() => {
+                conn.outbox.close(CloseReason::Shutdown);
+                continue;
+            }
+        };
+        frames.clear();
+        for item in batch.items {
+            frames.push(match item {
+                Item::Message(d) => d.ws_frame().clone(),
+                Item::Subscribed {
+                    id,
+                    channel,
+                    position,
+                    recovered,
+                } => protocol::frame(
+                    Opcode::Text,
+                    &protocol::subscribed_frame(id, &channel, &position, recovered),
+                ),
+                Item::Raw(b) => b,
+            });
+        }
+        if let Some(reason) = batch.closed {
+            let (code, text) = match reason {
+                CloseReason::SlowConsumer => {
+                    (close::SLOW_CONSUMER, "slow consumer: reconnect and resume")
+                }
+                CloseReason::Shutdown => {
+                    (close::RESTART, "server restarting: reconnect and resume")
+                }
+                CloseReason::Closed { code, reason } => (code, reason),
+            };
+            frames.push(protocol::close_frame(code, text));
+            // A close is best effort: the peer may be gone or not reading.
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_all(write, &frames)).await;
+            return Some(reason);
+        }
+        if write_all(write, &frames).await.is_err() {
+            return None;
+        }
+    }
+}
+
+/// Writes every frame, as few vectored writes as the socket allows.
+async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = write.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    write.flush().await
+}
