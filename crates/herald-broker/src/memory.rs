@@ -180,16 +180,14 @@ impl Broker for MemoryBroker {
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
         let cfg = &self.config;
         Ok(self.with_channel(&publish.channel, |state, now| {
-            if let Some(key) = &publish.idempotency_key {
-                if let Some(&offset) = state.keys.get(key) {
-                    return Published {
-                        position: StreamPosition {
-                            epoch: state.epoch.clone(),
-                            offset,
-                        },
-                        duplicate: true,
-                    };
-                }
+            if let Some(&offset) = publish.idempotency_key.as_ref().and_then(|k| state.keys.get(k)) {
+                return Published {
+                    position: StreamPosition {
+                        epoch: state.epoch.clone(),
+                        offset,
+                    },
+                    duplicate: true,
+                };
             }
             state.last_offset += 1;
             let msg = Arc::new(Message {
@@ -261,7 +259,7 @@ impl Broker for MemoryBroker {
             };
             let complete_end = messages
                 .last()
-                .map_or(true, |m| m.offset == state.last_offset);
+                .is_none_or(|m| m.offset == state.last_offset);
             let recovered = since.is_some() && complete_start && complete_end;
             History {
                 messages,

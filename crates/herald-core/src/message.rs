@@ -1,7 +1,7 @@
 //! A published message and the positions that order a channel's stream.
 //!
-//! Every channel is a totally ordered stream: each message gets the next `offset` (starting at
-//! 1) and the channel's current `epoch`. An epoch is a random string that changes whenever the
+//! Every channel is a totally ordered stream: each message gets the next `offset` (the first is
+//! offset 1) and the channel's current `epoch`. An epoch is a random string that changes whenever the
 //! channel's history was lost, so a client holding `(epoch, offset)` can tell "resume from here"
 //! apart from "that stream no longer exists".
 

@@ -277,16 +277,12 @@ impl Config {
             );
         }
         let url = &self.redis_url;
-        if !url.is_empty() {
-            if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+cluster://"))
-            {
-                return invalid(
-                    "redis_url",
-                    "must start with redis://, rediss:// or redis+cluster://",
-                );
-            }
+        let known = ["redis://", "rediss://", "redis+cluster://"];
+        if !url.is_empty() && !known.iter().any(|scheme| url.starts_with(scheme)) {
+            return invalid(
+                "redis_url",
+                "must start with redis://, rediss:// or redis+cluster://",
+            );
         }
         Ok(())
     }

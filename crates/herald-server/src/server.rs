@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     http,
     hub::{Hub, HubConfig},
+    transport::sse::ConnectionSignal,
 };
 
 /// Why the server could not run.
@@ -95,7 +96,12 @@ pub async fn run(
 async fn serve(app: Arc<App>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let service_app = app.clone();
-    let service = service_fn(move |req| http::handle(service_app.clone(), req));
+    let kill = tokio_util::sync::CancellationToken::new();
+    let signal = ConnectionSignal(kill.clone());
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(signal.clone());
+        http::handle(service_app.clone(), req)
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -107,6 +113,12 @@ async fn serve(app: Arc<App>, stream: TcpStream) {
             return;
         }
         () = app.shutdown.cancelled() => {}
+        () = kill.cancelled() => {
+            // The SSE stream on this connection closed: give its final event a moment to go out,
+            // then drop the connection even if the peer is not reading.
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+            return;
+        }
     }
     // Let the in-flight request (or the SSE stream, which ends itself on shutdown) finish.
     conn.as_mut().graceful_shutdown();

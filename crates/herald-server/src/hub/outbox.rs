@@ -13,6 +13,7 @@ use std::{
 
 use herald_core::{ChannelName, StreamPosition};
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::Delivery;
 
@@ -74,6 +75,9 @@ struct Inner {
 pub struct Outbox {
     inner: Mutex<Inner>,
     bounds: Bounds,
+    /// Cancelled when the outbox closes. A writer blocked on a full socket cannot see the queue,
+    /// so it (or the HTTP connection carrying an SSE stream) races its write against this.
+    signal: CancellationToken,
 }
 
 /// What a writer takes out in one go.
@@ -84,7 +88,8 @@ pub struct Batch {
 }
 
 impl Outbox {
-    pub fn new(bounds: Bounds) -> Arc<Self> {
+    /// An outbox whose closing cancels `signal`.
+    pub fn new(bounds: Bounds, signal: CancellationToken) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -93,6 +98,7 @@ impl Outbox {
                 waker: None,
             }),
             bounds,
+            signal,
         })
     }
 
@@ -118,6 +124,10 @@ impl Outbox {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        drop(inner);
+        if !ok {
+            self.signal.cancel();
+        }
         ok
     }
 
@@ -130,10 +140,18 @@ impl Outbox {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        drop(inner);
+        self.signal.cancel();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.inner.lock().closed.is_some()
+    /// Why the outbox closed, if it did.
+    pub fn reason(&self) -> Option<CloseReason> {
+        self.inner.lock().closed
+    }
+
+    /// Cancelled once the outbox is closed.
+    pub fn signal(&self) -> &CancellationToken {
+        &self.signal
     }
 
     /// Takes everything queued, or registers the writer's waker when there is nothing to do.
@@ -166,7 +184,7 @@ impl Outbox {
     }
 
     /// Items currently queued (for metrics and tests).
-    pub fn len(&self) -> usize {
+    pub fn queued(&self) -> usize {
         self.inner.lock().items.len()
     }
 }
@@ -178,14 +196,18 @@ mod tests {
 
     #[tokio::test]
     async fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
-        let o = Outbox::new(Bounds {
-            max_items: 2,
-            max_bytes: 1000,
-        });
+        let o = Outbox::new(
+            Bounds {
+                max_items: 2,
+                max_bytes: 1000,
+            },
+            CancellationToken::default(),
+        );
         assert!(o.push(Item::Raw(Bytes::from_static(b"a"))));
         assert!(o.push(Item::Raw(Bytes::from_static(b"b"))));
         assert!(!o.push(Item::Raw(Bytes::from_static(b"c"))));
-        assert_eq!(o.len(), 0);
+        assert_eq!(o.queued(), 0);
+        assert!(o.signal().is_cancelled(), "a blocked writer learns of it");
         let batch = o.take().await;
         assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
         assert!(!o.push(Item::Raw(Bytes::from_static(b"d"))), "stays closed");
@@ -193,20 +215,26 @@ mod tests {
 
     #[tokio::test]
     async fn byte_bound_applies_too() {
-        let o = Outbox::new(Bounds {
-            max_items: 100,
-            max_bytes: 10,
-        });
+        let o = Outbox::new(
+            Bounds {
+                max_items: 100,
+                max_bytes: 10,
+            },
+            CancellationToken::default(),
+        );
         assert!(o.push(Item::Raw(Bytes::from_static(b"0123456789"))));
         assert!(!o.push(Item::Raw(Bytes::from_static(b"x"))));
     }
 
     #[tokio::test]
     async fn take_returns_everything_in_order_and_wakes_on_push() {
-        let o = Outbox::new(Bounds {
-            max_items: 100,
-            max_bytes: 1000,
-        });
+        let o = Outbox::new(
+            Bounds {
+                max_items: 100,
+                max_bytes: 1000,
+            },
+            CancellationToken::default(),
+        );
         let o2 = o.clone();
         let reader = tokio::spawn(async move { o2.take().await.items.len() });
         tokio::task::yield_now().await;

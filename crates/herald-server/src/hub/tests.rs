@@ -2,6 +2,7 @@ use super::*;
 use bytes::Bytes;
 use herald_broker::{MemoryBroker, MemoryConfig};
 use herald_core::protocol::Publish;
+use tokio_util::sync::CancellationToken;
 
 fn hub_with_history(history_size: usize) -> Arc<Hub> {
     let broker = MemoryBroker::new(MemoryConfig {
@@ -26,10 +27,13 @@ fn ch(name: &str) -> ChannelName {
 }
 
 fn outbox() -> Arc<Outbox> {
-    Outbox::new(Bounds {
-        max_items: 10_000,
-        max_bytes: 10 << 20,
-    })
+    Outbox::new(
+        Bounds {
+            max_items: 10_000,
+            max_bytes: 10 << 20,
+        },
+        CancellationToken::default(),
+    )
 }
 
 async fn publish(hub: &Hub, channel: &str, n: u64) -> StreamPosition {
@@ -153,10 +157,13 @@ async fn the_seam_loses_and_duplicates_nothing_under_concurrent_publishing() {
 #[tokio::test]
 async fn a_slow_consumer_is_cut_off_without_affecting_others() {
     let hub = hub();
-    let slow = Outbox::new(Bounds {
-        max_items: 5,
-        max_bytes: 1 << 20,
-    });
+    let slow = Outbox::new(
+        Bounds {
+            max_items: 5,
+            max_bytes: 1 << 20,
+        },
+        CancellationToken::default(),
+    );
     let fast = outbox();
     hub.subscribe(1, &slow, &ch("a"), None, None)
         .await

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use herald_core::ChannelName;
 use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::App,
-    hub::{Bounds, Hub, Outbox},
+    hub::{Bounds, CloseReason, Hub, Outbox},
 };
 
 /// One client connection's identity, queue and subscriptions. Dropping it unsubscribes
@@ -26,17 +27,21 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(app: &Arc<App>, transport: &'static str) -> Self {
+    /// A connection whose outbox cancels `signal` when it closes (see [`Outbox::signal`]).
+    pub fn new(app: &Arc<App>, transport: &'static str, signal: CancellationToken) -> Self {
         app.metrics
             .connections
             .with_label_values(&[transport])
             .inc();
         Self {
             id: app.hub.connection_id(),
-            outbox: Outbox::new(Bounds {
-                max_items: app.config.queue_max_messages,
-                max_bytes: app.config.queue_max_bytes,
-            }),
+            outbox: Outbox::new(
+                Bounds {
+                    max_items: app.config.queue_max_messages,
+                    max_bytes: app.config.queue_max_bytes,
+                },
+                signal,
+            ),
             hub: app.hub.clone(),
             channels: Mutex::new(Vec::new()),
             transport,
@@ -46,6 +51,10 @@ impl Connection {
 
     pub fn channel_count(&self) -> usize {
         self.channels.lock().len()
+    }
+
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.channels.lock().contains(channel)
     }
 
     /// Records a subscription the hub accepted.
@@ -65,14 +74,23 @@ impl Connection {
         }
         removed
     }
+}
 
-    /// Counts why the connection ended.
-    pub fn closed(&self, reason: &'static str) {
-        self.app
-            .metrics
-            .disconnects
-            .with_label_values(&[self.transport, reason])
-            .inc();
+/// The metric label for why a connection ended (`client_gone`: the peer went away first).
+fn close_label(reason: Option<CloseReason>) -> &'static str {
+    match reason {
+        None => "client_gone",
+        Some(CloseReason::SlowConsumer) => "slow_consumer",
+        Some(CloseReason::Shutdown) => "shutdown",
+        Some(CloseReason::Closed {
+            code: ws::close::PING_TIMEOUT,
+            ..
+        }) => "ping_timeout",
+        Some(CloseReason::Closed {
+            code: ws::close::NORMAL,
+            ..
+        }) => "client_closed",
+        Some(CloseReason::Closed { .. }) => "protocol_error",
     }
 }
 
@@ -86,5 +104,11 @@ impl Drop for Connection {
             .connections
             .with_label_values(&[self.transport])
             .dec();
+        let reason = close_label(self.outbox.reason());
+        self.app
+            .metrics
+            .disconnects
+            .with_label_values(&[self.transport, reason])
+            .inc();
     }
 }

@@ -32,6 +32,12 @@ use crate::{
     hub::{CloseReason, Item, SubscribeError},
 };
 
+/// Cancelling this drops the HTTP connection that carries an SSE stream: how a slow consumer
+/// whose socket is full (so hyper no longer polls the body) is cut off. Set per connection by
+/// the server.
+#[derive(Clone, Default)]
+pub struct ConnectionSignal(pub tokio_util::sync::CancellationToken);
+
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     if app.is_draining() {
         return error(ErrorCode::Draining, "this node is draining; reconnect");
@@ -80,7 +86,12 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Err(e) => return error(ErrorCode::InvalidPosition, &format!("Last-Event-ID: {e}")),
     };
 
-    let conn = Connection::new(app, "sse");
+    let signal = req
+        .extensions()
+        .get::<ConnectionSignal>()
+        .cloned()
+        .unwrap_or_default();
+    let conn = Connection::new(app, "sse", signal.0);
     for channel in channels {
         let since = resume.get(channel.as_str()).cloned();
         match app
@@ -91,7 +102,6 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Ok(()) => conn.add(channel),
             Err(SubscribeError::AlreadySubscribed(_)) => {}
             Err(SubscribeError::Broker(e)) => {
-                conn.closed("unavailable");
                 return error(ErrorCode::Unavailable, &e.to_string());
             }
         }
@@ -170,25 +180,20 @@ impl SseBody {
         }
     }
 
-    fn closing_event(&mut self, reason: CloseReason) -> Bytes {
-        let (event, code, message, label) = match reason {
+    fn closing_event(reason: CloseReason) -> Bytes {
+        let (event, code, message) = match reason {
             CloseReason::SlowConsumer => (
                 "herald.error",
                 ErrorCode::SlowConsumer,
                 "the stream fell too far behind; reconnect to resume",
-                "slow_consumer",
             ),
             CloseReason::Shutdown => (
                 "herald.reconnect",
                 ErrorCode::Draining,
                 "this node is shutting down; reconnect",
-                "shutdown",
             ),
-            CloseReason::Closed { reason, .. } => {
-                ("herald.error", ErrorCode::Internal, reason, "closed")
-            }
+            CloseReason::Closed { reason, .. } => ("herald.error", ErrorCode::Internal, reason),
         };
-        self.conn.closed(label);
         let data = format!(r#"{{"code":"{}","message":"{}"}}"#, code.as_str(), message);
         sse::event(None, event, &data)
     }
@@ -221,7 +226,7 @@ impl hyper::body::Body for SseBody {
             let mut out = BytesMut::new();
             this.render(batch.items, &mut out);
             if let Some(reason) = batch.closed {
-                out.extend_from_slice(&this.closing_event(reason));
+                out.extend_from_slice(&Self::closing_event(reason));
                 this.done = true;
             }
             this.reset_heartbeat();

@@ -109,7 +109,7 @@ async fn serve(app: Arc<App>, io: TokioIo<hyper::upgrade::Upgraded>, channels: V
     ws_read.set_auto_close(false);
     ws_read.set_max_message_size(app.config.max_ws_frame_bytes);
 
-    let conn = Arc::new(Connection::new(&app, "ws"));
+    let conn = Arc::new(Connection::new(&app, "ws", Default::default()));
     for channel in channels {
         subscribe(&app, &conn, channel, None, None).await;
     }
@@ -124,24 +124,9 @@ async fn serve(app: Arc<App>, io: TokioIo<hyper::upgrade::Upgraded>, channels: V
         clock,
     ));
 
-    let reason = write_loop(&app, &conn, &mut write, &last_heard, clock).await;
+    write_loop(&app, &conn, &mut write, &last_heard, clock).await;
     reader.abort();
-    let label = match reason {
-        Some(CloseReason::SlowConsumer) => "slow_consumer",
-        Some(CloseReason::Shutdown) => "shutdown",
-        Some(CloseReason::Closed {
-            code: close::PING_TIMEOUT,
-            ..
-        }) => "ping_timeout",
-        Some(CloseReason::Closed {
-            code: close::NORMAL,
-            ..
-        }) => "client_closed",
-        Some(CloseReason::Closed { .. }) => "protocol_error",
-        None => "io_error",
-    };
-    conn.closed(label);
-    let _ = write.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), write.shutdown()).await;
 }
 
 /// Subscribes and reports failures to the client as error frames.
@@ -152,6 +137,15 @@ pub async fn subscribe(
     since: Option<herald_core::StreamPosition>,
     id: Option<u64>,
 ) {
+    if conn.is_subscribed(&channel) {
+        send_error(
+            conn,
+            id,
+            ErrorCode::BadRequest,
+            &format!("already subscribed to {channel}"),
+        );
+        return;
+    }
     if conn.channel_count() >= app.config.max_channels_per_connection {
         let msg = format!(
             "at most {} channels per connection",
@@ -190,14 +184,14 @@ pub fn send_error(conn: &Connection, id: Option<u64>, code: ErrorCode, message: 
     send_text(conn, &protocol::error_frame(id, code, message));
 }
 
-/// Writes queued frames until the connection ends; returns why it ended (`None`: write error).
+/// Writes queued frames until the connection ends (why is recorded in the outbox).
 async fn write_loop<W: AsyncWrite + Unpin>(
     app: &App,
     conn: &Connection,
     write: &mut W,
     last_heard: &AtomicU64,
     clock: tokio::time::Instant,
-) -> Option<CloseReason> {
+) {
     let ping_every = app.config.ws_ping_interval;
     let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -247,10 +241,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             frames.push(protocol::close_frame(code, text));
             // A close is best effort: the peer may be gone or not reading.
             let _ = tokio::time::timeout(Duration::from_secs(1), write_all(write, &frames)).await;
-            return Some(reason);
+            return;
         }
-        if write_all(write, &frames).await.is_err() {
-            return None;
+        // A peer that stops reading blocks this write, so the outbox overflowing meanwhile must
+        // still end the connection. Any other close (shutdown) lets a write in flight finish, so
+        // a healthy client never sees a torn frame.
+        let pending = write_all(write, &frames);
+        tokio::pin!(pending);
+        tokio::select! {
+            res = &mut pending => if res.is_err() { return },
+            () = conn.outbox.signal().cancelled() => {
+                if conn.outbox.reason() == Some(CloseReason::SlowConsumer) {
+                    return;
+                }
+                if !matches!(tokio::time::timeout(Duration::from_secs(1), pending).await, Ok(Ok(()))) {
+                    return;
+                }
+            }
         }
     }
 }

@@ -1,0 +1,9 @@
+//! Integration tests: the real `herald` binary on port 0, driven by real SSE and WebSocket
+//! clients. One test binary so the suite links once.
+
+mod support;
+
+mod delivery;
+mod lifecycle;
+mod resume;
+mod robustness;
