@@ -186,49 +186,49 @@ pub enum LogFormat {
 }
 
 options! {
-    /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout).
+    /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout). [default: 127.0.0.1:8080]
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
-    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker.
+    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker. [default: unset]
     redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
-    /// API keys allowed to publish (comma-separated). Empty: publishing needs no key.
+    /// API keys allowed to publish (comma-separated). Empty: publishing needs no key. [default: none]
     api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = parse_list;
-    /// Let WebSocket clients publish with the `publish` op.
+    /// Let WebSocket clients publish with the `publish` op. [default: false]
     allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool;
-    /// Messages kept per channel for resume and the history endpoint.
+    /// Messages kept per channel for resume and the history endpoint. [default: 1000]
     history_size: usize = 1000, env = "HERALD_HISTORY_SIZE", parse = parse_usize;
-    /// How long history (and idempotency keys) are kept.
+    /// How long history (and idempotency keys) are kept. [default: 1h]
     history_ttl: Duration = Duration::from_secs(3600), env = "HERALD_HISTORY_TTL", parse = parse_duration;
-    /// Interval of SSE heartbeat comments (they also reap dead SSE connections).
+    /// Interval of SSE heartbeat comments (they also reap dead SSE connections). [default: 15s]
     sse_heartbeat: Duration = Duration::from_secs(15), env = "HERALD_SSE_HEARTBEAT", parse = parse_duration;
-    /// The `retry:` hint sent to EventSource clients.
+    /// The `retry:` hint sent to EventSource clients. [default: 2s]
     sse_retry: Duration = Duration::from_secs(2), env = "HERALD_SSE_RETRY", parse = parse_duration;
-    /// Interval of server pings to WebSocket clients.
+    /// Interval of server pings to WebSocket clients. [default: 25s]
     ws_ping_interval: Duration = Duration::from_secs(25), env = "HERALD_WS_PING_INTERVAL", parse = parse_duration;
-    /// A WebSocket client silent for this long after a ping is closed (4001).
+    /// A WebSocket client silent for this long after a ping is closed (4001). [default: 20s]
     ws_ping_timeout: Duration = Duration::from_secs(20), env = "HERALD_WS_PING_TIMEOUT", parse = parse_duration;
-    /// Largest POST body, in bytes.
+    /// Largest POST body, in bytes. [default: 262144]
     max_body_bytes: usize = 256 * 1024, env = "HERALD_MAX_BODY_BYTES", parse = parse_usize;
-    /// Largest message `data` (compact JSON), in bytes.
+    /// Largest message `data` (compact JSON), in bytes. [default: 65536]
     max_message_bytes: usize = 64 * 1024, env = "HERALD_MAX_MESSAGE_BYTES", parse = parse_usize;
-    /// Largest WebSocket message from a client, in bytes (larger: close 1009).
+    /// Largest WebSocket message from a client, in bytes (larger: close 1009). [default: 131072]
     max_ws_frame_bytes: usize = 128 * 1024, env = "HERALD_MAX_WS_FRAME_BYTES", parse = parse_usize;
-    /// Most channels one SSE stream or WebSocket may subscribe to.
+    /// Most channels one SSE stream or WebSocket may subscribe to. [default: 64]
     max_channels_per_connection: usize = 64, env = "HERALD_MAX_CHANNELS_PER_CONNECTION", parse = parse_usize;
-    /// Longest channel name (at most 255).
+    /// Longest channel name (at most 255). [default: 128]
     max_channel_len: usize = 128, env = "HERALD_MAX_CHANNEL_LEN", parse = parse_usize;
-    /// Most channels in one broadcast.
+    /// Most channels in one broadcast. [default: 100]
     max_broadcast_channels: usize = 100, env = "HERALD_MAX_BROADCAST_CHANNELS", parse = parse_usize;
-    /// Most messages queued for one connection before it is cut off as a slow consumer.
+    /// Most messages queued for one connection before it is cut off as a slow consumer. [default: 2048]
     queue_max_messages: usize = 2048, env = "HERALD_QUEUE_MAX_MESSAGES", parse = parse_usize;
-    /// Most bytes queued for one connection before it is cut off as a slow consumer.
+    /// Most bytes queued for one connection before it is cut off as a slow consumer. [default: 4194304]
     queue_max_bytes: usize = 4 << 20, env = "HERALD_QUEUE_MAX_BYTES", parse = parse_usize;
-    /// How long a channel's backbone subscription outlives its last local subscriber.
+    /// How long a channel's backbone subscription outlives its last local subscriber. [default: 2s]
     channel_linger: Duration = Duration::from_secs(2), env = "HERALD_CHANNEL_LINGER", parse = parse_duration;
-    /// On SIGTERM/SIGINT: how long to wait for connections to close before exiting.
+    /// On SIGTERM/SIGINT: how long to wait for connections to close before exiting. [default: 10s]
     shutdown_timeout: Duration = Duration::from_secs(10), env = "HERALD_SHUTDOWN_TIMEOUT", parse = parse_duration;
-    /// Log format: human or json.
+    /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
-    /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug).
+    /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug). [default: info]
     log_level: String = "info".to_owned(), env = "HERALD_LOG_LEVEL", parse = parse_string;
 }
 
