@@ -180,7 +180,11 @@ impl Broker for MemoryBroker {
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
         let cfg = &self.config;
         Ok(self.with_channel(&publish.channel, |state, now| {
-            if let Some(&offset) = publish.idempotency_key.as_ref().and_then(|k| state.keys.get(k)) {
+            if let Some(&offset) = publish
+                .idempotency_key
+                .as_ref()
+                .and_then(|k| state.keys.get(k))
+            {
                 return Published {
                     position: StreamPosition {
                         epoch: state.epoch.clone(),

@@ -44,4 +44,17 @@ impl App {
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
+
+    /// Resolves when this connection's turn to close has come: at a uniformly random moment within
+    /// the drain window after shutdown began, so a fleet restart spreads reconnects out instead of
+    /// sending every client to the other nodes at once.
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shutdown = self.shutdown.clone();
+        let window = self.config.drain_window;
+        async move {
+            shutdown.cancelled().await;
+            let delay = window.mul_f64(rand::random::<f64>());
+            tokio::time::sleep(delay).await;
+        }
+    }
 }

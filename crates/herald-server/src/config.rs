@@ -224,8 +224,8 @@ options! {
     queue_max_bytes: usize = 4 << 20, env = "HERALD_QUEUE_MAX_BYTES", parse = parse_usize;
     /// How long a channel's backbone subscription outlives its last local subscriber. [default: 2s]
     channel_linger: Duration = Duration::from_secs(2), env = "HERALD_CHANNEL_LINGER", parse = parse_duration;
-    /// On SIGTERM/SIGINT: how long to wait for connections to close before exiting. [default: 10s]
-    shutdown_timeout: Duration = Duration::from_secs(10), env = "HERALD_SHUTDOWN_TIMEOUT", parse = parse_duration;
+    /// On SIGTERM/SIGINT: clients are told to reconnect at random moments spread over this window (no reconnect storm); the process exits when they are gone, at most 2s after the window. [default: 10s]
+    drain_window: Duration = Duration::from_secs(10), env = "HERALD_DRAIN_WINDOW", parse = parse_duration;
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug). [default: info]

@@ -39,9 +39,11 @@ pub async fn build_broker(config: &Config) -> Result<Arc<dyn Broker>, BrokerErro
     }
 }
 
-/// Serves Herald on `listener` until `shutdown` resolves, then drains: readiness fails, streams
-/// end with a reconnect signal, and the function returns once connections are closed or
-/// `shutdown_timeout` has passed.
+/// Serves Herald on `listener` until `shutdown` resolves, then drains: readiness fails at once,
+/// streaming clients are told to reconnect at random moments over `drain_window`, and the
+/// function returns once they are gone (at most 2 s after the window). During the drain the
+/// listener stays open, so load balancers see `/readyz` fail and publishes still succeed, while
+/// new streams are refused with `503 draining`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -61,39 +63,49 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let app2 = app.clone();
-                    app.tasks.spawn(serve(app2, stream));
-                }
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning; existing connections go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
+            accepted = listener.accept() => accept(&app, accepted, false).await,
             () = &mut shutdown => break,
         }
     }
 
-    tracing::info!("draining");
+    tracing::info!(window = ?app.config.drain_window, "draining");
     app.start_draining();
-    drop(listener);
     app.shutdown.cancel();
     app.tasks.close();
-    if tokio::time::timeout(app.config.shutdown_timeout, app.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            remaining = app.tasks.len(),
-            "shutdown timeout: closing remaining connections"
-        );
+    let deadline = tokio::time::Instant::now() + app.config.drain_window + Duration::from_secs(2);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => accept(&app, accepted, true).await,
+            () = app.tasks.wait() => break,
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(remaining = app.tasks.len(), "drain window over: closing remaining connections");
+                break;
+            }
+        }
     }
     Ok(())
 }
 
-async fn serve(app: Arc<App>, stream: TcpStream) {
+async fn accept(
+    app: &Arc<App>,
+    accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
+    draining: bool,
+) {
+    match accepted {
+        Ok((stream, _peer)) => {
+            app.tasks.spawn(serve(app.clone(), stream, draining));
+        }
+        Err(e) => {
+            // Usually EMFILE: back off instead of spinning; existing connections go on.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Serves one TCP connection. `draining`: accepted during the drain, so it serves one request
+/// without keep-alive instead of being told to shut down before its first request.
+async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
     let _ = stream.set_nodelay(true);
     let service_app = app.clone();
     let kill = tokio_util::sync::CancellationToken::new();
@@ -102,7 +114,8 @@ async fn serve(app: Arc<App>, stream: TcpStream) {
         req.extensions_mut().insert(signal.clone());
         http::handle(service_app.clone(), req)
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(!draining);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -112,7 +125,7 @@ async fn serve(app: Arc<App>, stream: TcpStream) {
             }
             return;
         }
-        () = app.shutdown.cancelled() => {}
+        () = app.shutdown.cancelled(), if !draining => {}
         () = kill.cancelled() => {
             // The SSE stream on this connection closed: give its final event a moment to go out,
             // then drop the connection even if the peer is not reading.
@@ -120,7 +133,7 @@ async fn serve(app: Arc<App>, stream: TcpStream) {
             return;
         }
     }
-    // Let the in-flight request (or the SSE stream, which ends itself on shutdown) finish.
+    // Let the in-flight request (or the SSE stream, which ends itself during the drain) finish.
     conn.as_mut().graceful_shutdown();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with error during shutdown");

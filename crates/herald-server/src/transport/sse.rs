@@ -23,7 +23,6 @@ use hyper::{
     header,
 };
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::Connection;
 use crate::{
@@ -114,7 +113,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         token: ResumeToken::default(),
         heartbeat_every: heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
-        shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+        drained: Some(Box::pin(app.drained())),
         done: false,
     };
     let mut resp = Response::new(body.boxed_unsync());
@@ -142,7 +141,8 @@ struct SseBody {
     heartbeat_every: std::time::Duration,
     /// Fires after a quiet period; any write resets it.
     heartbeat: Pin<Box<Sleep>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Resolves when this stream's turn to close comes during a drain; `None` once it has.
+    drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The closing event was sent; the next poll ends the body.
     done: bool,
 }
@@ -219,7 +219,10 @@ impl hyper::body::Body for SseBody {
         if let Some(p) = this.preamble.take() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
+        if let Some(drained) = this.drained.as_mut()
+            && drained.as_mut().poll(cx).is_ready()
+        {
+            this.drained = None;
             this.conn.outbox.close(CloseReason::Shutdown);
         }
         if let Poll::Ready(batch) = this.conn.outbox.poll_take(cx) {

@@ -196,6 +196,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut frames: Vec<Bytes> = Vec::new();
+    let drained = app.drained();
+    tokio::pin!(drained);
+    let mut drain_started = false;
     loop {
         let batch = tokio::select! {
             batch = conn.outbox.take() => batch,
@@ -207,7 +210,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            () = app.shutdown.cancelled() => {
+            () = &mut drained, if !drain_started => {
+                drain_started = true;
                 conn.outbox.close(CloseReason::Shutdown);
                 continue;
             }

@@ -1,6 +1,6 @@
 //! Starting, probing and stopping the process.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -26,25 +26,80 @@ async fn health_readiness_and_metrics_answer() {
     assert!(text.contains("herald_subscriptions"), "{text}");
 }
 
-#[tokio::test]
-async fn sigterm_tells_clients_to_reconnect_and_exits() {
-    let mut h = Herald::start(&["--shutdown-timeout", "5s"]).await;
-    let mut ws = Ws::connect(&h.ws_url("/v1/ws?channel=a")).await;
-    ws.next().await;
-    let mut sse = Sse::connect(&h.url("/v1/sse?channel=a"), None).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_readiness_first_then_clients_spread_over_the_window() {
+    const WINDOW: Duration = Duration::from_secs(2);
+    let mut h = Herald::start(&["--drain-window", "2s"]).await;
+    let mut ws_clients = Vec::new();
+    for _ in 0..12 {
+        let mut ws = Ws::connect(&h.ws_url("/v1/ws?channel=a")).await;
+        ws.next().await;
+        ws_clients.push(ws);
+    }
+    let mut sse_clients = Vec::new();
+    for _ in 0..6 {
+        sse_clients.push(Sse::connect(&h.url("/v1/sse?channel=a"), None).await);
+    }
     h.publish("a", json!(1)).await;
-    assert_eq!(sse.next_message().await.json(), json!(1));
+
+    let started = Instant::now();
     h.terminate();
-    assert_eq!(ws.next_message().await["data"], 1);
-    assert_eq!(ws.next_or_close().await, Err(Some(1012)));
-    let ev = sse.next().await.expect("a final event");
+    // Readiness fails first, while the streams are still open and publishes still work.
+    let (status, body) = within("readyz to fail", async {
+        loop {
+            let (status, body) = h.get("/readyz").await;
+            if status == 503 {
+                return (status, body);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(body.contains("draining"), "{status} {body}");
+    h.publish("a", json!(2)).await;
+    let refused = reqwest::get(h.url("/v1/sse?channel=a"))
+        .await
+        .expect("response");
     assert_eq!(
-        (ev.event.as_str(), &ev.json()["code"]),
-        ("herald.reconnect", &json!("draining"))
+        refused.status(),
+        503,
+        "new streams go elsewhere during the drain"
     );
-    assert!(sse.next().await.is_none(), "stream ended");
+
+    // Every client gets both messages, then the reconnect signal at its own moment.
+    let mut closed_at = Vec::new();
+    for ws in &mut ws_clients {
+        assert_eq!(ws.next_message().await["data"], 1);
+        assert_eq!(ws.next_message().await["data"], 2);
+        assert_eq!(ws.next_or_close().await, Err(Some(1012)));
+        closed_at.push(started.elapsed());
+    }
+    for sse in &mut sse_clients {
+        assert_eq!(sse.next_message().await.json(), json!(1));
+        assert_eq!(sse.next_message().await.json(), json!(2));
+        let ev = sse.next().await.expect("a final event");
+        assert_eq!(
+            (ev.event.as_str(), &ev.json()["code"]),
+            ("herald.reconnect", &json!("draining"))
+        );
+        assert!(sse.next().await.is_none(), "stream ended");
+        closed_at.push(started.elapsed());
+    }
     let status = within("exit", h.child.wait()).await.expect("wait");
     assert!(status.success(), "{status:?}");
+    // Spread, not a storm: 18 uniform draws over 2 s essentially never fall within 10% of it.
+    closed_at.sort();
+    let spread = closed_at[closed_at.len() - 1] - closed_at[0];
+    assert!(
+        spread > WINDOW / 10,
+        "all clients were closed within {spread:?}"
+    );
+    // The window bounds the drain (plus the documented 2 s grace and process exit).
+    assert!(
+        started.elapsed() < WINDOW + Duration::from_secs(5),
+        "drain took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -71,5 +126,4 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
     ] {
         assert!(help.contains(option), "--help lacks {option}");
     }
-    let _ = Duration::ZERO;
 }
