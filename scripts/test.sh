@@ -23,10 +23,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace
 
 if [ -x crates/herald-server/tests/browser/run.sh ]; then
   echo "== browser test (headless chromium)"
