@@ -230,17 +230,22 @@ impl SseConn {
 
     /// Reads once from the socket and dispatches every complete event.
     pub async fn next_batch<F: FnMut(Event<'_>)>(&mut self, f: &mut F) -> Result<(), End> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(4096);
-        }
-        if self
-            .stream
-            .read_buf(&mut self.rbuf)
-            .await
-            .map_err(End::io)?
-            == 0
-        {
-            return Err(End::Eof);
+        // Bytes read together with the response head are processed before reading again:
+        // the first events (`herald.subscribed`) usually arrive in the same segment. Every
+        // batch consumes the whole buffer, so empty means "nothing pending".
+        if self.rbuf.is_empty() {
+            if self.rbuf.capacity() < 1024 {
+                self.rbuf.reserve(4096);
+            }
+            if self
+                .stream
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(End::io)?
+                == 0
+            {
+                return Err(End::Eof);
+            }
         }
         let Self {
             rbuf,
