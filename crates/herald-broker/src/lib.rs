@@ -2,13 +2,16 @@
 //! reach every node that has subscribers.
 //!
 //! The server talks only to the [`Broker`] trait. [`MemoryBroker`] is the embedded single-node
-//! default; a Redis implementation sits behind the same trait for multi-node deployments.
+//! default; [`RedisBroker`] (standalone Redis or Redis Cluster) sits behind the same trait for
+//! multi-node deployments.
 
 mod broker;
 pub mod memory;
+pub mod redis;
 
 pub use broker::{Broker, BrokerError, History, Published, Sink};
 pub use memory::{MemoryBroker, MemoryConfig};
+pub use redis::{RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot};
 
 /// Unix time in microseconds (for `Message::published_at_us`).
 pub fn now_us() -> u64 {

@@ -1,0 +1,331 @@
+//! [`RedisBroker`]: the `Broker` trait over Redis, and the state its tasks share.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use herald_core::{ChannelName, Epoch, EventName, StreamPosition, protocol::Publish};
+use parking_lot::{Mutex, RwLock};
+use redis::Script;
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+use super::{
+    RedisConfig, RedisStats,
+    commands::Commands,
+    config::Topology,
+    keys,
+    pubsub::PubSub,
+    relay::{self, Event, Slot},
+    scripts::{self, ReadReply},
+    supervisor,
+};
+use crate::{Broker, BrokerError, History, Published, Sink, now_us};
+
+/// Subscribe/unsubscribe of one channel are serialised (so SUBSCRIBE and UNSUBSCRIBE cannot
+/// overtake each other) by one of this many locks.
+const SUB_LOCKS: usize = 64;
+
+/// State shared by the broker handle and its tasks.
+pub(crate) struct Shared {
+    pub cfg: RedisConfig,
+    pub topology: Topology,
+    pub commands: Commands,
+    publish_script: Script,
+    read_script: Script,
+    pub channels: Mutex<HashMap<ChannelName, Slot>>,
+    pub sub_locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: RandomState,
+    /// The current pub/sub connection, `None` while reconnecting.
+    pub pubsub: RwLock<Option<PubSub>>,
+    /// True once the current connection is subscribed to every channel.
+    pub connected: watch::Sender<bool>,
+    /// The newest pub/sub connection generation known to be broken.
+    pub broken: watch::Sender<u64>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub probe_channel: String,
+    /// The newest probe counter seen back on the pub/sub connection.
+    pub probe_seen: watch::Sender<u64>,
+    pub stats: Arc<RedisStats>,
+    /// Some channel owes a history read that failed; the relay retries.
+    pub stale: AtomicBool,
+    next_sub: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn shard_of(&self, channel: &ChannelName) -> usize {
+        self.hasher.hash_one(channel.as_str()) as usize % self.sub_locks.len()
+    }
+
+    pub(crate) fn mark_broken(&self, generation: u64) {
+        self.broken.send_if_modified(|b| {
+            let newer = generation > *b;
+            if newer {
+                *b = generation;
+            }
+            newer
+        });
+    }
+
+    pub(crate) fn disconnected(&self) {
+        self.connected.send_replace(false);
+        *self.pubsub.write() = None;
+    }
+
+    /// The current connection's generation, if it is fully subscribed.
+    pub(crate) fn current_gen(&self) -> Option<u64> {
+        if !*self.connected.borrow() {
+            return None;
+        }
+        self.pubsub.read().as_ref().map(|c| c.generation)
+    }
+
+    /// Runs the read script: `since`'s epoch decides strict vs follow semantics (see
+    /// [`scripts::READ`]); `limit` is capped at the history size.
+    pub(crate) async fn read(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+        follow: bool,
+    ) -> Result<ReadReply, BrokerError> {
+        let mut inv = self.read_script.prepare_invoke();
+        inv.key(keys::meta(channel))
+            .key(keys::stream(channel))
+            .arg(Epoch::from_random(rand::random()).as_str())
+            .arg(ttl_ms(self.cfg.history_ttl))
+            .arg(since.map_or("", |p| p.epoch.as_str()))
+            .arg(since.map_or(0, |p| p.offset))
+            .arg(limit.min(self.cfg.history_size))
+            .arg(if follow { "f" } else { "s" });
+        let reply = self
+            .commands
+            .script(&inv, self.cfg.publish_timeout)
+            .await
+            .inspect_err(|_| RedisStats::inc(&self.stats.command_errors))?;
+        scripts::parse_read(reply)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The Redis-backed broker: standalone Redis or Redis Cluster.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisBroker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl RedisBroker {
+    /// Builds the command pool and starts the pub/sub supervisor, relay and probe tasks (so it
+    /// must be called inside a tokio runtime). Fails only on an invalid configuration: when
+    /// Redis is unreachable it waits up to `publish_timeout` for the first connection, then
+    /// returns anyway and keeps reconnecting in the background (`ready()` reports it).
+    pub async fn connect(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
+        let topology = Topology::parse(&config.url)?;
+        if config.history_ttl.is_zero() {
+            return Err(BrokerError::Internal("history_ttl must be positive".into()));
+        }
+        let commands = Commands::new(&topology, config.pool_size, config.publish_timeout)?;
+        let node_id = match &config.node_id {
+            Some(id) => id.clone(),
+            None => format!("{:016x}", rand::random::<u64>()),
+        };
+        let (events, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            probe_channel: keys::probe(&node_id),
+            cfg: config,
+            topology,
+            commands,
+            publish_script: Script::new(scripts::PUBLISH),
+            read_script: Script::new(scripts::READ),
+            channels: Mutex::new(HashMap::new()),
+            sub_locks: (0..SUB_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            hasher: RandomState::new(),
+            pubsub: RwLock::new(None),
+            connected: watch::Sender::new(false),
+            broken: watch::Sender::new(0),
+            events,
+            probe_seen: watch::Sender::new(0),
+            stats: Arc::default(),
+            stale: AtomicBool::new(false),
+            next_sub: AtomicU64::new(1),
+        });
+        let tasks = vec![
+            tokio::spawn(relay::run(shared.clone(), events_rx)),
+            tokio::spawn(supervisor::supervise(shared.clone())),
+            tokio::spawn(supervisor::probe(shared.clone())),
+        ];
+        let broker = Arc::new(Self { shared, tasks });
+        if broker.wait_connected().await.is_err() {
+            tracing::warn!("redis is not reachable yet; retrying in the background");
+        }
+        Ok(broker)
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> Arc<RedisStats> {
+        self.shared.stats.clone()
+    }
+
+    /// Test hook: makes the current pub/sub connection silently drop every message, like a
+    /// connection that stays open but stopped delivering. Only the self-probe can notice.
+    #[doc(hidden)]
+    pub fn debug_mute_pubsub(&self) {
+        if let Some(conn) = self.shared.pubsub.read().as_ref() {
+            conn.mute();
+        }
+    }
+
+    /// Waits (up to `publish_timeout`) until the pub/sub connection is up.
+    async fn wait_connected(&self) -> Result<(), BrokerError> {
+        let mut rx = self.shared.connected.subscribe();
+        match tokio::time::timeout(self.shared.cfg.publish_timeout, rx.wait_for(|c| *c)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(BrokerError::Unavailable(
+                "redis pub/sub connection is down".into(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
+        let s = &self.shared;
+        let c = &publish.channel;
+        let mut inv = s.publish_script.prepare_invoke();
+        inv.key(keys::meta(c))
+            .key(keys::stream(c))
+            .key(keys::backbone(c));
+        if let Some(k) = &publish.idempotency_key {
+            inv.key(keys::idempotency(c, k));
+        }
+        inv.arg(Epoch::from_random(rand::random()).as_str())
+            .arg(s.cfg.history_size)
+            .arg(ttl_ms(s.cfg.history_ttl))
+            .arg(now_us())
+            .arg(publish.event.as_ref().map_or("", EventName::as_str))
+            .arg(c.as_str())
+            .arg(&publish.data[..])
+            .arg(if s.commands.is_cluster() { "s" } else { "p" });
+        let reply = s
+            .commands
+            .script(&inv, s.cfg.publish_timeout)
+            .await
+            .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
+        let (position, duplicate) = scripts::parse_publish(reply)?;
+        Ok(Published {
+            position,
+            duplicate,
+        })
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        RedisStats::inc(&self.shared.stats.history_reads);
+        let reply = self.shared.read(channel, since, limit, false).await?;
+        Ok(scripts::history(reply, since, limit))
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        // Before the shard lock: the supervisor takes the shard locks while resubscribing.
+        self.wait_connected().await?;
+        let _guard = s.sub_locks[s.shard_of(channel)].lock().await;
+        let sub = s.next_sub.fetch_add(1, Ordering::Relaxed);
+        s.channels
+            .lock()
+            .insert(channel.clone(), Slot::new(sink, sub));
+        let conn = s.pubsub.read().clone();
+        let backbone = keys::backbone(channel);
+        let result = async {
+            let conn = conn.ok_or_else(|| {
+                BrokerError::Unavailable("redis pub/sub connection is down".into())
+            })?;
+            conn.subscribe(std::slice::from_ref(&backbone)).await?;
+            // Only now, with the subscription confirmed, is the top a safe baseline: every
+            // later publish reaches this node live.
+            let top = s.read(channel, None, 0, false).await?.top;
+            Ok::<_, BrokerError>((conn, top))
+        }
+        .await;
+        match result {
+            Ok((_, top)) => {
+                s.events
+                    .send(Event::Baseline {
+                        channel: channel.clone(),
+                        sub,
+                        top,
+                    })
+                    .map_err(|_| BrokerError::Internal("relay stopped".into()))?;
+                Ok(())
+            }
+            Err(e) => {
+                s.channels.lock().remove(channel);
+                let conn = s.pubsub.read().clone();
+                if let Some(conn) = conn {
+                    conn.unsubscribe(&backbone).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) {
+        let s = &self.shared;
+        let _guard = s.sub_locks[s.shard_of(channel)].lock().await;
+        if s.channels.lock().remove(channel).is_some() {
+            let conn = s.pubsub.read().clone();
+            if let Some(conn) = conn {
+                conn.unsubscribe(&keys::backbone(channel)).await;
+            }
+        }
+    }
+
+    async fn ready(&self) -> Result<(), BrokerError> {
+        let s = &self.shared;
+        if s.current_gen().is_none() {
+            return Err(BrokerError::Unavailable(
+                "redis pub/sub connection is down".into(),
+            ));
+        }
+        let timeout = s.cfg.publish_timeout.min(Duration::from_secs(1));
+        s.commands
+            .query(&redis::cmd("PING"), timeout)
+            .await
+            .map(drop)
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}

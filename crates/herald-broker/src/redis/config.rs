@@ -1,0 +1,146 @@
+//! RedisBroker settings and the URL forms that pick standalone or Cluster mode.
+//!
+//! One URL string selects the topology so that an operator configures Redis with a single
+//! option: `redis://host:port[/db]` is a standalone server, `redis+cluster://h1:p1,h2:p2` lists
+//! Cluster seed nodes (any reachable node is enough; the client discovers the rest).
+
+use std::time::Duration;
+
+use crate::BrokerError;
+
+/// Settings for [`super::RedisBroker`].
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `redis+cluster://[user:pass@]h1:p1,h2:p2,...`.
+    pub url: String,
+    /// Most messages kept per channel (the stream's MAXLEN).
+    pub history_size: usize,
+    /// How long a message, a channel's epoch and an idempotency key are kept after the
+    /// channel's last publish.
+    pub history_ttl: Duration,
+    /// Upper bound on one publish or history read, including waiting for a pooled connection.
+    pub publish_timeout: Duration,
+    /// How often the pub/sub connection is checked by publishing to this node's probe channel.
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back before the pub/sub connection is declared dead.
+    pub probe_timeout: Duration,
+    /// Names this node's probe channel; random when `None`. Must be unique per node.
+    pub node_id: Option<String>,
+    /// Largest number of pooled command connections.
+    pub pool_size: usize,
+    /// First delay before reconnecting the pub/sub connection; doubles up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            history_size: 1000,
+            history_ttl: Duration::from_secs(3600),
+            publish_timeout: Duration::from_secs(2),
+            probe_interval: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(2),
+            node_id: None,
+            pool_size: 16,
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where Redis is, as parsed from [`RedisConfig::url`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// A `redis://` URL, passed to the client unchanged.
+    Standalone(String),
+    /// One `redis://` URL per seed node.
+    Cluster(Vec<String>),
+}
+
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+impl Topology {
+    pub(crate) fn parse(url: &str) -> Result<Self, BrokerError> {
+        let bad = |why: &str| BrokerError::Internal(format!("invalid Redis URL: {why}"));
+        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
+            // Credentials apply to every node; a path or query (e.g. `?protocol=`) likewise.
+            let (userinfo, rest) = match rest.rsplit_once('@') {
+                Some((u, r)) => (Some(u), r),
+                None => (None, rest),
+            };
+            let (hosts, suffix) = match rest.find(['/', '?']) {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|h| !h.is_empty())
+                .map(|h| match userinfo {
+                    Some(u) => format!("redis://{u}@{h}{suffix}"),
+                    None => format!("redis://{h}{suffix}"),
+                })
+                .collect();
+            if nodes.is_empty() {
+                return Err(bad("redis+cluster:// lists no nodes"));
+            }
+            for n in &nodes {
+                check_url(n)?;
+            }
+            Ok(Self::Cluster(nodes))
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            check_url(url)?;
+            Ok(Self::Standalone(url.to_owned()))
+        } else {
+            Err(bad(
+                "expected redis://host:port or redis+cluster://h1:p1,h2:p2",
+            ))
+        }
+    }
+}
+
+fn check_url(url: &str) -> Result<(), BrokerError> {
+    redis::Client::open(url)
+        .map(drop)
+        .map_err(|e| BrokerError::Internal(format!("invalid Redis URL {url:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn standalone_urls_pass_through() {
+        assert_eq!(
+            Topology::parse("redis://127.0.0.1:7000/2").ok(),
+            Some(Topology::Standalone("redis://127.0.0.1:7000/2".into()))
+        );
+    }
+
+    #[test]
+    fn cluster_urls_expand_to_one_url_per_node() {
+        assert_eq!(
+            Topology::parse("redis+cluster://:pw@a:1,b:2/?protocol=resp2").ok(),
+            Some(Topology::Cluster(vec![
+                "redis://:pw@a:1/?protocol=resp2".into(),
+                "redis://:pw@b:2/?protocol=resp2".into()
+            ]))
+        );
+        assert_eq!(
+            Topology::parse("redis+cluster://a:1, b:2").ok(),
+            Some(Topology::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_rejected() {
+        for url in ["", "http://x", "redis+cluster://", "redis+cluster://,"] {
+            assert!(Topology::parse(url).is_err(), "{url}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The relay: the one task that turns backbone pushes into sink deliveries, per channel in
+//! offset order, exactly once, filling node-level gaps from history first.
+//!
+//! Every push, baseline and resync goes through one queue into this task, so per-channel state
+//! (the cursor = last offset handed to the sink) has a single writer and deliveries for one
+//! channel can never race. A message that does not continue the cursor is parked in the
+//! channel's `pending` queue while the gap before it is read from history (the same read script
+//! as `Broker::history`, in "follow" mode so an epoch change reads the new epoch from its
+//! start); then whatever is parked and newer than the cursor is delivered. After a read, a gap
+//! that history could not fill (trimmed or expired) is skipped rather than waited for, and a
+//! new epoch is delivered as-is: the hub detects it.
+//!
+//! A read happens when a message skips ahead, when the epoch changes, after every (re)connect
+//! (`Resync`: anything published while the connection was down), and on a timer for channels
+//! whose read failed. While it is awaited the queue simply grows; nothing is lost.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::{ChannelName, Epoch, Message, StreamPosition};
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::{RedisStats, Shared, codec};
+use crate::Sink;
+
+/// Fills run concurrently across channels after a reconnect, at most this many at once.
+const FILL_CONCURRENCY: usize = 16;
+/// How often channels whose gap read failed are retried.
+const RETRY_PERIOD: Duration = Duration::from_secs(1);
+
+pub(crate) enum Event {
+    /// A push frame from pub/sub connection generation `generation`.
+    Push { generation: u64, info: PushInfo },
+    /// `subscribe` confirmed subscription `sub` and read the channel's top: live messages
+    /// after `top` are what the sink gets.
+    Baseline {
+        channel: ChannelName,
+        sub: u64,
+        top: StreamPosition,
+    },
+    /// Connection `generation` is subscribed to everything: read what was missed while it was down.
+    Resync,
+}
+
+/// A subscribed channel's delivery state.
+pub(crate) struct Slot {
+    pub sink: Arc<dyn Sink>,
+    /// Identifies one `subscribe` call, so late events of an earlier subscription are ignored.
+    pub sub: u64,
+    /// The last position handed to the sink (the baseline at first); `None` until the baseline.
+    cursor: Option<StreamPosition>,
+    /// Messages received but not yet delivered, in arrival order.
+    pending: VecDeque<Arc<Message>>,
+    /// History must be read before the next delivery (after a reconnect or a failed read).
+    needs_fill: bool,
+}
+
+impl Slot {
+    pub(crate) fn new(sink: Arc<dyn Sink>, sub: u64) -> Self {
+        Self {
+            sink,
+            sub,
+            cursor: None,
+            pending: VecDeque::new(),
+            needs_fill: false,
+        }
+    }
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event>) {
+    let mut retry = tokio::time::interval(RETRY_PERIOD);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => handle(&shared, event).await,
+                None => return,
+            },
+            _ = retry.tick() => {
+                if shared.stale.swap(false, Ordering::Relaxed) {
+                    sync_all(&shared, |slot| slot.needs_fill).await;
+                }
+            }
+        }
+    }
+}
+
+async fn handle(shared: &Shared, event: Event) {
+    match event {
+        Event::Push { generation, info } => match info.kind {
+            PushKind::Disconnection => shared.mark_broken(generation),
+            PushKind::Message | PushKind::SMessage => on_push(shared, info.data).await,
+            _ => {}
+        },
+        Event::Baseline { channel, sub, top } => {
+            if let Some(slot) = shared.channels.lock().get_mut(&channel)
+                && slot.sub == sub
+                && slot.cursor.is_none()
+            {
+                slot.cursor = Some(top);
+            }
+            sync(shared, &channel, sub).await;
+        }
+        Event::Resync => {
+            for slot in shared.channels.lock().values_mut() {
+                slot.needs_fill = true;
+            }
+            sync_all(shared, |slot| slot.needs_fill).await;
+        }
+    }
+}
+
+async fn on_push(shared: &Shared, data: Vec<Value>) {
+    let mut data = data.into_iter();
+    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (data.next(), data.next())
+    else {
+        RedisStats::inc(&shared.stats.decode_errors);
+        return;
+    };
+    if channel == shared.probe_channel.as_bytes() {
+        if let Some(n) = std::str::from_utf8(&payload)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            shared.probe_seen.send_if_modified(|seen| {
+                let newer = n > *seen;
+                if newer {
+                    *seen = n;
+                }
+                newer
+            });
+        }
+        return;
+    }
+    let msg = match codec::decode(Bytes::from(payload)) {
+        Ok(m) => Arc::new(m),
+        Err(e) => {
+            RedisStats::inc(&shared.stats.decode_errors);
+            tracing::debug!(error = %e, "dropping backbone message");
+            return;
+        }
+    };
+    let channel = msg.channel.clone();
+    let sub = {
+        let mut map = shared.channels.lock();
+        let Some(slot) = map.get_mut(&channel) else {
+            return;
+        };
+        slot.pending.push_back(msg);
+        slot.sub
+    };
+    sync(shared, &channel, sub).await;
+}
+
+/// Runs [`sync`] for every channel that `want`s it and has a baseline.
+async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool) {
+    let todo: Vec<(ChannelName, u64)> = shared
+        .channels
+        .lock()
+        .iter()
+        .filter(|(_, s)| s.cursor.is_some() && want(s))
+        .map(|(c, s)| (c.clone(), s.sub))
+        .collect();
+    futures_util::stream::iter(todo)
+        .for_each_concurrent(FILL_CONCURRENCY, |(channel, sub)| async move {
+            sync(shared, &channel, sub).await;
+        })
+        .await;
+}
+
+/// What [`sync`] must read before it can deliver more.
+struct Gap {
+    cursor: StreamPosition,
+    limit: usize,
+}
+
+/// Delivers `channel`'s pending messages that continue its cursor, reading history once when
+/// they do not (or when a fill is owed).
+async fn sync(shared: &Shared, channel: &ChannelName, sub: u64) {
+    // Set after a history read: the channel's epoch at that point. Anything still parked after
+    // the read is delivered if it belongs to that epoch (its gap is unrecoverable) and dropped
+    // otherwise (an epoch that history no longer knows).
+    let mut read_epoch: Option<Epoch> = None;
+    loop {
+        let mut out = Vec::new();
+        let (sink, gap) = {
+            let mut map = shared.channels.lock();
+            let Some(slot) = map.get_mut(channel) else {
+                return;
+            };
+            if slot.sub != sub {
+                return;
+            }
+            let gap = advance(slot, read_epoch.as_ref(), shared.cfg.history_size, &mut out);
+            (slot.sink.clone(), gap)
+        };
+        deliver(shared, &sink, out, false);
+        let Some(gap) = gap else { return };
+        if read_epoch.is_some() {
+            return; // a second read in one pass could only spin on a stale message
+        }
+        RedisStats::inc(&shared.stats.gap_fills);
+        let result = shared
+            .read(channel, Some(&gap.cursor), gap.limit, true)
+            .await;
+        let mut out = Vec::new();
+        {
+            let mut map = shared.channels.lock();
+            let Some(slot) = map.get_mut(channel) else {
+                return;
+            };
+            if slot.sub != sub {
+                return;
+            }
+            match result {
+                Err(e) => {
+                    tracing::warn!(%channel, error = %e, "gap fill from history failed; will retry");
+                    slot.needs_fill = true;
+                    shared.stale.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Ok(reply) => {
+                    let mut cursor = gap.cursor;
+                    for m in reply.messages {
+                        let newer = if m.epoch == cursor.epoch {
+                            m.offset > cursor.offset
+                        } else {
+                            m.epoch == reply.top.epoch
+                        };
+                        if newer {
+                            cursor = m.position();
+                            out.push(m);
+                        }
+                    }
+                    slot.cursor = Some(cursor);
+                    slot.needs_fill = false;
+                    read_epoch = Some(reply.top.epoch);
+                }
+            }
+        }
+        deliver(shared, &sink, out, true);
+    }
+}
+
+/// Moves deliverable messages from `pending` to `out`, advancing the cursor; returns the read
+/// needed before anything else can go, if any.
+fn advance(
+    slot: &mut Slot,
+    read_epoch: Option<&Epoch>,
+    history_size: usize,
+    out: &mut Vec<Arc<Message>>,
+) -> Option<Gap> {
+    let mut cursor = slot.cursor.clone()?;
+    let mut gap = None;
+    while let Some(front) = slot.pending.front() {
+        let same_epoch = front.epoch == cursor.epoch;
+        if same_epoch && front.offset <= cursor.offset {
+            slot.pending.pop_front(); // already delivered (live or from history)
+            continue;
+        }
+        if slot.needs_fill {
+            break;
+        }
+        let next = same_epoch && front.offset == cursor.offset + 1;
+        match read_epoch {
+            _ if next => {}
+            Some(e) if *e == front.epoch => {}
+            Some(_) => {
+                slot.pending.pop_front();
+                continue;
+            }
+            None => {
+                let limit = if same_epoch {
+                    usize::try_from(front.offset - cursor.offset - 1).unwrap_or(usize::MAX)
+                } else {
+                    front
+                        .offset
+                        .saturating_sub(1)
+                        .try_into()
+                        .unwrap_or(usize::MAX)
+                };
+                gap = Some(limit.min(history_size));
+                break;
+            }
+        }
+        if let Some(m) = slot.pending.pop_front() {
+            cursor = m.position();
+            out.push(m);
+        }
+    }
+    slot.cursor = Some(cursor.clone());
+    if slot.needs_fill {
+        gap = Some(history_size);
+    }
+    gap.map(|limit| Gap { cursor, limit })
+}
+
+fn deliver(shared: &Shared, sink: &Arc<dyn Sink>, msgs: Vec<Arc<Message>>, filled: bool) {
+    let n = msgs.len() as u64;
+    for m in msgs {
+        sink.deliver(m);
+    }
+    shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
+    if filled {
+        shared
+            .stats
+            .gap_fill_messages
+            .fetch_add(n, Ordering::Relaxed);
+    }
+}

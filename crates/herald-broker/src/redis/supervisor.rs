@@ -1,0 +1,126 @@
+//! Keeps the pub/sub connection alive: connects, subscribes every channel, tells the relay to
+//! resync, and starts over when the connection breaks or the self-probe says it went silent.
+//!
+//! Reconnects back off exponentially (`reconnect_min` doubling to `reconnect_max`) with +-50%
+//! jitter so that many nodes losing Redis at once do not return in lockstep. The self-probe
+//! exists because a connection can stay open yet deliver nothing (seen with peers after a
+//! failover): every `probe_interval` the node publishes a counter to its private probe channel
+//! through the command pool and expects it back on the pub/sub connection within
+//! `probe_timeout`.
+
+use std::{sync::Arc, time::Duration};
+
+use super::{RedisStats, Shared, keys, pubsub::PubSub, relay::Event};
+use crate::BrokerError;
+
+pub(crate) async fn supervise(shared: Arc<Shared>) {
+    let mut delay = shared.cfg.reconnect_min;
+    let mut generation = 0;
+    let mut established_before = false;
+    loop {
+        generation += 1;
+        match establish(&shared, generation).await {
+            Ok(()) => {
+                if established_before {
+                    RedisStats::inc(&shared.stats.reconnects);
+                }
+                established_before = true;
+                delay = shared.cfg.reconnect_min;
+                tracing::info!(generation, "redis pub/sub connected");
+                let mut broken = shared.broken.subscribe();
+                // The sender lives in `shared`, which this task holds: this only returns when
+                // generation `generation` (or a later one) has been declared broken.
+                let _ = broken.wait_for(|b| *b >= generation).await;
+                shared.disconnected();
+                tracing::warn!(generation, "redis pub/sub connection lost; reconnecting");
+            }
+            Err(e) => {
+                shared.disconnected();
+                RedisStats::inc(&shared.stats.connect_failures);
+                tracing::warn!(error = %e, retry_in = ?delay, "redis pub/sub connect failed");
+                tokio::time::sleep(jitter(delay)).await;
+                delay = (delay * 2).min(shared.cfg.reconnect_max);
+            }
+        }
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.5..1.5))
+}
+
+async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> {
+    let conn = PubSub::connect(
+        &shared.topology,
+        generation,
+        shared.events.clone(),
+        shared.cfg.publish_timeout,
+    )
+    .await?;
+    conn.subscribe(std::slice::from_ref(&shared.probe_channel))
+        .await?;
+    *shared.pubsub.write() = Some(conn.clone());
+    // Under each shard's lock, so a concurrent subscribe/unsubscribe is either seen here or
+    // runs on this connection afterwards.
+    for shard in 0..shared.sub_locks.len() {
+        let _guard = shared.sub_locks[shard].lock().await;
+        let names: Vec<String> = shared
+            .channels
+            .lock()
+            .keys()
+            .filter(|c| shared.shard_of(c) == shard)
+            .map(keys::backbone)
+            .collect();
+        conn.subscribe(&names).await?;
+    }
+    shared
+        .events
+        .send(Event::Resync)
+        .map_err(|_| BrokerError::Internal("relay stopped".into()))?;
+    shared.connected.send_replace(true);
+    Ok(())
+}
+
+pub(crate) async fn probe(shared: Arc<Shared>) {
+    let mut nonce = 0u64;
+    let mut tick = tokio::time::interval(shared.cfg.probe_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(generation) = shared.current_gen() else {
+            continue;
+        };
+        nonce += 1;
+        let mut seen = shared.probe_seen.subscribe();
+        let verb = if shared.commands.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let cmd = redis::cmd(verb)
+            .arg(&shared.probe_channel)
+            .arg(nonce)
+            .to_owned();
+        if let Err(e) = shared
+            .commands
+            .query(&cmd, shared.cfg.publish_timeout)
+            .await
+        {
+            // Redis itself is unreachable: that is the pub/sub connection's to notice.
+            RedisStats::inc(&shared.stats.command_errors);
+            tracing::debug!(error = %e, "probe publish failed");
+            continue;
+        }
+        let back =
+            tokio::time::timeout(shared.cfg.probe_timeout, seen.wait_for(|n| *n >= nonce)).await;
+        if !matches!(back, Ok(Ok(_))) {
+            RedisStats::inc(&shared.stats.probe_failures);
+            tracing::warn!(
+                generation,
+                "redis pub/sub self-probe did not come back; reconnecting"
+            );
+            shared.mark_broken(generation);
+        }
+    }
+}
