@@ -294,3 +294,19 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Retries an async call until it succeeds (e.g. while Redis restarts); panics after a deadline.
+pub async fn until_ok<T, E: std::fmt::Debug, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
