@@ -25,10 +25,10 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, hub: Arc<Hub>) -> Arc<Self> {
+    pub fn new(config: Config, hub: Arc<Hub>, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             limits: config.limits(),
-            metrics: Metrics::new(hub.clone()),
+            metrics,
             config,
             hub,
             shutdown: CancellationToken::new(),

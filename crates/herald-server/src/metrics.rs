@@ -1,100 +1,219 @@
 //! Prometheus metrics, rendered in the text format at `GET /metrics`.
 //!
 //! Names follow Prometheus conventions (`herald_` prefix, `_total` counters, base units) and
-//! labels are bounded: never a channel name or a client address.
+//! labels are bounded: never a channel name or a client address. Hot paths count per batch, not
+//! per message: a writer adds its whole batch to `delivered` with one atomic add.
 
-use std::sync::Arc;
-
-use prometheus::{Encoder, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
 
 use crate::hub::Hub;
 
-pub struct Metrics {
-    registry: Registry,
-    hub: Arc<Hub>,
-    /// Open client connections by transport (`sse`, `ws`).
-    pub connections: IntGaugeVec,
-    /// Connections closed, by transport and reason.
-    pub disconnects: IntCounterVec,
-    /// Publishes by outcome (`ok`, `duplicate`, `rejected`, `unavailable`).
-    pub published: IntCounterVec,
-    subscriptions: IntGauge,
-    channels: IntGauge,
+/// Latency buckets from 100 us to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// The hub's counters (a separate struct so the hub does not depend on the whole registry).
+#[derive(Clone)]
+pub struct HubMetrics {
+    /// Messages not queued for a subscriber, by reason (`slow_consumer`: its queue overflowed or
+    /// it was already cut off).
+    pub dropped: IntCounterVec,
+    /// Resumes by outcome: `recovered` (complete), `partial` (same epoch, some messages no longer
+    /// retained), `reset` (other epoch).
+    pub recoveries: IntCounterVec,
+    /// History reads made for resumes and the history endpoint.
+    pub history_reads: IntCounter,
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+impl Default for HubMetrics {
+    /// Unregistered counters, for hubs built outside a server (tests).
+    fn default() -> Self {
+        Self {
+            dropped: IntCounterVec::new(Opts::new("dropped", "-"), &["reason"]).expect("metric"),
+            recoveries: IntCounterVec::new(Opts::new("recoveries", "-"), &["outcome"])
+                .expect("metric"),
+            history_reads: IntCounter::new("history_reads", "-").expect("metric"),
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections by transport (`sse`, `ws`).
+    pub connections: IntGaugeVec,
+    /// Client connections opened, by transport.
+    pub accepted: IntCounterVec,
+    /// Connections closed, by transport and reason.
+    pub disconnects: IntCounterVec,
+    /// Publishes by outcome (`ok`, `duplicate`, `rejected`, `unavailable`, `error`).
+    pub published: IntCounterVec,
+    /// Time for the broker to accept a publish (into history).
+    pub publish_duration: Histogram,
+    /// Messages written to client sockets, by transport.
+    pub delivered: IntCounterVec,
+    /// From publish accepted to written to a client socket (per written batch, its oldest
+    /// message).
+    pub fanout_latency: Histogram,
+    /// HTTP requests by route and status.
+    pub http_requests: IntCounterVec,
+    pub hub: HubMetrics,
+    subscriptions: IntGauge,
+    channels: IntGauge,
+    queued: IntGauge,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
     registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+        .register(Box::new(m.clone()))
+        .expect("metric names are unique");
+    m
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(registry, Histogram::with_opts(opts).expect("valid metric"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    pub fn new(hub: Arc<Hub>) -> Self {
-        let registry = Registry::new();
+    pub fn new() -> Self {
+        let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
-            let _ = registry.register(Box::new(
+            let _ = r.register(Box::new(
                 prometheus::process_collector::ProcessCollector::for_self(),
             ));
         }
+        let connections = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("herald_connections", "Open client connections."),
+                &["transport"],
+            )
+            .expect("valid metric"),
+        );
         Self {
-            connections: gauge_vec(
-                &registry,
-                "herald_connections",
-                "Open client connections.",
+            connections,
+            accepted: counter_vec(
+                &r,
+                "herald_connections_accepted_total",
+                "Client connections opened.",
                 &["transport"],
             ),
             disconnects: counter_vec(
-                &registry,
+                &r,
                 "herald_disconnects_total",
                 "Client connections closed, by transport and reason.",
                 &["transport", "reason"],
             ),
             published: counter_vec(
-                &registry,
+                &r,
                 "herald_messages_published_total",
                 "Publishes by outcome.",
                 &["outcome"],
             ),
+            publish_duration: histogram(
+                &r,
+                "herald_publish_duration_seconds",
+                "Time for the broker to accept a publish into history.",
+            ),
+            delivered: counter_vec(
+                &r,
+                "herald_messages_delivered_total",
+                "Messages written to client sockets.",
+                &["transport"],
+            ),
+            fanout_latency: histogram(
+                &r,
+                "herald_fanout_latency_seconds",
+                "From publish accepted to written to a client socket (oldest message per write).",
+            ),
+            http_requests: counter_vec(
+                &r,
+                "herald_http_requests_total",
+                "HTTP requests by route and status.",
+                &["route", "status"],
+            ),
+            hub: HubMetrics {
+                dropped: counter_vec(
+                    &r,
+                    "herald_messages_dropped_total",
+                    "Messages not queued for a subscriber, by reason.",
+                    &["reason"],
+                ),
+                recoveries: counter_vec(
+                    &r,
+                    "herald_recoveries_total",
+                    "Resumes by outcome (recovered, partial, reset).",
+                    &["outcome"],
+                ),
+                history_reads: register(
+                    &r,
+                    IntCounter::new("herald_history_reads_total", "History reads.")
+                        .expect("valid metric"),
+                ),
+            },
             subscriptions: gauge(
-                &registry,
+                &r,
                 "herald_subscriptions",
                 "Local subscriptions (connection x channel).",
             ),
             channels: gauge(
-                &registry,
+                &r,
                 "herald_channels",
                 "Channels with local subscribers (or lingering).",
             ),
-            registry,
-            hub,
+            queued: gauge(
+                &r,
+                "herald_queued_messages",
+                "Messages queued in connection outboxes, not yet written.",
+            ),
+            registry: r,
         }
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
-        self.subscriptions.set(self.hub.subscription_count() as i64);
-        self.channels.set(self.hub.channel_count() as i64);
-        let mut out = Vec::with_capacity(8192);
+    /// The text exposition of every metric, with the hub's gauges refreshed.
+    pub fn render(&self, hub: &Hub) -> Vec<u8> {
+        let stats = hub.stats();
+        self.subscriptions.set(stats.subscriptions as i64);
+        self.channels.set(stats.channels as i64);
+        self.queued.set(stats.queued as i64);
+        let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+
+    /// Records a batch written to a client: its size and the age of its oldest message.
+    pub fn wrote(&self, transport: &str, messages: u64, oldest_published_at_us: Option<u64>) {
+        if messages > 0 {
+            self.delivered
+                .with_label_values(&[transport])
+                .inc_by(messages);
+        }
+        if let Some(at) = oldest_published_at_us {
+            let age_us = herald_broker::now_us().saturating_sub(at);
+            self.fanout_latency.observe(age_us as f64 / 1e6);
+        }
     }
 }

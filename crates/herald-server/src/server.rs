@@ -15,6 +15,7 @@ use crate::{
     config::Config,
     http,
     hub::{Hub, HubConfig},
+    metrics::Metrics,
     transport::sse::ConnectionSignal,
 };
 
@@ -50,14 +51,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let broker = build_broker(&config).await?;
+    let metrics = Metrics::new();
     let hub = Hub::new(
         broker,
         HubConfig {
             linger: config.channel_linger,
             resume_limit: config.history_size.max(1),
         },
+        metrics.hub.clone(),
     );
-    let app = App::new(config, hub);
+    let app = App::new(config, hub, metrics);
     tracing::info!(broker = app.hub.broker().kind(), "herald serving");
 
     tokio::pin!(shutdown);

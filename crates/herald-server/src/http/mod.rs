@@ -1,5 +1,6 @@
 //! HTTP routing and the JSON responses every route shares.
 
+mod assets;
 mod history;
 pub mod publish;
 pub mod query;
@@ -40,25 +41,54 @@ pub fn error(code: ErrorCode, message: &str) -> Response<Body> {
 
 /// Routes one request. Never fails: every problem becomes a JSON error response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let route = route_label(req.method(), req.uri().path());
+    let resp = route_request(&app, req).await;
+    app.metrics
+        .http_requests
+        .with_label_values(&[route, resp.status().as_str()])
+        .inc();
+    Ok(resp)
+}
+
+/// A bounded label for the route a request hit (never the raw path).
+fn route_label(method: &Method, path: &str) -> &'static str {
+    match (method, path) {
+        (_, "/v1/publish") => "publish",
+        (_, "/v1/broadcast") => "broadcast",
+        (_, "/v1/sse") => "sse",
+        (_, "/v1/ws") => "ws",
+        (_, "/healthz") => "healthz",
+        (_, "/readyz") => "readyz",
+        (_, "/metrics") => "metrics",
+        (_, "/") => "console",
+        (_, "/herald.js") => "client_js",
+        (_, p) if history::matches(p) => "history",
+        _ => "other",
+    }
+}
+
+async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let resp = match (&method, path.as_str()) {
+    match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&app).await,
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(app).await,
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(full(app.metrics.render()));
+            let mut resp = Response::new(full(app.metrics.render(&app.hub)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             resp
         }
-        (&Method::POST, "/v1/publish") => publish::publish(&app, req).await,
-        (&Method::POST, "/v1/broadcast") => publish::broadcast(&app, req).await,
-        (&Method::GET, "/v1/sse") => transport::sse::handle(&app, req).await,
-        (&Method::GET, "/v1/ws") => transport::ws::handle(&app, req),
+        (&Method::POST, "/v1/publish") => publish::publish(app, req).await,
+        (&Method::POST, "/v1/broadcast") => publish::broadcast(app, req).await,
+        (&Method::GET, "/v1/sse") => transport::sse::handle(app, req).await,
+        (&Method::GET, "/v1/ws") => transport::ws::handle(app, req),
+        (&Method::GET, "/") => assets::console(),
+        (&Method::GET, "/herald.js") => assets::client_js(),
         (&Method::GET, p) if history::matches(p) => {
-            history::handle(&app, p, req.uri().query()).await
+            history::handle(app, p, req.uri().query()).await
         }
         (_, p) => match allowed_methods(p) {
             Some(allow) => {
@@ -72,15 +102,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
             }
             None => error(ErrorCode::NotFound, &format!("no route for {p}")),
         },
-    };
-    Ok(resp)
+    }
 }
 
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/v1/publish" | "/v1/broadcast" => Some("POST"),
         "/healthz" | "/readyz" => Some("GET, HEAD"),
-        "/v1/sse" | "/v1/ws" | "/metrics" => Some("GET"),
+        "/v1/sse" | "/v1/ws" | "/metrics" | "/" | "/herald.js" => Some("GET"),
         p if history::matches(p) => Some("GET"),
         _ => None,
     }

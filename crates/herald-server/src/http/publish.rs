@@ -120,7 +120,10 @@ fn broker_error(app: &App, e: &BrokerError) -> (ErrorCode, String) {
 /// Publishes one message through the broker; the JSON result or error for one channel.
 pub async fn publish_one(app: &App, p: Publish) -> Result<serde_json::Value, (ErrorCode, String)> {
     let channel = p.channel.clone();
-    match app.hub.broker().publish(p).await {
+    let timer = app.metrics.publish_duration.start_timer();
+    let result = app.hub.broker().publish(p).await;
+    timer.observe_duration();
+    match result {
         Ok(published) => {
             let outcome = if published.duplicate {
                 "duplicate"

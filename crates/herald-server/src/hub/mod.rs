@@ -26,6 +26,8 @@ pub use delivery::Delivery;
 use herald_broker::{Broker, BrokerError, Sink};
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
 pub use outbox::{Bounds, CloseReason, Item, Outbox};
+
+use crate::metrics::HubMetrics;
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
@@ -78,6 +80,16 @@ pub struct Hub {
     /// Handed to the broker as the channels' sink; weak so the broker does not keep the hub alive.
     sink: Arc<dyn Sink>,
     next_conn: AtomicU64,
+    metrics: HubMetrics,
+}
+
+/// A snapshot of the hub's size, for gauges.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct HubStats {
+    pub channels: usize,
+    pub subscriptions: usize,
+    /// Items queued in the subscribers' outboxes (each connection counted once).
+    pub queued: usize,
 }
 
 struct HubSink(Weak<Hub>);
@@ -91,7 +103,7 @@ impl Sink for HubSink {
 }
 
 impl Hub {
-    pub fn new(broker: Arc<dyn Broker>, config: HubConfig) -> Arc<Self> {
+    pub fn new(broker: Arc<dyn Broker>, config: HubConfig, metrics: HubMetrics) -> Arc<Self> {
         Arc::new_cyclic(|weak| Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
@@ -99,6 +111,7 @@ impl Hub {
             config,
             sink: Arc::new(HubSink(weak.clone())),
             next_conn: AtomicU64::new(1),
+            metrics,
         })
     }
 
@@ -177,6 +190,15 @@ impl Hub {
             0
         };
         let history = self.broker.history(channel, since.as_ref(), limit).await?;
+        self.metrics.history_reads.inc();
+        if let Some(pos) = &since {
+            let outcome = match (history.recovered, pos.epoch == history.top.epoch) {
+                (true, _) => "recovered",
+                (false, true) => "partial",
+                (false, false) => "reset",
+            };
+            self.metrics.recoveries.with_label_values(&[outcome]).inc();
+        }
         let epoch = history.top.epoch.clone();
         // Where this subscription continues from: the client's position when resuming in the same
         // epoch (or just before the first retained message if some were lost), else the top.
@@ -216,7 +238,9 @@ impl Hub {
             recovered,
         });
         for d in replay.into_iter().chain(buffered) {
-            offer(slot, d);
+            if !offer(slot, d) {
+                break; // cut off as a slow consumer: nothing more will be queued
+            }
         }
         Ok(())
     }
@@ -277,36 +301,63 @@ impl Hub {
         let Some(entry) = shard.get_mut(&delivery.msg.channel) else {
             return;
         };
+        let mut dropped = 0u64;
         for slot in &mut entry.slots {
-            offer(slot, delivery.clone());
+            if !offer(slot, delivery.clone()) {
+                dropped += 1;
+            }
         }
+        drop(shard);
+        if dropped > 0 {
+            self.metrics
+                .dropped
+                .with_label_values(&["slow_consumer"])
+                .inc_by(dropped);
+        }
+    }
+
+    /// Counts channels, subscriptions and queued items. Takes every shard lock in turn: for
+    /// scrapes and tests, not for hot paths.
+    pub fn stats(&self) -> HubStats {
+        let mut stats = HubStats::default();
+        let mut seen = std::collections::HashSet::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            stats.channels += shard.len();
+            for slot in shard.values().flat_map(|e| &e.slots) {
+                stats.subscriptions += 1;
+                if seen.insert(slot.conn) {
+                    stats.queued += slot.outbox.queued();
+                }
+            }
+        }
+        stats
     }
 
     /// Local channels with at least one subscriber or a lingering backbone subscription.
     pub fn channel_count(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().len()).sum()
+        self.stats().channels
     }
 
     /// Local subscriptions (connection x channel).
     pub fn subscription_count(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().values().map(|e| e.slots.len()).sum::<usize>())
-            .sum()
+        self.stats().subscriptions
     }
 }
 
 /// Hands `d` to one subscriber: buffer it, drop it as a duplicate, or queue it (announcing a
-/// stream reset first when the epoch changed).
-fn offer(slot: &mut Slot, d: Arc<Delivery>) {
+/// stream reset first when the epoch changed). False when the subscriber's outbox refused it.
+fn offer(slot: &mut Slot, d: Arc<Delivery>) -> bool {
     match &mut slot.state {
         SlotState::Buffering(buf) => {
             if buf.len() >= slot.outbox.bounds().max_items {
                 // The same bound as the live queue: a resume that cannot keep up is a slow consumer.
                 buf.clear();
                 slot.outbox.close(CloseReason::SlowConsumer);
+                false
             } else {
                 buf.push(d);
+                true
             }
         }
         SlotState::Live { epoch, last } => {
@@ -325,10 +376,10 @@ fn offer(slot: &mut Slot, d: Arc<Delivery>) {
                     recovered: false,
                 });
             } else if d.msg.offset <= *last {
-                return;
+                return true; // already delivered (the resume seam)
             }
             *last = d.msg.offset;
-            slot.outbox.push(Item::Message(d));
+            slot.outbox.push(Item::Message(d))
         }
     }
 }

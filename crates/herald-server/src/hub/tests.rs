@@ -15,6 +15,7 @@ fn hub_with_history(history_size: usize) -> Arc<Hub> {
             linger: Duration::from_millis(10),
             resume_limit: history_size,
         },
+        Default::default(),
     )
 }
 

@@ -33,6 +33,7 @@ impl Connection {
             .connections
             .with_label_values(&[transport])
             .inc();
+        app.metrics.accepted.with_label_values(&[transport]).inc();
         Self {
             id: app.hub.connection_id(),
             outbox: Outbox::new(

@@ -148,11 +148,20 @@ struct SseBody {
 }
 
 impl SseBody {
-    fn render(&mut self, items: impl IntoIterator<Item = Item>, out: &mut BytesMut) {
+    /// Appends the batch's events to `out`; returns the message count and the oldest message's
+    /// publish time, for metrics.
+    fn render(
+        &mut self,
+        items: impl IntoIterator<Item = Item>,
+        out: &mut BytesMut,
+    ) -> (u64, Option<u64>) {
         let mut id = String::new();
+        let (mut messages, mut oldest) = (0u64, None);
         for item in items {
             match item {
                 Item::Message(d) => {
+                    messages += 1;
+                    oldest.get_or_insert(d.msg.published_at_us);
                     self.token
                         .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
                     id.clear();
@@ -178,6 +187,7 @@ impl SseBody {
                 Item::Raw(bytes) => out.extend_from_slice(&bytes),
             }
         }
+        (messages, oldest)
     }
 
     fn closing_event(reason: CloseReason) -> Bytes {
@@ -227,7 +237,9 @@ impl hyper::body::Body for SseBody {
         }
         if let Poll::Ready(batch) = this.conn.outbox.poll_take(cx) {
             let mut out = BytesMut::new();
-            this.render(batch.items, &mut out);
+            // Counted when handed to hyper: the socket write follows without further queueing.
+            let (messages, oldest) = this.render(batch.items, &mut out);
+            this.conn.app.metrics.wrote("sse", messages, oldest);
             if let Some(reason) = batch.closed {
                 out.extend_from_slice(&Self::closing_event(reason));
                 this.done = true;

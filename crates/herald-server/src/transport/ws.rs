@@ -217,9 +217,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         };
         frames.clear();
+        let (mut messages, mut oldest) = (0u64, None);
         for item in batch.items {
             frames.push(match item {
-                Item::Message(d) => d.ws_frame().clone(),
+                Item::Message(d) => {
+                    messages += 1;
+                    oldest.get_or_insert(d.msg.published_at_us);
+                    d.ws_frame().clone()
+                }
                 Item::Subscribed {
                     id,
                     channel,
@@ -253,7 +258,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         let pending = write_all(write, &frames);
         tokio::pin!(pending);
         tokio::select! {
-            res = &mut pending => if res.is_err() { return },
+            res = &mut pending => match res {
+                Ok(()) => app.metrics.wrote("ws", messages, oldest),
+                Err(_) => return,
+            },
             () = conn.outbox.signal().cancelled() => {
                 if conn.outbox.reason() == Some(CloseReason::SlowConsumer) {
                     return;

@@ -34,6 +34,35 @@ async fn a_publish_reaches_sse_and_ws_subscribers_of_that_channel_only() {
     // The other channel's subscribers see only their own message (it is the first they get).
     assert_eq!(sse_other.next_message().await.json(), json!("for other"));
     assert_eq!(ws_other.next_message().await["data"], json!("for other"));
+
+    // The deliveries are counted per transport and their fan-out latency is recorded.
+    h.wait_metric(
+        "herald_messages_delivered_total",
+        &["transport=\"sse\""],
+        |v| v >= 2.0,
+    )
+    .await;
+    h.wait_metric(
+        "herald_messages_delivered_total",
+        &["transport=\"ws\""],
+        |v| v >= 2.0,
+    )
+    .await;
+    h.wait_metric("herald_fanout_latency_seconds_count", &[], |v| v >= 4.0)
+        .await;
+    assert_eq!(
+        h.metric("herald_messages_published_total", &["outcome=\"ok\""])
+            .await,
+        2.0
+    );
+    assert_eq!(
+        h.metric(
+            "herald_http_requests_total",
+            &["route=\"publish\"", "status=\"200\""]
+        )
+        .await,
+        2.0
+    );
 }
 
 #[tokio::test]

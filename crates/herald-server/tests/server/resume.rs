@@ -52,6 +52,11 @@ async fn sse_resume_delivers_exactly_the_missed_messages() {
     // And the stream is live afterwards, with nothing repeated.
     h.publish("news", json!(7)).await;
     assert_eq!(sse.next_message().await.json(), json!(7));
+    assert_eq!(
+        h.metric("herald_recoveries_total", &["outcome=\"recovered\""])
+            .await,
+        2.0
+    );
 
     // The same through the query parameter (a first connection that already has a position).
     let mut again = Sse::connect(
