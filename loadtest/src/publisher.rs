@@ -38,6 +38,11 @@ pub struct Plan {
     /// Use `/v1/broadcast` with this many channels per request (taken round-robin).
     pub broadcast: Option<usize>,
     pub api_key: Option<String>,
+    /// Retries of a publish that got 503 or an IO error, each on the next node, with the same
+    /// idempotency key (sent only when retries are on, so plain runs measure the plain path).
+    pub retries: usize,
+    /// Idempotency keys are `<prefix>-<message index>`.
+    pub idempotency_prefix: String,
 }
 
 /// What happened, merged over workers.
@@ -50,6 +55,8 @@ pub struct Outcome {
     /// Messages acknowledged (a broadcast acks one per channel).
     pub acked_messages: u64,
     pub failed: u64,
+    /// Retries made (each also listed under `errors` as `retried: ...`).
+    pub retried: u64,
     pub errors: BTreeMap<String, u64>,
     pub latency: Histogram<u64>,
     /// Acknowledged offsets per channel index.
@@ -112,6 +119,7 @@ pub async fn run(
         acked: 0,
         acked_messages: 0,
         failed: 0,
+        retried: 0,
         errors: BTreeMap::new(),
         latency: new_histogram(),
         acked_offsets: vec![RangeSet::default(); plan.channels.len()],
@@ -130,6 +138,7 @@ pub async fn run(
         out.acked += w.acked;
         out.acked_messages += w.acked_messages;
         out.failed += w.failed;
+        out.retried += w.retried;
         for (k, v) in w.errors {
             *out.errors.entry(k).or_default() += v;
         }
@@ -155,8 +164,10 @@ async fn worker(
     total: Option<u64>,
     cancel: &CancellationToken,
 ) -> Outcome {
-    let target = &targets[k % targets.len()];
-    let mut conn = HttpConn::new(target, plan.api_key.as_deref());
+    let mut conns: Vec<HttpConn> = targets
+        .iter()
+        .map(|t| HttpConn::new(t, plan.api_key.as_deref()))
+        .collect();
     let nch = plan.channels.len() as u64;
     let mut body = Vec::with_capacity(plan.payload_size + 256);
     let mut out = Outcome {
@@ -164,6 +175,7 @@ async fn worker(
         acked: 0,
         acked_messages: 0,
         failed: 0,
+        retried: 0,
         errors: BTreeMap::new(),
         latency: new_histogram(),
         acked_offsets: vec![RangeSet::default(); plan.channels.len()],
@@ -210,7 +222,9 @@ async fn worker(
                 let ch = &plan.channels[(i % nch) as usize];
                 body.extend_from_slice(br#"{"channel":""#);
                 body.extend_from_slice(ch.as_bytes());
-                body.extend_from_slice(br#"","data":"#);
+                body.extend_from_slice(b"\",");
+                idempotency_key(&mut body, plan, i);
+                body.extend_from_slice(br#""data":"#);
                 payload::write(&mut body, i / nch + 1, ts, plan.payload_size);
                 body.push(b'}');
             }
@@ -226,69 +240,106 @@ async fn worker(
                     );
                     body.push(b'"');
                 }
-                body.extend_from_slice(br#"],"data":"#);
+                body.extend_from_slice(b"],");
+                idempotency_key(&mut body, plan, i);
+                body.extend_from_slice(br#""data":"#);
                 payload::write(&mut body, i + 1, ts, plan.payload_size);
                 body.push(b'}');
             }
         }
         out.attempted += 1;
-        let sent = Instant::now();
-        match conn.post(dialer, target, path, &body).await {
-            Ok((200, resp)) => {
-                out.latency
-                    .saturating_record((sent.elapsed().as_micros() as u64).max(1));
-                match serde_json::from_slice::<Ack<'_>>(resp) {
-                    Ok(ack) => {
-                        out.acked += 1;
-                        let single = [Ack {
-                            channel: ack.channel,
-                            offset: ack.offset,
-                            results: None,
-                        }];
-                        let acks = ack.results.as_deref().unwrap_or(&single);
-                        let per_request = plan.broadcast.unwrap_or(1) as u64;
-                        for (j, a) in acks.iter().enumerate() {
-                            let (Some(ch), Some(off)) = (&a.channel, a.offset) else {
-                                continue;
-                            };
-                            out.acked_messages += 1;
-                            // Results come in request order; fall back to a search otherwise.
-                            let guess = ((i * per_request + j as u64) % nch) as usize;
-                            let ci = if *plan.channels[guess] == **ch {
-                                Some(guess)
-                            } else {
-                                plan.channels.iter().position(|c| **c == **ch)
-                            };
-                            if let Some(ci) = ci {
-                                out.acked_offsets[ci].insert(off);
+        let mut tries = 0;
+        loop {
+            // A retry goes to the next node: the one that failed may be down.
+            let t = (k + tries) % targets.len();
+            let sent = Instant::now();
+            let r = conns[t].post(dialer, &targets[t], path, &body).await;
+            let retryable = match &r {
+                Ok((status, _)) => *status == 503,
+                Err(_) => true,
+            };
+            if retryable && tries < plan.retries {
+                tries += 1;
+                out.retried += 1;
+                let label = match &r {
+                    Ok((status, _)) => format!("retried: http {status}"),
+                    Err(e) => format!("retried: io: {e}"),
+                };
+                *out.errors.entry(label).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+                continue;
+            }
+            match r {
+                Ok((200, resp)) => {
+                    out.latency
+                        .saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    match serde_json::from_slice::<Ack<'_>>(resp) {
+                        Ok(ack) => {
+                            out.acked += 1;
+                            let single = [Ack {
+                                channel: ack.channel,
+                                offset: ack.offset,
+                                results: None,
+                            }];
+                            let acks = ack.results.as_deref().unwrap_or(&single);
+                            let per_request = plan.broadcast.unwrap_or(1) as u64;
+                            for (j, a) in acks.iter().enumerate() {
+                                let (Some(ch), Some(off)) = (&a.channel, a.offset) else {
+                                    continue;
+                                };
+                                out.acked_messages += 1;
+                                // Results come in request order; search otherwise.
+                                let guess = ((i * per_request + j as u64) % nch) as usize;
+                                let ci = if *plan.channels[guess] == **ch {
+                                    Some(guess)
+                                } else {
+                                    plan.channels.iter().position(|c| **c == **ch)
+                                };
+                                if let Some(ci) = ci {
+                                    out.acked_offsets[ci].insert(off);
+                                }
                             }
                         }
-                    }
-                    Err(_) => {
-                        out.failed += 1;
-                        *out.errors
-                            .entry("200 with unparsable body".into())
-                            .or_default() += 1;
+                        Err(_) => {
+                            out.failed += 1;
+                            *out.errors
+                                .entry("200 with unparsable body".into())
+                                .or_default() += 1;
+                        }
                     }
                 }
+                Ok((status, resp)) => {
+                    out.failed += 1;
+                    let code = serde_json::from_slice::<ErrorBody<'_>>(resp)
+                        .map(|e| e.error.code.into_owned())
+                        .unwrap_or_else(|_| "no error body".into());
+                    *out.errors
+                        .entry(format!("http {status} {code}"))
+                        .or_default() += 1;
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    *out.errors.entry(format!("io: {e}")).or_default() += 1;
+                    // Do not spin on a dead node.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             }
-            Ok((status, resp)) => {
-                out.failed += 1;
-                let code = serde_json::from_slice::<ErrorBody<'_>>(resp)
-                    .map(|e| e.error.code.into_owned())
-                    .unwrap_or_else(|_| "no error body".into());
-                *out.errors
-                    .entry(format!("http {status} {code}"))
-                    .or_default() += 1;
-            }
-            Err(e) => {
-                out.failed += 1;
-                *out.errors.entry(format!("io: {e}")).or_default() += 1;
-                // Do not spin on a dead node.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            break;
         }
     }
-    out.connects = conn.connects;
+    out.connects = conns.iter().map(|c| c.connects).sum();
     out
+}
+
+/// Writes `"idempotency_key":"<prefix>-<i>",` when retries are on.
+fn idempotency_key(body: &mut Vec<u8>, plan: &Plan, i: u64) {
+    use std::io::Write as _;
+    if plan.retries > 0 {
+        // Writing into a Vec cannot fail.
+        let _ = write!(
+            body,
+            r#""idempotency_key":"{}-{i}","#,
+            plan.idempotency_prefix
+        );
+    }
 }

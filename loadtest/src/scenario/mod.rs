@@ -49,6 +49,10 @@ pub struct Common {
     /// each other's history).
     #[arg(long)]
     pub channel_prefix: Option<String>,
+    /// Retry a publish answered 503 or failed by IO this many times, on the next node, with
+    /// the same idempotency key (keys are sent only when this is above 0).
+    #[arg(long, default_value_t = 0)]
+    pub retries: usize,
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,

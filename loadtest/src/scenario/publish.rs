@@ -73,6 +73,8 @@ pub async fn run(args: Args) -> Result<bool, String> {
         inflight: args.inflight,
         broadcast: args.broadcast,
         api_key: ctx.common.api_key.clone(),
+        retries: ctx.common.retries,
+        idempotency_prefix: ctx.prefix.clone(),
     };
     let outcome = publisher::run(
         plan,

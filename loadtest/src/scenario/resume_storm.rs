@@ -127,6 +127,8 @@ pub async fn run(args: Args) -> Result<bool, String> {
         inflight: args.inflight,
         broadcast: None,
         api_key: ctx.common.api_key.clone(),
+        retries: ctx.common.retries,
+        idempotency_prefix: ctx.prefix.clone(),
     };
     let publishing = tokio::spawn(publisher::run(
         plan,
