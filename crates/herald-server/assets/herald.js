@@ -1,0 +1,463 @@
+/*!
+ * herald.js: the browser client for Herald (wire protocol v1), served at /herald.js.
+ * No dependencies, no build step: <script src="/herald.js"></script> defines window.Herald.
+ *
+ *   const client = Herald.connect(undefined, { onState: (s) => console.log(s) });
+ *   client.subscribe('news', (msg) => console.log(msg.offset, msg.data));
+ *   await client.publish('news', { title: 'hi' });   // needs --allow-client-publish true
+ *
+ *   const stream = Herald.sse('', ['news'], { onMessage: (msg) => console.log(msg.data) });
+ *
+ * Delivery is at least once across reconnects, so both clients remember each channel's position
+ * ({epoch, offset}), resume from it, and drop anything they have already seen.
+ */
+(function (root) {
+  'use strict';
+
+  // Close codes (docs/api.md). Only a policy close is final: retrying would be refused again.
+  var CLOSE_POLICY = 1008;
+
+  function noop() {}
+
+  // Same-origin by default: the console and most apps are served by Herald itself.
+  function httpBase(baseUrl) {
+    var base = baseUrl || (root.location ? root.location.origin : '');
+    return String(base).replace(/\/+$/, '');
+  }
+
+  function wsUrl(baseUrl, params) {
+    var url = new URL(httpBase(baseUrl) + '/v1/ws', root.location ? root.location.href : undefined);
+    if (url.protocol === 'https:') url.protocol = 'wss:';
+    else if (url.protocol === 'http:') url.protocol = 'ws:';
+    Object.keys(params || {}).forEach(function (k) { url.searchParams.set(k, params[k]); });
+    return url.toString();
+  }
+
+  // A message is a duplicate when it is not past what we already saw *in the same epoch*; a new
+  // epoch means the channel's history was reset and offsets start over.
+  function isDuplicate(pos, epoch, offset) {
+    return pos !== null && pos.epoch === epoch && offset <= pos.offset;
+  }
+
+  // Exponential backoff with full jitter: a random delay in [0, min(max, base * 2^attempt)],
+  // so thousands of clients dropped at once do not all come back at the same moment.
+  function backoff(base, max, attempt) {
+    return Math.floor(Math.random() * Math.min(max, base * Math.pow(2, attempt)));
+  }
+
+  function Emitter() { this._handlers = {}; }
+  Emitter.prototype.on = function (name, fn) {
+    (this._handlers[name] = this._handlers[name] || []).push(fn);
+    var list = this._handlers[name];
+    return function off() { var i = list.indexOf(fn); if (i >= 0) list.splice(i, 1); };
+  };
+  Emitter.prototype._emit = function (name) {
+    var args = Array.prototype.slice.call(arguments, 1);
+    (this._handlers[name] || []).slice().forEach(function (fn) {
+      // A throwing user handler must not break the socket's frame loop.
+      try { fn.apply(null, args); } catch (e) { setTimeout(function () { throw e; }); }
+    });
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // WebSocket client
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * options: minDelay (ms, backoff base, default 500), maxDelay (ms, cap, default 30000),
+   * heartbeat (ms between liveness checks, default 30000, 0 = off), params (extra query
+   * parameters for /v1/ws, e.g. a token), WebSocket (constructor, for tests and polyfills),
+   * and the callbacks onState(state, info), onReset(channel, info), onError(err).
+   * Events via client.on(): 'state', 'reset', 'subscribed', 'error'.
+   */
+  function Client(baseUrl, options) {
+    Emitter.call(this);
+    var o = options || {};
+    this.url = wsUrl(baseUrl, o.params);
+    this.minDelay = o.minDelay != null ? o.minDelay : 500;
+    this.maxDelay = o.maxDelay != null ? o.maxDelay : 30000;
+    this.heartbeat = o.heartbeat != null ? o.heartbeat : 30000;
+    this.WebSocket = o.WebSocket || root.WebSocket;
+    this.state = 'idle';
+    this.attempt = 0;          // consecutive failed connections, drives the backoff
+    this.subs = new Map();     // channel -> { handlers: Set, pos: {epoch, offset} | null, pending }
+    this.pending = new Map();  // request id -> { resolve, reject, sent }
+    this.outbox = [];          // publishes made while offline, sent once connected
+    this.nextId = 1;
+    this.ws = null;
+    this.timer = null;
+    this.beat = null;
+    this.closed = false;
+    if (o.onState) this.on('state', o.onState);
+    if (o.onReset) this.on('reset', o.onReset);
+    if (o.onError) this.on('error', o.onError);
+    // Do not sit out a long backoff when the network is obviously back.
+    this._online = this.reconnect.bind(this);
+    if (root.addEventListener) root.addEventListener('online', this._online);
+    this._open();
+  }
+  Client.prototype = Object.create(Emitter.prototype);
+
+  Client.prototype._setState = function (state, info) {
+    this.state = state;
+    this._emit('state', state, info || {});
+  };
+
+  Client.prototype._open = function () {
+    clearTimeout(this.timer);
+    this._setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    var ws;
+    try {
+      ws = new this.WebSocket(this.url);
+    } catch (e) {
+      this._emit('error', e);
+      return this._scheduleReconnect({});
+    }
+    this.ws = ws;
+    var self = this;
+    var lastHeard = Date.now();
+    ws.onopen = function () {
+      lastHeard = Date.now();
+      self._setState('open', {});
+      // Resubscribe everything, with our position so the server replays what we missed.
+      self.subs.forEach(function (sub, channel) { self._sendSubscribe(channel, sub); });
+      self.outbox.splice(0).forEach(function (frame) {
+        var p = self.pending.get(frame.id);
+        if (p && self._send(frame)) p.sent = true;
+      });
+      // The server's WebSocket pings are invisible to page code, so a half-open connection
+      // (laptop sleep, dead NAT entry) is only noticed by asking for a pong ourselves.
+      if (self.heartbeat > 0) {
+        self.beat = setInterval(function () {
+          var silent = Date.now() - lastHeard;
+          if (silent > 2 * self.heartbeat) self._drop(4001, 'no pong');
+          else if (silent > self.heartbeat) self._send({ op: 'ping' });
+        }, self.heartbeat);
+      }
+    };
+    ws.onmessage = function (ev) {
+      lastHeard = Date.now();
+      // Only a connection that carried traffic counts as a success: a server that accepts and
+      // closes at once must not make us retry in a tight loop.
+      self.attempt = 0;
+      var frame;
+      try { frame = JSON.parse(ev.data); } catch (e) { return self._emit('error', e); }
+      self._onFrame(frame);
+    };
+    ws.onclose = function (ev) {
+      // A socket we already dropped ourselves (see _drop) was settled then.
+      if (self.ws === ws) self._lost({ code: ev.code, reason: ev.reason });
+    };
+  };
+
+  // The connection is gone: settle what waited on it, then reconnect unless told not to.
+  Client.prototype._lost = function (info) {
+    clearInterval(this.beat);
+    this.ws = null;
+    var self = this;
+    // The outcome of an in-flight publish is unknown; let the caller decide whether to retry
+    // (with an idempotencyKey a retry is safe). Requests never sent wait for the next socket.
+    this.pending.forEach(function (p, id) {
+      if (!p.sent) return;
+      self.pending.delete(id);
+      p.reject(new Error('connection closed before reply'));
+    });
+    this.subs.forEach(function (sub) { sub.pending = null; });
+    if (this.closed) return this._setState('closed', info);
+    if (info.code === CLOSE_POLICY) {
+      this.closed = true;
+      this._rejectQueued('closed by server policy (1008)');
+      this._emit('error', new Error('closed by server policy (1008): ' + info.reason));
+      return this._setState('closed', info);
+    }
+    // 1012 (drain/restart), 4000 (slow consumer), 4001 (ping timeout), network loss: all mean
+    // "come back and resume", which the resubscribe in onopen does.
+    this._scheduleReconnect(info);
+  };
+
+  // Gives up on the current socket at once rather than waiting for a close handshake that a
+  // dead peer will never answer.
+  Client.prototype._drop = function (code, reason) {
+    var ws = this.ws;
+    if (!ws) return;
+    this._lost({ code: code, reason: reason });
+    try { ws.close(code, reason); } catch (e) { /* already closing */ }
+  };
+
+  Client.prototype._rejectQueued = function (why) {
+    this.outbox = [];
+    this.pending.forEach(function (p) { p.reject(new Error(why)); });
+    this.pending.clear();
+  };
+
+  Client.prototype._scheduleReconnect = function (info) {
+    this.attempt += 1;
+    var delay = backoff(this.minDelay, this.maxDelay, this.attempt);
+    info.delay = delay;
+    info.attempt = this.attempt;
+    this._setState('reconnecting', info);
+    this.timer = setTimeout(this._open.bind(this), delay);
+  };
+
+  Client.prototype._send = function (frame) {
+    if (!this.ws || this.ws.readyState !== 1) return false;
+    this.ws.send(JSON.stringify(frame));
+    return true;
+  };
+
+  // Sends a frame with a fresh id; the promise settles with the reply that echoes it. Publishes
+  // made while offline are queued (queue = true); other ops are redone by onopen anyway.
+  Client.prototype._request = function (frame, queue) {
+    var self = this;
+    frame.id = this.nextId++;
+    return new Promise(function (resolve, reject) {
+      var entry = { resolve: resolve, reject: reject, sent: false };
+      self.pending.set(frame.id, entry);
+      if (self._send(frame)) entry.sent = true;
+      else if (queue) self.outbox.push(frame);
+      else { self.pending.delete(frame.id); reject(new Error('not connected')); }
+    });
+  };
+
+  Client.prototype._sendSubscribe = function (channel, sub) {
+    var frame = { op: 'subscribe', channel: channel };
+    if (sub.pos) frame.since = { offset: sub.pos.offset, epoch: sub.pos.epoch };
+    var p = this._request(frame);
+    sub.pending = p;
+    p.catch(noop); // failures are reported through 'error'; a reconnect retries anyway
+    return p;
+  };
+
+  Client.prototype._onFrame = function (f) {
+    var waiter = f.id != null ? this.pending.get(f.id) : undefined;
+    if (waiter) this.pending.delete(f.id);
+    var sub = f.channel != null ? this.subs.get(f.channel) : undefined;
+    switch (f.type) {
+      case 'message':
+        if (!sub || isDuplicate(sub.pos, f.epoch, f.offset)) return;
+        sub.pos = { epoch: f.epoch, offset: f.offset };
+        sub.handlers.forEach(function (fn) {
+          try { fn(f); } catch (e) { setTimeout(function () { throw e; }); }
+        });
+        return;
+      case 'subscribed':
+        if (!sub) return;
+        var info = { channel: f.channel, epoch: f.epoch, offset: f.offset, recovered: f.recovered,
+          previous: sub.pos };
+        // recovered:false with a position we asked to resume from (or unprompted, mid-stream)
+        // means a gap: the app must reload its state. On a first subscribe there is nothing
+        // to recover, so it is not a reset.
+        var reset = !f.recovered && (sub.pos !== null || f.id == null);
+        sub.pos = { epoch: f.epoch, offset: f.offset };
+        this._emit('subscribed', info);
+        if (reset) this._emit('reset', f.channel, info);
+        if (waiter) waiter.resolve(info);
+        return;
+      case 'published':
+      case 'unsubscribed':
+      case 'pong':
+        if (waiter) waiter.resolve(f);
+        return;
+      case 'error':
+        var err = new Error(f.message || f.code);
+        err.code = f.code;
+        if (waiter) waiter.reject(err);
+        this._emit('error', err);
+        return;
+    }
+  };
+
+  /**
+   * Subscribes onMessage(frame) to a channel; frame is {channel, offset, epoch, event?, data}.
+   * Returns a promise of the first `subscribed` reply ({channel, epoch, offset, recovered}).
+   * Pass opts.since ({epoch, offset}) to resume from a position the app persisted itself.
+   */
+  Client.prototype.subscribe = function (channel, onMessage, opts) {
+    var sub = this.subs.get(channel);
+    if (sub) {
+      if (onMessage) sub.handlers.add(onMessage);
+      return sub.pending || Promise.resolve({ channel: channel, epoch: sub.pos && sub.pos.epoch,
+        offset: sub.pos && sub.pos.offset, recovered: true });
+    }
+    sub = { handlers: new Set(onMessage ? [onMessage] : []), pos: (opts && opts.since) || null,
+      pending: null };
+    this.subs.set(channel, sub);
+    if (this.ws && this.ws.readyState === 1) return this._sendSubscribe(channel, sub);
+    // Offline: onopen subscribes; hand back a promise of that.
+    var self = this;
+    return new Promise(function (resolve, reject) {
+      var off = self.on('subscribed', function (info) {
+        if (info.channel === channel) { off(); resolve(info); }
+      });
+      if (self.closed) reject(new Error('client closed'));
+    });
+  };
+
+  /** Stops delivery for a channel and forgets its position. */
+  Client.prototype.unsubscribe = function (channel) {
+    if (!this.subs.delete(channel)) return Promise.resolve();
+    if (!this.ws || this.ws.readyState !== 1) return Promise.resolve();
+    return this._request({ op: 'unsubscribe', channel: channel });
+  };
+
+  /** The last position seen in a channel ({epoch, offset}) or null: persist it to resume later. */
+  Client.prototype.position = function (channel) {
+    var sub = this.subs.get(channel);
+    return sub && sub.pos ? { epoch: sub.pos.epoch, offset: sub.pos.offset } : null;
+  };
+
+  /**
+   * Publishes over the socket (the server must allow client publish). Resolves with
+   * {channel, offset, epoch} once the message is in history. opts: event, idempotencyKey.
+   */
+  Client.prototype.publish = function (channel, data, opts) {
+    if (this.closed) return Promise.reject(new Error('client closed'));
+    var frame = { op: 'publish', channel: channel, data: data };
+    if (opts && opts.event) frame.event = opts.event;
+    if (opts && opts.idempotencyKey) frame.idempotency_key = opts.idempotencyKey;
+    return this._request(frame, true);
+  };
+
+  /** Drops the current connection and reconnects now, resuming every channel. */
+  Client.prototype.reconnect = function () {
+    if (this.closed) return;
+    this.attempt = 0;
+    if (this.ws) this._drop(4999, 'client reconnect');
+    else if (this.state === 'reconnecting') this._open();
+  };
+
+  /** Closes for good: no reconnect. */
+  Client.prototype.close = function () {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (root.removeEventListener) root.removeEventListener('online', this._online);
+    this._rejectQueued('client closed');
+    if (this.ws) this._drop(1000, 'client closed');
+    else this._setState('closed', {});
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Server-Sent Events helper
+  // ---------------------------------------------------------------------------------------------
+
+  // The SSE resume token is "epoch,offset,channel" entries joined by ';' (neither character is
+  // allowed in channel names or epochs).
+  function parseToken(token) {
+    var map = new Map();
+    String(token || '').split(';').forEach(function (entry) {
+      var parts = entry.split(',');
+      if (parts.length === 3) map.set(parts[2], { epoch: parts[0], offset: Number(parts[1]) });
+    });
+    return map;
+  }
+
+  function formatToken(positions) {
+    var parts = [];
+    positions.forEach(function (p, channel) { parts.push(p.epoch + ',' + p.offset + ',' + channel); });
+    return parts.join(';');
+  }
+
+  /**
+   * Wraps a native EventSource on /v1/sse?channel=... The browser itself reconnects and resumes
+   * with Last-Event-ID; this adds channel/offset to each message and surfaces control events.
+   * handlers: onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info),
+   * onReset(channel, info), onReconnect(info), onServerError(info), onState(state),
+   * events (extra event types to listen for: EventSource cannot subscribe to "any type"),
+   * lastEventId (resume a position stored earlier), withCredentials, minDelay/maxDelay.
+   */
+  function sse(baseUrl, channels, handlers) {
+    var h = handlers || {};
+    var list = Array.isArray(channels) ? channels : [channels];
+    var positions = parseToken(h.lastEventId);
+    var minDelay = h.minDelay != null ? h.minDelay : 1000;
+    var maxDelay = h.maxDelay != null ? h.maxDelay : 30000;
+    var es = null;
+    var timer = null;
+    var attempt = 0;
+    var closed = false;
+    var call = function (name) {
+      var fn = h[name];
+      if (!fn) return;
+      try { fn.apply(null, Array.prototype.slice.call(arguments, 1)); }
+      catch (e) { setTimeout(function () { throw e; }); }
+    };
+    var json = function (text) { try { return JSON.parse(text); } catch (e) { return text; } };
+
+    // A data event's token differs from the previous one in exactly one channel: the one the
+    // message belongs to. That recovers channel and offset, which SSE events do not carry.
+    function onData(ev) {
+      var hit = null;
+      parseToken(ev.lastEventId).forEach(function (pos, channel) {
+        var prev = positions.get(channel);
+        if (!prev || prev.epoch !== pos.epoch || prev.offset !== pos.offset) {
+          hit = { channel: channel, epoch: pos.epoch, offset: pos.offset, prev: prev || null };
+        }
+      });
+      if (hit && isDuplicate(hit.prev, hit.epoch, hit.offset)) return;
+      if (hit) positions.set(hit.channel, { epoch: hit.epoch, offset: hit.offset });
+      call('onMessage', {
+        channel: hit && hit.channel, offset: hit && hit.offset, epoch: hit && hit.epoch,
+        event: ev.type, data: json(ev.data), id: ev.lastEventId,
+      });
+    }
+
+    function open() {
+      var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
+      // Only our own re-opens need this: EventSource's own reconnects send Last-Event-ID.
+      var token = formatToken(positions);
+      if (token) query.push('last_event_id=' + encodeURIComponent(token));
+      var source = new root.EventSource(httpBase(baseUrl) + '/v1/sse?' + query.join('&'),
+        { withCredentials: !!h.withCredentials });
+      es = source;
+      source.addEventListener('message', onData);
+      (h.events || []).forEach(function (type) { source.addEventListener(type, onData); });
+      source.addEventListener('herald.subscribed', function (ev) {
+        var info = json(ev.data);
+        var prev = positions.get(info.channel) || null;
+        info.previous = prev;
+        positions.set(info.channel, { epoch: info.epoch, offset: info.offset });
+        call('onSubscribed', info);
+        if (!info.recovered && prev) call('onReset', info.channel, info);
+      });
+      // The node is draining, or we fell behind: the stream ends next and EventSource
+      // reconnects by itself (after `retry:`), resuming through Last-Event-ID.
+      source.addEventListener('herald.reconnect', function (ev) { call('onReconnect', json(ev.data)); });
+      source.addEventListener('herald.error', function (ev) { call('onServerError', json(ev.data)); });
+      source.onopen = function () { attempt = 0; call('onState', 'open'); };
+      source.onerror = function () {
+        if (closed) return;
+        if (source.readyState !== 2) return call('onState', 'reconnecting');
+        // CLOSED: the browser retries network errors, but gives up for good on any HTTP error,
+        // including the 503 of a node that is draining. Open a new stream ourselves, with
+        // backoff and the positions we have, so a deploy never leaves a page dead.
+        attempt += 1;
+        var delay = backoff(minDelay, maxDelay, attempt);
+        call('onState', 'reconnecting', { delay: delay, attempt: attempt });
+        timer = setTimeout(open, delay);
+      };
+    }
+    open();
+
+    return {
+      get eventSource() { return es; },
+      /** The last position seen per channel; lastEventId() is the same as a resume token. */
+      positions: function () { return new Map(positions); },
+      lastEventId: function () { return formatToken(positions); },
+      close: function () {
+        closed = true;
+        clearTimeout(timer);
+        es.close();
+        call('onState', 'closed');
+      },
+    };
+  }
+
+  root.Herald = {
+    version: 1,
+    connect: function (baseUrl, options) { return new Client(baseUrl, options); },
+    sse: sse,
+    Client: Client,
+    parseToken: parseToken,
+    formatToken: formatToken,
+  };
+})(typeof window !== 'undefined' ? window : globalThis);
