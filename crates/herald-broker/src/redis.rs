@@ -10,6 +10,7 @@ mod codec;
 mod commands;
 mod config;
 mod keys;
+mod probe;
 mod pubsub;
 mod relay;
 mod scripts;

@@ -83,6 +83,13 @@ async fn cluster_relays_between_nodes_and_resumes_from_history() {
         assert!(again.duplicate && again.position == dup.position);
     }
     assert_eq!(node.stats().snapshot().decode_errors, 0);
+    for shard in &cluster.nodes {
+        let probes = shard.cli(&["pubsub", "shardchannels", "herald:{probe:*"]);
+        assert!(
+            !probes.trim().is_empty(),
+            "every shard carries a self-probe channel"
+        );
+    }
 }
 
 #[tokio::test]
@@ -151,4 +158,18 @@ async fn cluster_shard_connection_kill_loses_nothing() {
         .await
         .expect("history");
     assert!(resumed.recovered && resumed.messages.len() == 1);
+
+    // A connection that silently stops delivering is caught by the per-shard self-probe.
+    node.debug_mute_pubsub();
+    for name in &names {
+        publisher
+            .publish(publish(name, n + 1, None))
+            .await
+            .expect("publish");
+    }
+    for sink in &sinks {
+        sink.wait_for(n as usize + 1).await;
+        assert_eq!(sink.offsets(), (1..=n + 1).collect::<Vec<_>>());
+    }
+    assert!(node.stats().snapshot().probe_failures >= 1);
 }

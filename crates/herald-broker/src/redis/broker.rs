@@ -24,6 +24,7 @@ use super::{
     commands::Commands,
     config::Topology,
     keys,
+    probe::{self, Probes},
     pubsub::PubSub,
     relay::{self, Event, Slot},
     scripts::{self, ReadReply},
@@ -52,9 +53,7 @@ pub(crate) struct Shared {
     /// The newest pub/sub connection generation known to be broken.
     pub broken: watch::Sender<u64>,
     pub events: mpsc::UnboundedSender<Event>,
-    pub probe_channel: String,
-    /// The newest probe counter seen back on the pub/sub connection.
-    pub probe_seen: watch::Sender<u64>,
+    pub probes: Probes,
     pub stats: Arc<RedisStats>,
     /// Some channel owes a history read that failed; the relay retries.
     pub stale: AtomicBool,
@@ -151,7 +150,7 @@ impl RedisBroker {
         };
         let (events, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
-            probe_channel: keys::probe(&node_id),
+            probes: Probes::new(node_id),
             cfg: config,
             topology,
             commands,
@@ -166,7 +165,6 @@ impl RedisBroker {
             connected: watch::Sender::new(false),
             broken: watch::Sender::new(0),
             events,
-            probe_seen: watch::Sender::new(0),
             stats: Arc::default(),
             stale: AtomicBool::new(false),
             next_sub: AtomicU64::new(1),
@@ -174,7 +172,7 @@ impl RedisBroker {
         let tasks = vec![
             tokio::spawn(relay::run(shared.clone(), events_rx)),
             tokio::spawn(supervisor::supervise(shared.clone())),
-            tokio::spawn(supervisor::probe(shared.clone())),
+            tokio::spawn(probe::run(shared.clone())),
         ];
         let broker = Arc::new(Self { shared, tasks });
         if broker.wait_connected().await.is_err() {

@@ -124,19 +124,7 @@ async fn on_push(shared: &Shared, data: Vec<Value>) {
         RedisStats::inc(&shared.stats.decode_errors);
         return;
     };
-    if channel == shared.probe_channel.as_bytes() {
-        if let Some(n) = std::str::from_utf8(&payload)
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            shared.probe_seen.send_if_modified(|seen| {
-                let newer = n > *seen;
-                if newer {
-                    *seen = n;
-                }
-                newer
-            });
-        }
+    if shared.probes.on_push(&channel, &payload) {
         return;
     }
     let msg = match codec::decode(Bytes::from(payload)) {

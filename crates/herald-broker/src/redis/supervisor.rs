@@ -2,15 +2,12 @@
 //! resync, and starts over when the connection breaks or the self-probe says it went silent.
 //!
 //! Reconnects back off exponentially (`reconnect_min` doubling to `reconnect_max`) with +-50%
-//! jitter so that many nodes losing Redis at once do not return in lockstep. The self-probe
-//! exists because a connection can stay open yet deliver nothing (seen with peers after a
-//! failover): every `probe_interval` the node publishes a counter to its private probe channel
-//! through the command pool and expects it back on the pub/sub connection within
-//! `probe_timeout`.
+//! jitter so that many nodes losing Redis at once do not return in lockstep. Besides a
+//! disconnect, a failed self-probe ([`super::probe`]) also breaks the connection.
 
 use std::{sync::Arc, time::Duration};
 
-use super::{RedisStats, Shared, keys, pubsub::PubSub, relay::Event};
+use super::{RedisStats, Shared, keys, probe, pubsub::PubSub, relay::Event};
 use crate::BrokerError;
 
 pub(crate) async fn supervise(shared: Arc<Shared>) {
@@ -57,8 +54,7 @@ async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> 
         shared.cfg.publish_timeout,
     )
     .await?;
-    conn.subscribe(std::slice::from_ref(&shared.probe_channel))
-        .await?;
+    conn.subscribe(&probe::plan(shared).await?).await?;
     *shared.pubsub.write() = Some(conn.clone());
     // Under each shard's lock, so a concurrent subscribe/unsubscribe is either seen here or
     // runs on this connection afterwards.
@@ -79,48 +75,4 @@ async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> 
         .map_err(|_| BrokerError::Internal("relay stopped".into()))?;
     shared.connected.send_replace(true);
     Ok(())
-}
-
-pub(crate) async fn probe(shared: Arc<Shared>) {
-    let mut nonce = 0u64;
-    let mut tick = tokio::time::interval(shared.cfg.probe_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        let Some(generation) = shared.current_gen() else {
-            continue;
-        };
-        nonce += 1;
-        let mut seen = shared.probe_seen.subscribe();
-        let verb = if shared.commands.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        };
-        let cmd = redis::cmd(verb)
-            .arg(&shared.probe_channel)
-            .arg(nonce)
-            .to_owned();
-        if let Err(e) = shared
-            .commands
-            .query(&cmd, shared.cfg.publish_timeout)
-            .await
-        {
-            // Redis itself is unreachable: that is the pub/sub connection's to notice.
-            RedisStats::inc(&shared.stats.command_errors);
-            tracing::debug!(error = %e, "probe publish failed");
-            continue;
-        }
-        let back =
-            tokio::time::timeout(shared.cfg.probe_timeout, seen.wait_for(|n| *n >= nonce)).await;
-        if !matches!(back, Ok(Ok(_))) {
-            RedisStats::inc(&shared.stats.probe_failures);
-            tracing::warn!(
-                generation,
-                "redis pub/sub self-probe did not come back; reconnecting"
-            );
-            shared.mark_broken(generation);
-        }
-    }
 }
