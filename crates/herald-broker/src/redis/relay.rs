@@ -33,6 +33,9 @@ use crate::Sink;
 const FILL_CONCURRENCY: usize = 16;
 /// How often channels whose gap read failed are retried.
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
+/// Most messages parked per channel while its gap cannot be read; the oldest go first (they
+/// are the ones history will return once it can be read again).
+const MAX_PENDING: usize = 10_000;
 
 pub(crate) enum Event {
     /// A push frame from pub/sub connection generation `generation`.
@@ -59,6 +62,9 @@ pub(crate) struct Slot {
     pending: VecDeque<Arc<Message>>,
     /// History must be read before the next delivery (after a reconnect or a failed read).
     needs_fill: bool,
+    /// The last read failed: only the retry timer reads again, so a struggling Redis is not
+    /// asked once per live message while the relay waits on each attempt.
+    read_failed: bool,
 }
 
 impl Slot {
@@ -69,6 +75,7 @@ impl Slot {
             cursor: None,
             pending: VecDeque::new(),
             needs_fill: false,
+            read_failed: false,
         }
     }
 }
@@ -84,7 +91,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event
             },
             _ = retry.tick() => {
                 if shared.stale.swap(false, Ordering::Relaxed) {
-                    sync_all(&shared, |slot| slot.needs_fill).await;
+                    sync_all(&shared, |slot| slot.needs_fill, true).await;
                 }
             }
         }
@@ -105,13 +112,13 @@ async fn handle(shared: &Shared, event: Event) {
             {
                 slot.cursor = Some(top);
             }
-            sync(shared, &channel, sub).await;
+            sync(shared, &channel, sub, false).await;
         }
         Event::Resync => {
             for slot in shared.channels.lock().values_mut() {
                 slot.needs_fill = true;
             }
-            sync_all(shared, |slot| slot.needs_fill).await;
+            sync_all(shared, |slot| slot.needs_fill, true).await;
         }
     }
 }
@@ -141,14 +148,18 @@ async fn on_push(shared: &Shared, data: Vec<Value>) {
         let Some(slot) = map.get_mut(&channel) else {
             return;
         };
+        if slot.pending.len() >= MAX_PENDING {
+            slot.pending.pop_front();
+            slot.needs_fill = true;
+        }
         slot.pending.push_back(msg);
         slot.sub
     };
-    sync(shared, &channel, sub).await;
+    sync(shared, &channel, sub, false).await;
 }
 
 /// Runs [`sync`] for every channel that `want`s it and has a baseline.
-async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool) {
+async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool, retry: bool) {
     let todo: Vec<(ChannelName, u64)> = shared
         .channels
         .lock()
@@ -158,7 +169,7 @@ async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool) {
         .collect();
     futures_util::stream::iter(todo)
         .for_each_concurrent(FILL_CONCURRENCY, |(channel, sub)| async move {
-            sync(shared, &channel, sub).await;
+            sync(shared, &channel, sub, retry).await;
         })
         .await;
 }
@@ -170,8 +181,8 @@ struct Gap {
 }
 
 /// Delivers `channel`'s pending messages that continue its cursor, reading history once when
-/// they do not (or when a fill is owed).
-async fn sync(shared: &Shared, channel: &ChannelName, sub: u64) {
+/// they do not (or when a fill is owed). After a failed read only a `retry` reads again.
+async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
     // Set after a history read: the channel's epoch at that point. Anything still parked after
     // the read is delivered if it belongs to that epoch (its gap is unrecoverable) and dropped
     // otherwise (an epoch that history no longer knows).
@@ -187,6 +198,7 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64) {
                 return;
             }
             let gap = advance(slot, read_epoch.as_ref(), shared.cfg.history_size, &mut out);
+            let gap = gap.filter(|_| retry || !slot.read_failed);
             (slot.sink.clone(), gap)
         };
         deliver(shared, &sink, out, false);
@@ -211,6 +223,7 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64) {
                 Err(e) => {
                     tracing::warn!(%channel, error = %e, "gap fill from history failed; will retry");
                     slot.needs_fill = true;
+                    slot.read_failed = true;
                     shared.stale.store(true, Ordering::Relaxed);
                     return;
                 }
@@ -229,6 +242,7 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64) {
                     }
                     slot.cursor = Some(cursor);
                     slot.needs_fill = false;
+                    slot.read_failed = false;
                     read_epoch = Some(reply.top.epoch);
                 }
             }
@@ -303,3 +317,6 @@ fn deliver(shared: &Shared, sink: &Arc<dyn Sink>, msgs: Vec<Arc<Message>>, fille
             .fetch_add(n, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests;
