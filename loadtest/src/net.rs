@@ -54,10 +54,17 @@ impl Target {
         } else {
             format!("{authority}:80")
         };
-        let addr = tokio::net::lookup_host(&with_port)
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
             .await
             .map_err(|e| format!("{url}: cannot resolve {with_port}: {e}"))?
-            .next()
+            .collect();
+        // `localhost` often resolves to ::1 first while servers listen on 127.0.0.1, and the
+        // --source-ip addresses are IPv4: prefer IPv4.
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
             .ok_or_else(|| format!("{url}: {with_port} resolved to nothing"))?;
         Ok(Self {
             addr,
@@ -138,6 +145,8 @@ mod tests {
             .expect("ok");
         assert_eq!(t.addr.port(), 80);
         assert_eq!(t.prefix, "/herald");
+        let t = Target::resolve("http://localhost:9").await.expect("ok");
+        assert!(t.addr.is_ipv4(), "{}", t.addr);
         assert!(Target::resolve("https://x").await.is_err());
         assert!(Target::resolve("127.0.0.1:80").await.is_err());
     }
