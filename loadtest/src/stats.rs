@@ -68,22 +68,23 @@ impl RangeSet {
         self.ranges.last().map(|r| r.1)
     }
 
-    /// Adds every element of `other`.
+    /// Adds every element of `other`: a linear merge of the two sorted range lists (publisher
+    /// workers' sets interleave, so each can hold thousands of ranges).
     pub fn extend_from(&mut self, other: &RangeSet) {
-        // Merging ranges element-wise is fine: sets are short (usually one range).
-        for &(a, b) in &other.ranges {
-            self.insert_range(a, b);
-        }
-    }
-
-    fn insert_range(&mut self, a: u64, b: u64) {
-        self.ranges.push((a, b));
-        self.ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
-        for &(s, e) in &self.ranges {
+        let (a, b) = (std::mem::take(&mut self.ranges), &other.ranges);
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(a.len() + b.len());
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() || j < b.len() {
+            let next = if j >= b.len() || (i < a.len() && a[i].0 <= b[j].0) {
+                i += 1;
+                a[i - 1]
+            } else {
+                j += 1;
+                b[j - 1]
+            };
             match merged.last_mut() {
-                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
+                Some(last) if next.0 <= last.1.saturating_add(1) => last.1 = last.1.max(next.1),
+                _ => merged.push(next),
             }
         }
         self.ranges = merged;
@@ -284,6 +285,12 @@ impl RateBuckets {
         }
     }
 
+    /// Deliveries in the last complete second before `now_us`.
+    pub fn last_complete(&self, now_us: u64) -> Option<u64> {
+        let b = self.bucket(now_us).checked_sub(1)?;
+        Some(self.buckets.get(b)?.load(Ordering::Relaxed))
+    }
+
     /// Counts per second, trailing empty seconds removed.
     pub fn snapshot(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self
@@ -385,6 +392,17 @@ mod tests {
         let mut a = set(&[1, 2, 9]);
         a.extend_from(&set(&[3, 4, 8, 20]));
         assert_eq!(a.ranges, vec![(1, 4), (8, 9), (20, 20)]);
+        // Interleaved sets, as publisher workers produce them, merge into one range.
+        let mut all = RangeSet::default();
+        for w in 0..8u64 {
+            all.extend_from(&set(&(0..1000u64)
+                .map(|i| i * 8 + w + 1)
+                .collect::<Vec<_>>()));
+        }
+        assert_eq!(all.ranges, vec![(1, 8000)]);
+        let mut e = RangeSet::default();
+        e.extend_from(&RangeSet::default());
+        assert!(e.ranges.is_empty());
     }
 
     #[test]

@@ -75,6 +75,8 @@ struct Report {
     scenario: &'static str,
     ok: bool,
     problems: Vec<String>,
+    /// Conditions that do not fail the run but make its numbers mean less.
+    warnings: Vec<String>,
     params: Params,
     connections: Connections,
     publish: Publishing,
@@ -125,6 +127,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         retries: ctx.common.retries,
         idempotency_prefix: ctx.prefix.clone(),
     };
+    let ticker = super::progress_ticker(running.fleet.clone());
     let outcome = publisher::run(
         plan,
         ctx.dialer.clone(),
@@ -132,6 +135,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         CancellationToken::new(),
     )
     .await;
+    drop(ticker);
     eprintln!(
         "published: {} acked, {} failed; draining",
         outcome.acked, outcome.failed
@@ -158,6 +162,16 @@ pub async fn run(args: Args) -> Result<bool, String> {
     delivery.drain_s = round3(drain_s);
 
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    if publish.acked_per_s < args.rate * 0.95 {
+        warnings.push(format!(
+            "offered rate not reached: {:.0} acked msg/s of {} (publisher up to {:.0} ms behind)",
+            publish.acked_per_s, args.rate, publish.max_behind_ms
+        ));
+    }
+    if !delivery.complete {
+        warnings.push("drain deadline passed before every subscriber had the last message".into());
+    }
     if connections.failed > 0 {
         problems.push(format!(
             "{} subscribers failed to subscribe",
@@ -190,6 +204,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         scenario: "fanout",
         ok,
         problems,
+        warnings,
         params: Params {
             urls: ctx.common.urls.clone(),
             transport: args.transport,
@@ -211,6 +226,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
     report.connections.human(&mut human);
     report.publish.human(&mut human);
     report.delivery.human(&mut human);
+    for w in &report.warnings {
+        human.push_str(&format!("warning: {w}\n"));
+    }
     human.push_str(&format!(
         "result: {}{}\n",
         if report.ok { "OK" } else { "FAIL" },

@@ -222,6 +222,35 @@ impl Running {
     }
 }
 
+/// Prints deliveries per second to stderr every few seconds while a run publishes, so a long
+/// run shows it is alive; stops when the returned guard is dropped.
+pub fn progress_ticker(fleet: Arc<Fleet>) -> tokio_util::sync::DropGuard {
+    let stop = CancellationToken::new();
+    let guard = stop.clone().drop_guard();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut ticks = 0u64;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                // Half a second off the second boundaries, when subscribers have flushed the
+                // previous second's counts.
+                () = tokio::time::sleep_until((started + Duration::from_millis(5500 + 5000 * ticks)).into()) => {}
+            }
+            // Subscribers flush their counts when their second changes, so the last complete
+            // second can still read a little low: a liveness sign; the report is exact.
+            let last = fleet.rates.last_complete(payload::now_micros());
+            eprintln!(
+                "  t={:.0}s deliveries/s {}",
+                started.elapsed().as_secs_f64(),
+                last.map_or("-".to_owned(), |n| n.to_string())
+            );
+            ticks += 1;
+        }
+    });
+    guard
+}
+
 /// Parses `500ms`, `10s`, `2m`, `1h` or bare seconds (`2.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();

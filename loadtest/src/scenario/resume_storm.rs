@@ -130,6 +130,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         retries: ctx.common.retries,
         idempotency_prefix: ctx.prefix.clone(),
     };
+    let ticker = super::progress_ticker(running.fleet.clone());
     let publishing = tokio::spawn(publisher::run(
         plan,
         ctx.dialer.clone(),
@@ -143,6 +144,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
     let outcome = publishing
         .await
         .map_err(|_| "publisher task panicked".to_owned())?;
+    drop(ticker);
     eprintln!(
         "published: {} acked, {} failed; draining",
         outcome.acked, outcome.failed
