@@ -190,6 +190,10 @@ options! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
     /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker. [default: unset]
     redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
+    /// Upper bound on one Redis publish or history read; past it publishes get 503. [default: 2s]
+    redis_timeout: Duration = Duration::from_secs(2), env = "HERALD_REDIS_TIMEOUT", parse = parse_duration;
+    /// How often each Redis pub/sub connection is checked by publishing to this node's probe channel (a connection that silently stopped delivering is reconnected). [default: 5s]
+    redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
     /// API keys allowed to publish (comma-separated). Empty: publishing needs no key. [default: none]
     api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = parse_list;
     /// Let WebSocket clients publish with the `publish` op. [default: false]

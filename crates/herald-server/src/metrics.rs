@@ -9,6 +9,10 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use std::sync::Arc;
+
+use herald_broker::RedisStats;
+
 use crate::hub::Hub;
 
 /// Latency buckets from 100 us to 10 s.
@@ -65,6 +69,11 @@ pub struct Metrics {
     subscriptions: IntGauge,
     channels: IntGauge,
     queued: IntGauge,
+    /// Redis backbone events (`reconnect`, `connect_failure`, `probe_failure`, `gap_fill`,
+    /// `gap_fill_message`, `command_error`, `decode_error`), copied from the broker's counters at
+    /// scrape. Zero with the embedded broker.
+    backbone: IntCounterVec,
+    redis: Option<Arc<RedisStats>>,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -90,14 +99,9 @@ fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
     register(registry, Histogram::with_opts(opts).expect("valid metric"))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Metrics {
-    pub fn new() -> Self {
+    /// The registry; `redis` is the Redis broker's counters, when that broker is in use.
+    pub fn new(redis: Option<Arc<RedisStats>>) -> Self {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -189,6 +193,13 @@ impl Metrics {
                 "herald_queued_messages",
                 "Messages queued in connection outboxes, not yet written.",
             ),
+            backbone: counter_vec(
+                &r,
+                "herald_backbone_events_total",
+                "Redis backbone events: reconnects, probe failures, gap fills, errors.",
+                &["event"],
+            ),
+            redis,
             registry: r,
         }
     }
@@ -199,6 +210,23 @@ impl Metrics {
         self.subscriptions.set(stats.subscriptions as i64);
         self.channels.set(stats.channels as i64);
         self.queued.set(stats.queued as i64);
+        let snap = self
+            .redis
+            .as_ref()
+            .map(|r| r.snapshot())
+            .unwrap_or_default();
+        for (event, value) in [
+            ("reconnect", snap.reconnects),
+            ("connect_failure", snap.connect_failures),
+            ("probe_failure", snap.probe_failures),
+            ("gap_fill", snap.gap_fills),
+            ("gap_fill_message", snap.gap_fill_messages),
+            ("command_error", snap.command_errors),
+            ("decode_error", snap.decode_errors),
+        ] {
+            let c = self.backbone.with_label_values(&[event]);
+            c.inc_by(value.saturating_sub(c.get()));
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

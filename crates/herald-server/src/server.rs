@@ -2,7 +2,9 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use herald_broker::{Broker, BrokerError, MemoryBroker, MemoryConfig};
+use herald_broker::{
+    Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig, RedisStats,
+};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
@@ -26,18 +28,31 @@ pub enum RunError {
     Broker(#[from] BrokerError),
 }
 
-/// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory.
-pub async fn build_broker(config: &Config) -> Result<Arc<dyn Broker>, BrokerError> {
-    match config.redis_url.as_str() {
-        "" => Ok(MemoryBroker::new(MemoryConfig {
+/// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory. Also
+/// returns the Redis backbone's counters, for metrics.
+pub async fn build_broker(
+    config: &Config,
+) -> Result<(Arc<dyn Broker>, Option<Arc<RedisStats>>), BrokerError> {
+    if config.redis_url.is_empty() {
+        let broker = MemoryBroker::new(MemoryConfig {
             history_size: config.history_size,
             history_ttl: config.history_ttl,
             ..MemoryConfig::default()
-        })),
-        _ => Err(BrokerError::Internal(
-            "Redis support is not built yet".into(),
-        )),
+        });
+        return Ok((broker, None));
     }
+    let redis = RedisBroker::connect(RedisConfig {
+        url: config.redis_url.clone(),
+        history_size: config.history_size,
+        history_ttl: config.history_ttl,
+        publish_timeout: config.redis_timeout,
+        probe_interval: config.redis_probe_interval,
+        probe_timeout: config.redis_timeout,
+        ..RedisConfig::default()
+    })
+    .await?;
+    let stats = redis.stats();
+    Ok((redis, Some(stats)))
 }
 
 /// Serves Herald on `listener` until `shutdown` resolves, then drains: readiness fails at once,
@@ -50,8 +65,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let broker = build_broker(&config).await?;
-    let metrics = Metrics::new();
+    let (broker, redis_stats) = build_broker(&config).await?;
+    let metrics = Metrics::new(redis_stats);
     let hub = Hub::new(
         broker,
         HubConfig {
@@ -128,7 +143,9 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
             }
             return;
         }
-        () = app.shutdown.cancelled(), if !draining => {}
+        // Keep-alive connections close at their own random moment in the drain window, like
+        // streams: publishers keep working meanwhile and closes do not all land at once.
+        () = app.drained(), if !draining => {}
         () = kill.cancelled() => {
             // The SSE stream on this connection closed: give its final event a moment to go out,
             // then drop the connection even if the peer is not reading.

@@ -5,5 +5,7 @@ mod support;
 
 mod delivery;
 mod lifecycle;
+mod multinode;
+mod redis_faults;
 mod resume;
 mod robustness;

@@ -52,7 +52,12 @@ impl Herald {
         Self {
             child,
             base,
-            http: reqwest::Client::new(),
+            // A fresh connection per request: a pooled keep-alive connection that the server
+            // closes during a drain would race the next request and fail it spuriously.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
         }
     }
 
@@ -132,6 +137,58 @@ impl Herald {
             }
         })
         .await
+    }
+
+    /// Publishes `data` with an idempotency key, retrying 503s and connection errors (as a real
+    /// publisher would) until acknowledged; returns (offset, epoch, how many attempts failed).
+    pub async fn publish_retrying(
+        &self,
+        channel: &str,
+        data: Value,
+        key: &str,
+    ) -> (u64, String, u32) {
+        let body = serde_json::json!({"channel": channel, "data": data, "idempotency_key": key})
+            .to_string();
+        within("an acknowledged publish", async {
+            let mut failures = 0;
+            loop {
+                let sent = self
+                    .http
+                    .post(self.url("/v1/publish"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                if let Ok(resp) = sent {
+                    let status = resp.status().as_u16();
+                    if let Ok(v) = resp.json::<Value>().await {
+                        if status == 200 {
+                            let epoch = v["epoch"].as_str().expect("epoch").to_owned();
+                            return (v["offset"].as_u64().expect("offset"), epoch, failures);
+                        }
+                        assert_eq!(status, 503, "only unavailability is retried: {v}");
+                    }
+                }
+                failures += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until `/readyz` says ready (`true`) or unready (`false`).
+    pub async fn wait_for_ready(&self, ready: bool) {
+        within(&format!("readyz == {ready}"), async {
+            while (self.get("/readyz").await.0 == 200) != ready {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
     }
 
     /// Sends SIGTERM.
