@@ -1,0 +1,472 @@
+// Browser tests: the console page and herald.js in headless Chromium against a real herald.
+// Run through run.sh (it starts herald and sets HERALD_URL / HERALD_BIN / CHROMIUM).
+//
+// Connection loss is produced for real, from outside the browser: pages are loaded through a
+// small TCP-level proxy in this process that can cut every connection, refuse new ones while
+// messages are published straight to herald, and inject server frames (WebSocket close codes,
+// duplicate messages). One test also drains a herald node with SIGTERM and restarts it on the
+// same port (a new epoch: the in-memory history is gone) to exercise 1012 and resets.
+
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+const HERALD_BIN = process.env.HERALD_BIN ?? new URL('../../../../target/debug/herald', import.meta.url).pathname;
+const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const SCREENSHOT = process.env.HERALD_CONSOLE_PNG ?? `${os.tmpdir()}/console.png`;
+const WAIT = { timeout: 15_000 };
+
+let heraldUrl = process.env.HERALD_URL;
+let ownHerald = null; // started here when run without run.sh
+let browser;
+let proxy;
+
+// ---- helpers -----------------------------------------------------------------------------------
+
+/** Starts herald; resolves with { child, url } once it printed its address. */
+function startHerald(args) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(HERALD_BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stderr.on('data', (d) => { err += d; });
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/herald listening on (http:\/\/\S+)/);
+      if (m) resolve({ child, url: m[1] });
+    });
+    child.on('exit', (code) => reject(new Error(`herald exited (${code}) before listening: ${err}`)));
+  });
+}
+
+function stopHerald(child, signal = 'SIGTERM') {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => { child.once('exit', () => resolve()); child.kill(signal); });
+}
+
+async function publish(base, channel, data, extra = {}) {
+  const r = await fetch(`${base}/v1/publish`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data, ...extra }),
+  });
+  const body = await r.json();
+  assert.equal(r.status, 200, JSON.stringify(body));
+  return body;
+}
+
+const uniq = (name) => `${name}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+
+function wsFrame(opcode, payload) {
+  const len = payload.length;
+  const head = len < 126 ? Buffer.from([0x80 | opcode, len])
+    : Buffer.from([0x80 | opcode, 126, len >> 8, len & 0xff]);
+  return Buffer.concat([head, payload]);
+}
+
+/**
+ * A proxy in front of herald. `gate` refuses new connections (reset at once: a network error
+ * for the browser); cut() drops every open connection; injectText()/injectClose() write a
+ * server frame to every proxied WebSocket, as if herald had sent it.
+ */
+function startProxy(target) {
+  const { hostname, port } = new URL(target);
+  const state = { gate: false, upgrades: 0, sse: [] };
+  const sockets = new Set();
+  const tunnels = new Set();
+  const server = http.createServer((req, res) => {
+    if (req.url.startsWith('/v1/sse')) {
+      state.sse.push({ url: req.url, lastEventId: req.headers['last-event-id'] ?? null });
+    }
+    const up = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      res.writeHead(ur.statusCode, ur.headers);
+      ur.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    res.on('close', () => up.destroy());
+    req.pipe(up);
+  });
+  server.on('connection', (s) => {
+    if (state.gate) return s.destroy();
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  server.on('upgrade', (req, sock, head) => {
+    state.upgrades += 1;
+    const up = net.connect(Number(port), hostname);
+    const t = { sock, up };
+    tunnels.add(t);
+    const done = () => { tunnels.delete(t); sock.destroy(); up.destroy(); };
+    up.on('connect', () => {
+      let raw = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) raw += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      up.write(`${raw}\r\n`);
+      if (head.length) up.write(head);
+      sock.pipe(up);
+      up.pipe(sock);
+    });
+    for (const s of [sock, up]) { s.on('error', done); s.on('close', done); }
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `http://127.0.0.1:${server.address().port}`,
+    state,
+    cut() { for (const s of sockets) s.destroy(); for (const t of tunnels) { t.sock.destroy(); t.up.destroy(); } },
+    injectText(text) { for (const t of tunnels) t.sock.write(wsFrame(0x1, Buffer.from(text))); },
+    injectClose(code, reason) {
+      const payload = Buffer.concat([Buffer.from([code >> 8, code & 0xff]), Buffer.from(reason)]);
+      for (const t of [...tunnels]) {
+        t.up.unpipe(t.sock);
+        t.sock.unpipe(t.up);
+        t.up.destroy();
+        t.sock.end(wsFrame(0x8, payload));
+        tunnels.delete(t);
+      }
+    },
+    close() { this.cut(); server.close(); },
+  })));
+}
+
+async function newPage(base) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e));
+  await page.goto(`${base}/`);
+  await page.waitForFunction(() => typeof window.Herald === 'object');
+  page.errors = errors;
+  return page;
+}
+
+// ---- setup -------------------------------------------------------------------------------------
+
+before(async () => {
+  if (!heraldUrl) {
+    ownHerald = await startHerald(['--listen', '127.0.0.1:0', '--allow-client-publish', 'true', '--sse-retry', '200ms']);
+    heraldUrl = ownHerald.url;
+  }
+  proxy = await startProxy(heraldUrl);
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // playwright adds --headless and a fresh temporary --user-data-dir itself.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  proxy?.close();
+  if (ownHerald) await stopHerald(ownHerald.child);
+});
+
+// ---- tests -------------------------------------------------------------------------------------
+
+test('GET / and /herald.js are served with their types and no-cache', async () => {
+  for (const [path, type] of [['/', 'text/html; charset=utf-8'], ['/herald.js', 'text/javascript; charset=utf-8']]) {
+    const r = await fetch(`${heraldUrl}${path}`);
+    assert.equal(r.status, 200);
+    assert.equal(r.headers.get('content-type'), type);
+    assert.equal(r.headers.get('cache-control'), 'no-cache');
+  }
+});
+
+test('console: SSE and WebSocket modes show messages published by fetch and by its form', async () => {
+  const page = await newPage(heraldUrl);
+  assert.equal(await page.title(), 'Herald console');
+  const channel = uniq('console');
+
+  // SSE mode (the default).
+  await page.fill('#channels', channel);
+  await page.fill('#events', 'headline');
+  await page.click('#connect');
+  await page.waitForSelector('#status[data-state="open"]', WAIT);
+  assert.match(await page.textContent('#status-text'), /connected \(SSE\)/);
+  await page.waitForSelector(`#log tr.control[data-channel="${channel}"]`, WAIT); // herald.subscribed
+
+  // Published with fetch POST from the page itself.
+  const res = await page.evaluate(async (ch) => {
+    const r = await fetch('/v1/publish', { method: 'POST', headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ channel: ch, data: { title: 'from fetch' } }) });
+    return r.json();
+  }, channel);
+  assert.equal(res.offset, 1);
+  const row1 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="1"]`);
+  await row1.waitFor(WAIT);
+  const cells1 = await row1.locator('td').allTextContents();
+  assert.deepEqual(cells1.slice(1), [channel, '1', res.epoch, 'message', '{"title":"from fetch"}']);
+
+  // Published with the console's own form, with an event type.
+  await page.fill('#pub-channel', channel);
+  await page.fill('#pub-event', 'headline');
+  await page.fill('#pub-data', '{"title": "from the form", "n": 2}');
+  await page.click('#publish');
+  await page.waitForSelector('#publish-result.ok', WAIT);
+  const row2 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="2"]`);
+  await row2.waitFor(WAIT);
+  assert.deepEqual((await row2.locator('td').allTextContents()).slice(4), ['headline', '{"title":"from the form","n":2}']);
+
+  // A publish error is shown, not thrown.
+  await page.fill('#pub-data', 'not json');
+  await page.click('#publish');
+  await page.waitForSelector('#publish-result.err', WAIT);
+
+  // Markup in data stays text.
+  await publish(heraldUrl, channel, { html: '<img src=x onerror="window.pwned=1">' });
+  await page.locator(`#log tr[data-offset="3"]`).waitFor(WAIT);
+  assert.equal(await page.evaluate(() => window.pwned), undefined);
+  assert.equal(await page.locator('#log img').count(), 0);
+
+  // WebSocket mode.
+  await page.click('label:has(input[value=ws])'); // switches the live subscription over
+  await page.waitForSelector('#status[data-state="open"]', WAIT);
+  assert.match(await page.textContent('#status-text'), /connected \(WebSocket\)/);
+  await page.waitForFunction((ch) => document.querySelectorAll(`#log tr.control[data-channel="${ch}"]`).length >= 2, channel, WAIT);
+  await publish(heraldUrl, channel, { title: 'over websocket' }, { event: 'headline' });
+  const row4 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="4"]`);
+  await row4.waitFor(WAIT);
+  assert.deepEqual((await row4.locator('td').allTextContents()).slice(4), ['headline', '{"title":"over websocket"}']);
+
+  // The form publishes in WebSocket mode too.
+  await page.fill('#pub-data', '{"title": "form, websocket mode"}');
+  await page.click('#publish');
+  await page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="5"]`).waitFor(WAIT);
+  assert.match(await page.textContent('#publish-result'), /published: offset 5/);
+
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('herald.js WebSocket: live, publish, then resume after a dropped connection with nothing lost or doubled', async () => {
+  const page = await newPage(proxy.url);
+  const channel = uniq('ws');
+  const first = await page.evaluate((ch) => {
+    window.t = { got: [], states: [], subs: [], resets: [], errors: [] };
+    const c = Herald.connect('', {
+      minDelay: 50, maxDelay: 400,
+      onState: (s, i) => t.states.push({ s, code: i.code ?? null }),
+      onReset: (chan, info) => t.resets.push(info),
+      onError: (e) => t.errors.push(e.message),
+    });
+    c.on('subscribed', (i) => t.subs.push(i));
+    window.client = c;
+    return c.subscribe(ch, (m) => t.got.push(m));
+  }, channel);
+  assert.equal(first.recovered, false);
+  assert.equal(first.offset, 0);
+
+  for (let n = 1; n <= 3; n++) await publish(heraldUrl, channel, { n });
+  // publish over the socket: resolved by the `published` frame, matched by id
+  const pub = await page.evaluate((ch) => client.publish(ch, { n: 4 }), channel);
+  assert.equal(pub.offset, 4);
+  await page.waitForFunction(() => t.got.length >= 4, null, WAIT);
+
+  // The network goes away: every connection is cut and reconnects are refused for a while.
+  proxy.state.gate = true;
+  const upgradesBefore = proxy.state.upgrades;
+  proxy.cut();
+  await page.waitForFunction(() => t.states.filter((x) => x.s === 'reconnecting').length >= 3, null, WAIT);
+  for (let n = 5; n <= 8; n++) await publish(heraldUrl, channel, { n });
+  assert.equal(await page.evaluate(() => t.got.length), 4, 'nothing can arrive while disconnected');
+  proxy.state.gate = false;
+  await page.waitForFunction(() => t.got.length >= 8 && client.state === 'open', null, WAIT);
+  assert.ok(proxy.state.upgrades > upgradesBefore);
+  await publish(heraldUrl, channel, { n: 9 }); // live again after the resume
+  await page.waitForFunction(() => t.got.length >= 9, null, WAIT);
+
+  // Client-side dedupe: a replayed offset in the same epoch is dropped.
+  const epoch = pub.epoch;
+  proxy.injectText(JSON.stringify({ type: 'message', channel, offset: 6, epoch, data: { dup: true } }));
+  await publish(heraldUrl, channel, { n: 10 });
+  await page.waitForFunction(() => t.got.length >= 10, null, WAIT);
+
+  // Close 4000 (slow consumer) from the server: reconnect and resume what was published meanwhile.
+  proxy.state.gate = true;
+  proxy.injectClose(4000, 'slow consumer: reconnect and resume');
+  await page.waitForFunction(() => t.states.some((x) => x.s === 'reconnecting' && x.code === 4000), null, WAIT);
+  for (let n = 11; n <= 12; n++) await publish(heraldUrl, channel, { n });
+  proxy.state.gate = false;
+  await page.waitForFunction(() => t.got.length >= 12 && client.state === 'open', null, WAIT);
+
+  const t = await page.evaluate(() => window.t);
+  assert.deepEqual(t.got.map((m) => m.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], 'every message exactly once, in order');
+  assert.deepEqual(t.got.map((m) => m.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+  assert.ok(t.got.every((m) => m.channel === channel && m.epoch === epoch));
+  assert.deepEqual(t.subs.map((s) => [s.recovered, s.offset]), [[false, 0], [true, 4], [true, 10]],
+    'resubscribed with since after each reconnect, and the server confirmed a complete resume');
+  assert.deepEqual(t.resets, []);
+
+  // Close 1008 (policy): the client stops and does not come back.
+  proxy.injectClose(1008, 'policy');
+  await page.waitForFunction(() => client.state === 'closed', null, WAIT);
+  const upgrades = proxy.state.upgrades;
+  await sleep(1500); // maxDelay is 400 ms: a reconnect would have happened by now
+  assert.equal(proxy.state.upgrades, upgrades, 'no reconnect after 1008');
+  assert.equal(await page.evaluate(() => client.state), 'closed');
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('native EventSource: reconnects by itself after the stream is cut and resumes via Last-Event-ID', async () => {
+  const page = await newPage(proxy.url);
+  const channel = uniq('sse');
+  await page.evaluate((ch) => {
+    window.s = { got: [], subscribed: [], errors: 0, opens: 0 };
+    const es = new EventSource(`/v1/sse?channel=${ch}`);
+    es.onmessage = (e) => s.got.push({ id: e.lastEventId, data: JSON.parse(e.data) });
+    es.addEventListener('herald.subscribed', (e) => s.subscribed.push(JSON.parse(e.data)));
+    es.onerror = () => { s.errors += 1; };
+    es.onopen = () => { s.opens += 1; };
+    window.es = es;
+  }, channel);
+  await page.waitForFunction(() => s.subscribed.length === 1, null, WAIT);
+  for (let n = 1; n <= 3; n++) await publish(heraldUrl, channel, { n });
+  await page.waitForFunction(() => s.got.length >= 3, null, WAIT);
+  const lastId = await page.evaluate(() => s.got[2].id);
+
+  proxy.state.gate = true;
+  const requestsBefore = proxy.state.sse.length;
+  proxy.cut();
+  await page.waitForFunction(() => s.errors >= 1, null, WAIT);
+  for (let n = 4; n <= 7; n++) await publish(heraldUrl, channel, { n });
+  proxy.state.gate = false;
+  await page.waitForFunction(() => s.got.length >= 7, null, WAIT);
+  await publish(heraldUrl, channel, { n: 8 });
+  await page.waitForFunction(() => s.got.length >= 8, null, WAIT);
+
+  const s = await page.evaluate(() => window.s);
+  assert.deepEqual(s.got.map((m) => m.data.n), [1, 2, 3, 4, 5, 6, 7, 8]);
+  const resumed = proxy.state.sse.slice(requestsBefore);
+  assert.equal(resumed.length, 1, 'one reconnect request reached the server');
+  assert.equal(resumed[0].lastEventId, lastId, 'the browser sent the last id back as Last-Event-ID');
+  assert.equal(s.subscribed.at(-1).recovered, true);
+  assert.equal(s.subscribed.at(-1).offset, 3);
+  await page.evaluate(() => es.close());
+
+  // A page that stored the id resumes with ?last_event_id= on a brand new EventSource.
+  const stored = s.got.at(-1).id;
+  for (let n = 9; n <= 10; n++) await publish(heraldUrl, channel, { n });
+  await page.evaluate(({ ch, id }) => {
+    window.s2 = { got: [], subscribed: [] };
+    const es = new EventSource(`/v1/sse?channel=${ch}&last_event_id=${encodeURIComponent(id)}`);
+    es.onmessage = (e) => s2.got.push(JSON.parse(e.data).n);
+    es.addEventListener('herald.subscribed', (e) => s2.subscribed.push(JSON.parse(e.data)));
+    window.es2 = es;
+  }, { ch: channel, id: stored });
+  await page.waitForFunction(() => s2.got.length >= 2, null, WAIT);
+  await sleep(200);
+  const s2 = await page.evaluate(() => window.s2);
+  assert.deepEqual(s2.got, [9, 10]);
+  assert.deepEqual(s2.subscribed.map((x) => [x.recovered, x.offset]), [[true, 8]]);
+  await page.evaluate(() => es2.close());
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+test('Herald.sse: channel and offset per message across two channels, resume after a cut', async () => {
+  const page = await newPage(proxy.url);
+  const a = uniq('a');
+  const b = uniq('b');
+  await page.evaluate(({ a, b }) => {
+    window.h = { got: [], subs: [], resets: [], states: [] };
+    window.stream = Herald.sse('', [a, b], {
+      events: ['headline'],
+      onMessage: (m) => h.got.push(m),
+      onSubscribed: (i) => h.subs.push(i),
+      onReset: (c, i) => h.resets.push(i),
+      onState: (st) => h.states.push(st),
+    });
+  }, { a, b });
+  await page.waitForFunction(() => h.subs.length === 2, null, WAIT);
+  await publish(heraldUrl, a, { k: 'a1' });
+  await publish(heraldUrl, b, { k: 'b1' }, { event: 'headline' });
+  await publish(heraldUrl, a, { k: 'a2' });
+  await page.waitForFunction(() => h.got.length >= 3, null, WAIT);
+
+  proxy.state.gate = true;
+  proxy.cut();
+  await page.waitForFunction(() => h.states.includes('reconnecting'), null, WAIT);
+  await publish(heraldUrl, b, { k: 'b2' });
+  await publish(heraldUrl, a, { k: 'a3' });
+  proxy.state.gate = false;
+  await page.waitForFunction(() => h.got.length >= 5, null, WAIT);
+
+  const h = await page.evaluate(() => window.h);
+  // Order is per channel; a resume replays channel by channel.
+  const seen = (ch) => h.got.filter((m) => m.channel === ch).map((m) => [m.offset, m.event, m.data.k]);
+  assert.equal(h.got.length, 5);
+  assert.deepEqual(seen(a), [[1, 'message', 'a1'], [2, 'message', 'a2'], [3, 'message', 'a3']]);
+  assert.deepEqual(seen(b), [[1, 'headline', 'b1'], [2, 'message', 'b2']]);
+  assert.deepEqual(h.subs.slice(2).map((i) => i.recovered), [true, true]);
+  assert.deepEqual(h.resets, []);
+  const token = await page.evaluate(() => stream.lastEventId());
+  assert.equal(Herald_parse(token).get(a).offset, 3);
+  await page.evaluate(() => stream.close());
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
+function Herald_parse(token) {
+  return new Map(token.split(';').map((e) => e.split(',')).map(([epoch, offset, ch]) => [ch, { epoch, offset: Number(offset) }]));
+}
+
+test('drain (close 1012) and restart with a new epoch: clients come back and report the reset', async () => {
+  const args = ['--allow-client-publish', 'true', '--sse-retry', '200ms', '--drain-window', '300ms'];
+  let node = await startHerald(['--listen', '127.0.0.1:0', ...args]);
+  const port = new URL(node.url).port;
+  const channel = uniq('drain');
+  const page = await newPage(node.url);
+  await page.evaluate((ch) => {
+    window.d = { ws: [], wsStates: [], wsResets: [], sse: [], sseResets: [], sseReconnect: [], sseStates: [] };
+    window.client = Herald.connect('', {
+      minDelay: 50, maxDelay: 400,
+      onState: (s, i) => d.wsStates.push({ s, code: i.code ?? null }),
+      onReset: (c, info) => d.wsResets.push(info),
+    });
+    client.subscribe(ch, (m) => d.ws.push(m));
+    window.stream = Herald.sse('', [ch], {
+      minDelay: 50, maxDelay: 400,
+      onMessage: (m) => d.sse.push(m),
+      onReset: (c, info) => d.sseResets.push(info),
+      onReconnect: (info) => d.sseReconnect.push(info),
+      onState: (st) => d.sseStates.push(st),
+    });
+  }, channel);
+  await page.waitForFunction(() => client.state === 'open' && d.sseStates.includes('open'), null, WAIT);
+  // SSE subscriptions are live once `open` fired; the WebSocket one once `subscribed` arrived.
+  await page.waitForFunction((ch) => client.position(ch) !== null, channel, WAIT);
+  const before = await publish(node.url, channel, { n: 1 });
+  await publish(node.url, channel, { n: 2 });
+  await page.waitForFunction(() => d.ws.length >= 2 && d.sse.length >= 2, null, WAIT);
+
+  await stopHerald(node.child, 'SIGTERM'); // drains: 1012 for WebSockets, herald.reconnect for SSE
+  await page.waitForFunction(() => d.wsStates.some((x) => x.code === 1012), null, WAIT);
+  node = await startHerald(['--listen', `127.0.0.1:${port}`, ...args]);
+  try {
+    await page.waitForFunction(() => d.wsResets.length >= 1 && d.sseResets.length >= 1, null, WAIT);
+    const after = await publish(node.url, channel, { n: 'new' });
+    assert.notEqual(after.epoch, before.epoch);
+    assert.equal(after.offset, 1);
+    // Offset 1 is below what the clients saw, but in a new epoch: it must not be deduped away.
+    await page.waitForFunction(() => d.ws.length >= 3 && d.sse.length >= 3, null, WAIT);
+    const d = await page.evaluate(() => window.d);
+    assert.deepEqual(d.sseReconnect.map((x) => x.code), ['draining']);
+    for (const reset of [d.wsResets[0], d.sseResets[0]]) {
+      assert.equal(reset.recovered, false);
+      assert.equal(reset.previous.epoch, before.epoch);
+      assert.equal(reset.epoch, after.epoch);
+    }
+    assert.deepEqual(d.ws.map((m) => [m.epoch === after.epoch, m.offset]), [[false, 1], [false, 2], [true, 1]]);
+    assert.deepEqual(d.sse.map((m) => [m.epoch === after.epoch, m.offset]), [[false, 1], [false, 2], [true, 1]]);
+    assert.deepEqual(page.errors, []);
+    await page.evaluate(() => { client.close(); stream.close(); });
+  } finally {
+    await page.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});
