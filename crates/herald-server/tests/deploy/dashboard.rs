@@ -261,6 +261,7 @@ async fn every_metric_the_dashboard_queries_exists_on_a_node_after_traffic() {
         "herald_messages_dropped_total",
         "herald_disconnects_total",
         "herald_recoveries_total",
+        "herald_backbone_events_total",
         "process_resident_memory_bytes",
         "process_cpu_seconds_total",
         "process_open_fds",
