@@ -288,3 +288,56 @@ fn nginx_accepts_the_config_with_only_the_upstream_substituted() {
             && !original.contains("hash ")
     );
 }
+
+/// The body of the nginx `location <spec> { ... }` block (locations here hold no nested blocks).
+fn location<'a>(conf: &'a str, spec: &str) -> &'a str {
+    let start = conf
+        .find(&format!("location {spec} {{"))
+        .unwrap_or_else(|| panic!("nginx.conf has `location {spec}`"));
+    let body = &conf[start..];
+    &body[..body.find('}').expect("block end")]
+}
+
+#[test]
+fn nginx_streams_unbuffered_upgrades_websockets_and_retries_only_what_is_safe() {
+    let conf = repo_file("deploy/nginx/nginx.conf");
+    let directives: Vec<&str> = conf
+        .lines()
+        .map(|l| l.split('#').next().expect("text").trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let has = |d: &str| directives.contains(&d);
+    // WebSocket upgrade headers for every proxied request; no location overrides them (a
+    // location with its own proxy_set_header would drop every inherited one).
+    assert!(has("proxy_http_version 1.1;"));
+    assert!(has("proxy_set_header Upgrade $http_upgrade;"));
+    assert!(has("proxy_set_header Connection $connection_upgrade;"));
+    assert_eq!(conf.matches("proxy_set_header Upgrade").count(), 1);
+    // SSE: unbuffered, uncached, long reads, a draining node's 503 retried elsewhere.
+    let sse = location(&conf, "= /v1/sse");
+    for d in [
+        "proxy_buffering off;",
+        "proxy_cache off;",
+        "proxy_read_timeout 1h;",
+        "proxy_next_upstream error timeout http_502 http_503;",
+    ] {
+        assert!(sse.contains(d), "SSE location lacks {d}");
+    }
+    let ws = location(&conf, "= /v1/ws");
+    assert!(ws.contains("proxy_read_timeout 1h;"));
+    assert!(
+        ws.contains("http_503"),
+        "a draining node's 503 is retried elsewhere"
+    );
+    // Publishing: never re-sent once a node got it (no non_idempotent, no retry on 503).
+    let publish = location(&conf, "~ ^/v1/(publish|broadcast)$");
+    assert!(publish.contains("proxy_next_upstream error timeout;"));
+    assert!(!directives.iter().any(|d| d.contains("non_idempotent")));
+    // Metrics are not public.
+    assert!(location(&conf, "= /metrics").contains("return 404"));
+    // Every proxy_pass goes through the re-resolved variable: no static upstream.
+    for line in directives.iter().filter(|l| l.starts_with("proxy_pass")) {
+        assert_eq!(*line, "proxy_pass http://$herald_upstream;");
+    }
+    assert!(!directives.iter().any(|d| d.starts_with("upstream ")));
+}
