@@ -92,7 +92,8 @@
     if (o.onReset) this.on('reset', o.onReset);
     if (o.onError) this.on('error', o.onError);
     // Do not sit out a long backoff when the network is obviously back.
-    this._online = this.reconnect.bind(this);
+    var self = this;
+    this._online = function () { if (self.state === 'reconnecting') self.reconnect(); };
     if (root.addEventListener) root.addEventListener('online', this._online);
     this._open();
   }
@@ -105,7 +106,7 @@
 
   Client.prototype._open = function () {
     clearTimeout(this.timer);
-    this._setState(this.attempt === 0 ? 'connecting' : 'reconnecting', { attempt: this.attempt });
+    if (this.attempt === 0) this._setState('connecting'); // else already 'reconnecting'
     var ws;
     try {
       ws = new this.WebSocket(this.url);

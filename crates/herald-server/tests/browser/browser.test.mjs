@@ -405,13 +405,13 @@ test('Herald.sse: channel and offset per message across two channels, resume aft
   assert.deepEqual(h.subs.slice(2).map((i) => i.recovered), [true, true]);
   assert.deepEqual(h.resets, []);
   const token = await page.evaluate(() => stream.lastEventId());
-  assert.equal(Herald_parse(token).get(a).offset, 3);
+  assert.equal(parseTokenInNode(token).get(a).offset, 3);
   await page.evaluate(() => stream.close());
   assert.deepEqual(page.errors, []);
   await page.close();
 });
 
-function Herald_parse(token) {
+function parseTokenInNode(token) {
   return new Map(token.split(';').map((e) => e.split(',')).map(([epoch, offset, ch]) => [ch, { epoch, offset: Number(offset) }]));
 }
 
