@@ -6,10 +6,7 @@ use herald_broker::{
     Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig, RedisStats,
 };
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
+use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::{
@@ -132,9 +129,12 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
         req.extensions_mut().insert(signal.clone());
         http::handle(service_app.clone(), req)
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().keep_alive(!draining);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which ends at the load balancer, and
+    // hyper's http1 connection hands WebSocket upgrades back as the bare `TcpStream`.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(!draining)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

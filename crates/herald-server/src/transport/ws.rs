@@ -6,6 +6,7 @@
 //! writer takes everything queued in the outbox and writes the shared, pre-encoded frames with one
 //! vectored write.
 
+mod frame;
 mod reader;
 
 use std::{
@@ -18,15 +19,19 @@ use std::{
 };
 
 use bytes::Bytes;
-use fastwebsockets::{Role, upgrade};
+use fastwebsockets::upgrade;
 use herald_core::{
     ChannelName, ErrorCode,
     protocol::{self, Opcode},
 };
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
 
+use self::frame::FrameReader;
 use super::Connection;
 use crate::{
     app::App,
@@ -87,7 +92,7 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let task_app = app.clone();
     app.tasks.spawn(async move {
         match fut.await {
-            Ok(ws) => serve(task_app, ws.into_inner(), channels).await,
+            Ok(ws) => serve(task_app, ws.into_inner().into_inner(), channels).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -100,14 +105,20 @@ fn elapsed_ms(start: tokio::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-async fn serve(app: Arc<App>, io: TokioIo<hyper::upgrade::Upgraded>, channels: Vec<ChannelName>) {
-    let (read, mut write) = tokio::io::split(io);
-    let (mut ws_read, _unused_write) =
-        fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    // Pings and closes are answered by our writer, so the reader never needs a write half.
-    ws_read.set_auto_pong(false);
-    ws_read.set_auto_close(false);
-    ws_read.set_max_message_size(app.config.max_ws_frame_bytes);
+async fn serve(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, channels: Vec<ChannelName>) {
+    // Back to the bare socket: its halves split without a lock, and nothing of hyper's buffers
+    // stays allocated for the life of the connection.
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("WebSocket upgrade on an unexpected IO type");
+            return;
+        }
+    };
+    let (read, mut write) = parts.io.into_inner().into_split();
+    // Bytes the client sent right after the handshake, already read by hyper.
+    let read = std::io::Cursor::new(parts.read_buf).chain(read);
+    let frames = FrameReader::new(read, app.config.max_ws_frame_bytes);
 
     let conn = Arc::new(Connection::new(&app, "ws", Default::default()));
     for channel in channels {
@@ -119,7 +130,7 @@ async fn serve(app: Arc<App>, io: TokioIo<hyper::upgrade::Upgraded>, channels: V
     let reader = tokio::spawn(reader::run(
         app.clone(),
         conn.clone(),
-        ws_read,
+        frames,
         last_heard.clone(),
         clock,
     ));

@@ -127,7 +127,7 @@ function startProxy(target) {
         tunnels.delete(t);
       }
     },
-    close() { this.cut(); server.close(); },
+    close() { this.cut(); server.closeAllConnections(); server.close(); },
   })));
 }
 
@@ -161,6 +161,8 @@ before(async () => {
 after(async () => {
   await browser?.close();
   proxy?.close();
+  // Idle keep-alive sockets to herald would otherwise keep the test process alive.
+  http.globalAgent.destroy();
   if (ownHerald) await stopHerald(ownHerald.child);
 });
 

@@ -46,4 +46,5 @@ echo "browser tests: herald at $HERALD_URL"
 
 cd "$here"
 npm ci --silent --no-audit --no-fund
-node --test browser.test.mjs
+# --test-force-exit and the timeout: a leaked handle must fail the run, never hang CI.
+timeout 300 node --test --test-force-exit browser.test.mjs

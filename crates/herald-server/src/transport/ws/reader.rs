@@ -8,14 +8,17 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
-use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use herald_core::{
     ErrorCode,
     protocol::{self, ClientOp, Opcode},
 };
 use tokio::io::AsyncRead;
 
-use super::{close, elapsed_ms, send_error, send_text, subscribe};
+use super::{
+    close, elapsed_ms,
+    frame::{self, FrameReader, ReadError},
+    send_error, send_text, subscribe,
+};
 use crate::{
     app::App,
     http::publish::publish_one,
@@ -26,40 +29,35 @@ use crate::{
 pub async fn run<R: AsyncRead + Unpin>(
     app: Arc<App>,
     conn: Arc<Connection>,
-    mut ws: WebSocketRead<R>,
+    mut frames: FrameReader<R>,
     last_heard: Arc<AtomicU64>,
     clock: tokio::time::Instant,
 ) {
-    // Auto-pong and auto-close are off, so fastwebsockets never asks us to send anything.
-    let mut no_send = |_| std::future::ready(Ok::<(), std::io::Error>(()));
-    // A message split over continuation frames, bounded by the frame limit.
+    // A message split over continuation frames, bounded by the same limit as whole ones.
     let mut partial: Option<Vec<u8>> = None;
     let limit = app.config.max_ws_frame_bytes;
     let end = |code, reason| conn.outbox.close(CloseReason::Closed { code, reason });
     loop {
-        let frame = match ws.read_frame(&mut no_send).await {
+        let frame = match frames.read().await {
             Ok(f) => f,
-            Err(WebSocketError::FrameTooLarge) => return end(close::TOO_BIG, "message too big"),
-            Err(WebSocketError::InvalidUTF8) => return end(close::INVALID_DATA, "invalid UTF-8"),
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                return end(close::NORMAL, "connection lost");
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "WebSocket protocol error");
-                return end(close::PROTOCOL, "protocol error");
+            Err(ReadError::TooBig) => return end(close::TOO_BIG, "message too big"),
+            Err(ReadError::Gone) => return end(close::NORMAL, "connection lost"),
+            Err(ReadError::Protocol(why)) => {
+                tracing::debug!(why, "WebSocket protocol error");
+                return end(close::PROTOCOL, why);
             }
         };
         last_heard.store(elapsed_ms(clock), Ordering::Relaxed);
         let message = match frame.opcode {
-            OpCode::Text if frame.fin && partial.is_none() => frame.payload.to_vec(),
-            OpCode::Text => {
+            frame::TEXT if frame.fin && partial.is_none() => frame.payload,
+            frame::TEXT => {
                 if partial.is_some() {
                     return end(close::PROTOCOL, "new message before the last one finished");
                 }
-                partial = Some(frame.payload.to_vec());
+                partial = Some(frame.payload);
                 continue;
             }
-            OpCode::Continuation => {
+            frame::CONTINUATION => {
                 let Some(buf) = partial.as_mut() else {
                     return end(close::PROTOCOL, "continuation without a message");
                 };
@@ -72,7 +70,7 @@ pub async fn run<R: AsyncRead + Unpin>(
                 }
                 partial.take().unwrap_or_default()
             }
-            OpCode::Binary => {
+            frame::BINARY => {
                 send_error(
                     &conn,
                     None,
@@ -81,13 +79,13 @@ pub async fn run<R: AsyncRead + Unpin>(
                 );
                 continue;
             }
-            OpCode::Ping => {
+            frame::PING => {
                 conn.outbox
                     .push(Item::Raw(protocol::frame(Opcode::Pong, &frame.payload)));
                 continue;
             }
-            OpCode::Pong => continue,
-            OpCode::Close => return end(close::NORMAL, ""),
+            frame::CLOSE => return end(close::NORMAL, ""),
+            _ => continue, // pong: only a sign of life
         };
         if std::str::from_utf8(&message).is_err() {
             return end(close::INVALID_DATA, "invalid UTF-8");
