@@ -13,10 +13,31 @@ use std::{
 
 use tokio::net::{TcpSocket, TcpStream};
 
+/// Which server protocol the target speaks.
+///
+/// `nchan` exists only so `scripts/bench.sh` can run the very same clients, pacing, payloads
+/// and loss/latency accounting against nginx + nchan (the comparison issue 4 asks for). With
+/// nchan: publish = `POST /pub?id=CHANNEL` with the raw payload as body (201/202 = acked);
+/// subscribe = `GET /sub/CHANNEL` as a WebSocket (each text frame is one raw message) or with
+/// `Accept: text/event-stream`. nchan has no per-channel offset in the ack or the frame, so the
+/// payload's per-channel `seq` (assigned by the publisher, 1, 2, 3, ...) stands in for the
+/// offset on both sides; loss and latency are then computed by the same code as for Herald.
+/// Because `seq` is assigned before sending, a channel published with several requests in
+/// flight can be reordered between publisher and server: `out_of_order` then counts that too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    #[default]
+    Herald,
+    Nchan,
+}
+
 /// A Herald node (or load balancer) base URL, resolved once.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// The protocol it speaks (Herald unless `--target nchan`).
+    pub flavor: Flavor,
     /// Value of the `Host` header.
     pub host: String,
     /// Path prefix without trailing slash (for deployments mounted under a path).
@@ -68,6 +89,7 @@ impl Target {
             .ok_or_else(|| format!("{url}: {with_port} resolved to nothing"))?;
         Ok(Self {
             addr,
+            flavor: Flavor::Herald,
             host: authority.to_owned(),
             prefix: path.trim_end_matches('/').to_owned(),
         })

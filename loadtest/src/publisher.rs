@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     client::http::HttpConn,
-    net::{Dialer, Target},
+    net::{Dialer, Flavor, Target},
     payload,
     stats::{RangeSet, new_histogram},
 };
@@ -183,6 +183,8 @@ async fn worker(
         max_behind_us: 0,
         connects: 0,
     };
+    let nchan = targets.first().is_some_and(|t| t.flavor == Flavor::Nchan);
+    let mut path_buf = String::with_capacity(64);
     let path = if plan.broadcast.is_some() {
         "/v1/broadcast"
     } else {
@@ -215,6 +217,37 @@ async fn worker(
         }
         body.clear();
         let ts = payload::now_micros();
+        if nchan {
+            // nchan: raw payload to `/pub?id=CHANNEL`; its `seq` is the offset (net::Flavor).
+            let ci = (i % nch) as usize;
+            let seq = i / nch + 1;
+            payload::write(&mut body, seq, ts, plan.payload_size);
+            out.attempted += 1;
+            let t = k % targets.len();
+            path_buf.clear();
+            path_buf.push_str("/pub?id=");
+            crate::net::encode_query(&mut path_buf, &plan.channels[ci]);
+            let sent = Instant::now();
+            match conns[t].post(dialer, &targets[t], &path_buf, &body).await {
+                Ok((201 | 202, _)) => {
+                    out.latency
+                        .saturating_record((sent.elapsed().as_micros() as u64).max(1));
+                    out.acked += 1;
+                    out.acked_messages += 1;
+                    out.acked_offsets[ci].insert(seq);
+                }
+                Ok((status, _)) => {
+                    out.failed += 1;
+                    *out.errors.entry(format!("http {status}")).or_default() += 1;
+                }
+                Err(e) => {
+                    out.failed += 1;
+                    *out.errors.entry(format!("io: {e}")).or_default() += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            continue;
+        }
         match plan.broadcast {
             None => {
                 let ch = &plan.channels[(i % nch) as usize];

@@ -12,7 +12,7 @@ use tokio::{
 
 use super::{End, Event, http};
 use crate::{
-    net::{Dialer, Target, encode_query},
+    net::{Dialer, Flavor, Target, encode_query},
     token::TokenTracker,
 };
 
@@ -176,6 +176,10 @@ pub struct SseConn {
     chunked: Option<http::ChunkedDecoder>,
     parser: SseParser,
     tokens: TokenTracker,
+    /// nchan target: the channel; events carry the raw message and an nchan id.
+    nchan: Option<Box<str>>,
+    /// nchan sends no subscribed event: report `Subscribed` on the first read.
+    announce: bool,
 }
 
 impl SseConn {
@@ -187,9 +191,15 @@ impl SseConn {
         last_event_id: Option<&str>,
         token: Option<&str>,
     ) -> Result<Self, End> {
+        let nchan = target.flavor == Flavor::Nchan;
         let mut stream = dialer.connect(target.addr).await.map_err(End::connect)?;
         let mut req = format!("GET {}/v1/sse?", target.prefix);
-        for (i, c) in channels.iter().enumerate() {
+        if nchan {
+            // One channel per stream (the fleet subscribes one each).
+            req = format!("GET {}/sub/", target.prefix);
+            encode_query(&mut req, channels.first().copied().unwrap_or(""));
+        }
+        for (i, c) in channels.iter().enumerate().filter(|_| !nchan) {
             if i > 0 {
                 req.push('&');
             }
@@ -204,7 +214,7 @@ impl SseConn {
             req.push_str(t);
             req.push_str("\r\n");
         }
-        if let Some(id) = last_event_id {
+        if let Some(id) = last_event_id.filter(|_| !nchan) {
             req.push_str("Last-Event-ID: ");
             req.push_str(id);
             req.push_str("\r\n");
@@ -225,11 +235,24 @@ impl SseConn {
             chunked: head.chunked.then(http::ChunkedDecoder::default),
             parser: SseParser::new(1 << 20),
             tokens: TokenTracker::default(),
+            nchan: nchan.then(|| channels.first().copied().unwrap_or("").into()),
+            announce: nchan,
         })
     }
 
     /// Reads once from the socket and dispatches every complete event.
     pub async fn next_batch<F: FnMut(Event<'_>)>(&mut self, f: &mut F) -> Result<(), End> {
+        if self.announce {
+            self.announce = false;
+            f(Event::Subscribed {
+                channel: self.nchan.as_deref().unwrap_or(""),
+                offset: 0,
+                epoch: "",
+                recovered: false,
+                sse_id: None,
+            });
+            return Ok(());
+        }
         // Bytes read together with the response head are processed before reading again:
         // the first events (`herald.subscribed`) usually arrive in the same segment. Every
         // batch consumes the whole buffer, so empty means "nothing pending".
@@ -252,11 +275,14 @@ impl SseConn {
             chunked,
             parser,
             tokens,
+            nchan,
             ..
         } = self;
         let mut failed: Option<End> = None;
         let mut on_event = |ev: SseEvent<'_>| {
-            if failed.is_none()
+            if let Some(ch) = nchan {
+                super::ws::dispatch_nchan(ch, ev.data, f);
+            } else if failed.is_none()
                 && let Err(e) = dispatch(tokens, ev, f)
             {
                 failed = Some(e);

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::{End, Event, http};
-use crate::net::{Dialer, Target, encode_query};
+use crate::net::{Dialer, Flavor, Target, encode_query};
 
 /// Largest message we accept; larger means the server or the scenario is misconfigured.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -78,6 +78,21 @@ pub fn dispatch<F: FnMut(Event<'_>)>(payload: &[u8], f: &mut F) -> Result<(), En
     Ok(())
 }
 
+/// An nchan WebSocket frame is the raw published message: its `seq` is the offset (see
+/// [`crate::net::Flavor`]).
+pub fn dispatch_nchan<F: FnMut(Event<'_>)>(channel: &str, payload: &[u8], f: &mut F) {
+    match crate::payload::parse(payload) {
+        Some((seq, _)) => f(Event::Message {
+            channel,
+            offset: seq,
+            epoch: "",
+            data: payload,
+            sse_id: None,
+        }),
+        None => f(Event::Unattributed),
+    }
+}
+
 /// `Sec-WebSocket-Key`: 16 random bytes, base64.
 fn ws_key() -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -104,6 +119,10 @@ pub struct WsConn {
     ws: WebSocket<http::Prefixed>,
     /// Reassembly buffer for fragmented messages (Herald does not fragment, others might).
     frag: Vec<u8>,
+    /// nchan target: the channel (frames carry only the raw message).
+    nchan: Option<Box<str>>,
+    /// nchan confirms nothing beyond the upgrade: report `Subscribed` on the first read.
+    announce: bool,
 }
 
 impl std::fmt::Debug for WsConn {
@@ -122,9 +141,13 @@ impl WsConn {
         since: Option<(u64, &str)>,
         token: Option<&str>,
     ) -> Result<Self, End> {
+        let nchan = target.flavor == Flavor::Nchan;
         let mut stream = dialer.connect(target.addr).await.map_err(End::connect)?;
         let mut req = format!("GET {}/v1/ws", target.prefix);
-        if since.is_none() {
+        if nchan {
+            req = format!("GET {}/sub/", target.prefix);
+            encode_query(&mut req, channel);
+        } else if since.is_none() {
             req.push_str("?channel=");
             encode_query(&mut req, channel);
         }
@@ -158,7 +181,7 @@ impl WsConn {
         ws.set_auto_close(true);
         ws.set_auto_pong(true);
         ws.set_max_message_size(MAX_MESSAGE);
-        if let Some((offset, epoch)) = since {
+        if let Some((offset, epoch)) = since.filter(|_| !nchan) {
             let op = serde_json::json!({
                 "op": "subscribe",
                 "channel": channel,
@@ -173,11 +196,24 @@ impl WsConn {
         Ok(Self {
             ws,
             frag: Vec::new(),
+            nchan: nchan.then(|| channel.into()),
+            announce: nchan,
         })
     }
 
     /// Reads one frame and dispatches it.
     pub async fn next_batch<F: FnMut(Event<'_>)>(&mut self, f: &mut F) -> Result<(), End> {
+        if self.announce {
+            self.announce = false;
+            f(Event::Subscribed {
+                channel: self.nchan.as_deref().unwrap_or(""),
+                offset: 0,
+                epoch: "",
+                recovered: false,
+                sse_id: None,
+            });
+            return Ok(());
+        }
         let frame = self
             .ws
             .read_frame()
@@ -185,7 +221,13 @@ impl WsConn {
             .map_err(|e| End::Io(e.to_string()))?;
         match frame.opcode {
             OpCode::Text | OpCode::Binary if frame.fin && self.frag.is_empty() => {
-                dispatch(&frame.payload, f)
+                match &self.nchan {
+                    Some(ch) => {
+                        dispatch_nchan(ch, &frame.payload, f);
+                        Ok(())
+                    }
+                    None => dispatch(&frame.payload, f),
+                }
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 if self.frag.len() + frame.payload.len() > MAX_MESSAGE {
@@ -194,7 +236,13 @@ impl WsConn {
                 self.frag.extend_from_slice(&frame.payload);
                 if frame.fin {
                     let msg = std::mem::take(&mut self.frag);
-                    let r = dispatch(&msg, f);
+                    let r = match &self.nchan {
+                        Some(ch) => {
+                            dispatch_nchan(ch, &msg, f);
+                            Ok(())
+                        }
+                        None => dispatch(&msg, f),
+                    };
                     self.frag = msg;
                     self.frag.clear();
                     r

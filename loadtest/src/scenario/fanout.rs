@@ -114,6 +114,12 @@ pub async fn run(args: Args) -> Result<bool, String> {
     );
     let subscribed = running.wait_settled(args.subscribe_timeout).await;
     eprintln!("subscribed: {subscribed}/{total}; publishing");
+    if args.common.flavor == crate::net::Flavor::Nchan {
+        // nchan answers the upgrade/stream head before its Redis subscription is certainly
+        // live (Herald confirms with a `subscribed` frame): give it a moment so the first
+        // messages are not counted as lost by a harness artifact.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     running.fleet.rates.set_start(payload::now_micros());
     let plan = publisher::Plan {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     client::Transport,
-    net::{Dialer, Target},
+    net::{Dialer, Flavor, Target},
     payload,
     stats::{LatencySink, RateBuckets},
     subscriber::{self, Fleet, Progress, SubResult},
@@ -56,6 +56,10 @@ pub struct Common {
     /// Connection attempts in flight at once.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Server protocol: `herald`, or `nchan` (nginx + nchan, for side-by-side benchmarks:
+    /// `/pub?id=` and `/sub/CHANNEL`; the payload `seq` stands in for offsets).
+    #[arg(long = "target", value_enum, default_value = "herald")]
+    pub flavor: Flavor,
     /// Timeout of one TCP connect.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -77,7 +81,9 @@ impl Ctx {
         }
         let mut targets = Vec::new();
         for u in &common.urls {
-            targets.push(Target::resolve(u).await?);
+            let mut t = Target::resolve(u).await?;
+            t.flavor = common.flavor;
+            targets.push(t);
         }
         let prefix = match &common.channel_prefix {
             Some(p) => {

@@ -54,6 +54,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
     if args.broadcast == Some(0) {
         return Err("--broadcast must be at least 1".into());
     }
+    if args.broadcast.is_some() && args.common.flavor == crate::net::Flavor::Nchan {
+        return Err("--broadcast is Herald's /v1/broadcast; nchan has no equivalent".into());
+    }
     let ctx = Ctx::new(args.common.clone()).await?;
     let channels = ctx.channel_names(args.channels);
     eprintln!(

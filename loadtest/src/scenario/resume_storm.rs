@@ -90,6 +90,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
     if !(args.rate > 0.0 && args.rate.is_finite()) {
         return Err("--rate must be positive".into());
     }
+    if args.common.flavor == crate::net::Flavor::Nchan {
+        return Err("resume-storm needs Herald's resume; --target nchan is not supported".into());
+    }
     let storm_at = args.storm_at.unwrap_or(args.duration / 3);
     if storm_at >= args.duration {
         return Err("--storm-at must be before the end of --duration".into());
