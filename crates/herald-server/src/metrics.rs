@@ -32,6 +32,8 @@ pub struct HubMetrics {
     pub recoveries: IntCounterVec,
     /// History reads made for resumes and the history endpoint.
     pub history_reads: IntCounter,
+    /// Time for the broker to answer a history read (a Redis script with the Redis broker).
+    pub history_duration: Histogram,
 }
 
 impl Default for HubMetrics {
@@ -42,6 +44,8 @@ impl Default for HubMetrics {
             recoveries: IntCounterVec::new(Opts::new("recoveries", "-"), &["outcome"])
                 .expect("metric"),
             history_reads: IntCounter::new("history_reads", "-").expect("metric"),
+            history_duration: Histogram::with_opts(HistogramOpts::new("history_duration", "-"))
+                .expect("metric"),
         }
     }
 }
@@ -69,6 +73,7 @@ pub struct Metrics {
     subscriptions: IntGauge,
     channels: IntGauge,
     queued: IntGauge,
+    queued_bytes: IntGauge,
     /// Redis backbone events (`reconnect`, `connect_failure`, `probe_failure`, `gap_fill`,
     /// `gap_fill_message`, `command_error`, `decode_error`), copied from the broker's counters at
     /// scrape. Zero with the embedded broker.
@@ -172,6 +177,11 @@ impl Metrics {
                     "Resumes by outcome (recovered, partial, reset).",
                     &["outcome"],
                 ),
+                history_duration: histogram(
+                    &r,
+                    "herald_history_read_duration_seconds",
+                    "Time for the broker to answer a history read.",
+                ),
                 history_reads: register(
                     &r,
                     IntCounter::new("herald_history_reads_total", "History reads.")
@@ -187,6 +197,11 @@ impl Metrics {
                 &r,
                 "herald_channels",
                 "Channels with local subscribers (or lingering).",
+            ),
+            queued_bytes: gauge(
+                &r,
+                "herald_queued_bytes",
+                "Bytes queued in connection outboxes, as counted against queue_max_bytes.",
             ),
             queued: gauge(
                 &r,
@@ -210,6 +225,7 @@ impl Metrics {
         self.subscriptions.set(stats.subscriptions as i64);
         self.channels.set(stats.channels as i64);
         self.queued.set(stats.queued as i64);
+        self.queued_bytes.set(stats.queued_bytes as i64);
         let snap = self
             .redis
             .as_ref()

@@ -90,6 +90,8 @@ pub struct HubStats {
     pub subscriptions: usize,
     /// Items queued in the subscribers' outboxes (each connection counted once).
     pub queued: usize,
+    /// Bytes those items account for against the outboxes' byte bounds.
+    pub queued_bytes: usize,
 }
 
 struct HubSink(Weak<Hub>);
@@ -189,7 +191,9 @@ impl Hub {
         } else {
             0
         };
+        let timer = self.metrics.history_duration.start_timer();
         let history = self.broker.history(channel, since.as_ref(), limit).await?;
+        timer.observe_duration();
         self.metrics.history_reads.inc();
         if let Some(pos) = &since {
             let outcome = match (history.recovered, pos.epoch == history.top.epoch) {
@@ -327,7 +331,9 @@ impl Hub {
             for slot in shard.values().flat_map(|e| &e.slots) {
                 stats.subscriptions += 1;
                 if seen.insert(slot.conn) {
-                    stats.queued += slot.outbox.queued();
+                    let (items, bytes) = slot.outbox.queued();
+                    stats.queued += items;
+                    stats.queued_bytes += bytes;
                 }
             }
         }

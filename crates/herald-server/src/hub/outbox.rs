@@ -183,9 +183,10 @@ impl Outbox {
         self.bounds
     }
 
-    /// Items currently queued (for metrics and tests).
-    pub fn queued(&self) -> usize {
-        self.inner.lock().items.len()
+    /// Items currently queued and the bytes they count for (for metrics and tests).
+    pub fn queued(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.items.len(), inner.bytes)
     }
 }
 
@@ -206,7 +207,7 @@ mod tests {
         assert!(o.push(Item::Raw(Bytes::from_static(b"a"))));
         assert!(o.push(Item::Raw(Bytes::from_static(b"b"))));
         assert!(!o.push(Item::Raw(Bytes::from_static(b"c"))));
-        assert_eq!(o.queued(), 0);
+        assert_eq!(o.queued(), (0, 0));
         assert!(o.signal().is_cancelled(), "a blocked writer learns of it");
         let batch = o.take().await;
         assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
