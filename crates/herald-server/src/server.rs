@@ -15,7 +15,7 @@ use crate::{
     http,
     hub::{Hub, HubConfig},
     metrics::Metrics,
-    transport::sse::ConnectionSignal,
+    transport::{self, sse::ConnectionSignal},
 };
 
 /// Why the server could not run.
@@ -122,6 +122,14 @@ async fn accept(
 /// without keep-alive instead of being told to shut down before its first request.
 async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
     let _ = stream.set_nodelay(true);
+    let stream = if draining {
+        stream
+    } else {
+        match transport::sse_direct::try_serve(&app, stream).await {
+            Some(stream) => stream,
+            None => return, // served as an SSE stream
+        }
+    };
     let service_app = app.clone();
     let kill = tokio_util::sync::CancellationToken::new();
     let signal = ConnectionSignal(kill.clone());

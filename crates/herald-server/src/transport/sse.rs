@@ -38,59 +38,95 @@ use crate::{
 pub struct ConnectionSignal(pub tokio_util::sync::CancellationToken);
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
-    if app.is_draining() {
-        return error(ErrorCode::Draining, "this node is draining; reconnect");
+    let header_token = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()));
+    let signal = req
+        .extensions()
+        .get::<ConnectionSignal>()
+        .cloned()
+        .unwrap_or_default();
+    match open(app, req.uri().query(), header_token, signal.0).await {
+        Ok(body) => {
+            let mut resp = Response::new(body.boxed_unsync());
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-cache"),
+            );
+            h.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
+            *resp.status_mut() = StatusCode::OK;
+            resp
+        }
+        Err(resp) => resp,
     }
-    let q = req.uri().query();
+}
+
+/// Validates an SSE request and subscribes its channels: the stream to send, or the error
+/// response. `header_token` is the `Last-Event-ID` header (`Err` when it is not text); `signal`
+/// is cancelled when the stream's outbox closes (see [`ConnectionSignal`]).
+pub async fn open(
+    app: &Arc<App>,
+    q: Option<&str>,
+    header_token: Option<Result<String, ()>>,
+    signal: tokio_util::sync::CancellationToken,
+) -> Result<SseBody, Response<Body>> {
+    if app.is_draining() {
+        return Err(error(
+            ErrorCode::Draining,
+            "this node is draining; reconnect",
+        ));
+    }
     let mut channels: Vec<ChannelName> = Vec::new();
     for name in query::values(q, "channel") {
         match ChannelName::parse_with_limit(&name, app.config.max_channel_len) {
             Ok(c) if !channels.contains(&c) => channels.push(c),
             Ok(_) => {}
             Err(e) => {
-                return error(
+                return Err(error(
                     ErrorCode::InvalidChannel,
                     &format!("invalid channel {name:?}: {e}"),
-                );
+                ));
             }
         }
     }
     if channels.is_empty() {
-        return error(ErrorCode::BadRequest, "give at least one ?channel=");
+        return Err(error(ErrorCode::BadRequest, "give at least one ?channel="));
     }
     if channels.len() > app.config.max_channels_per_connection {
         let max = app.config.max_channels_per_connection;
-        return error(
+        return Err(error(
             ErrorCode::LimitExceeded,
             &format!("at most {max} channels per connection"),
-        );
+        ));
     }
     // The header is what EventSource sends on reconnect, so it is newer than the URL's value.
-    let header_token = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::to_owned));
     let token_text = match header_token {
         Some(Ok(t)) => Some(t),
         Some(Err(_)) => {
-            return error(
+            return Err(error(
                 ErrorCode::InvalidPosition,
                 "Last-Event-ID is not valid text",
-            );
+            ));
         }
         None => query::first(q, "last_event_id").map(|t| t.into_owned()),
     };
     let resume = match token_text.as_deref().map(ResumeToken::parse).transpose() {
         Ok(t) => t.unwrap_or_default(),
-        Err(e) => return error(ErrorCode::InvalidPosition, &format!("Last-Event-ID: {e}")),
+        Err(e) => {
+            return Err(error(
+                ErrorCode::InvalidPosition,
+                &format!("Last-Event-ID: {e}"),
+            ));
+        }
     };
 
-    let signal = req
-        .extensions()
-        .get::<ConnectionSignal>()
-        .cloned()
-        .unwrap_or_default();
-    let conn = Connection::new(app, "sse", signal.0);
+    let conn = Connection::new(app, "sse", signal);
     for channel in channels {
         let since = resume.get(channel.as_str()).cloned();
         match app
@@ -101,7 +137,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Ok(()) => conn.add(channel),
             Err(SubscribeError::AlreadySubscribed(_)) => {}
             Err(SubscribeError::Broker(e)) => {
-                return error(ErrorCode::Unavailable, &e.to_string());
+                return Err(error(ErrorCode::Unavailable, &e.to_string()));
             }
         }
     }
@@ -116,23 +152,11 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         drained: Some(Box::pin(app.drained())),
         done: false,
     };
-    let mut resp = Response::new(body.boxed_unsync());
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-cache"),
-    );
-    h.insert("x-accel-buffering", header::HeaderValue::from_static("no"));
-    *resp.status_mut() = StatusCode::OK;
-    resp
+    Ok(body)
 }
 
 /// The event stream of one SSE connection.
-struct SseBody {
+pub struct SseBody {
     /// `retry:`, sent first.
     preamble: Option<Bytes>,
     conn: Connection,
@@ -148,6 +172,10 @@ struct SseBody {
 }
 
 impl SseBody {
+    pub fn outbox(&self) -> &Arc<crate::hub::Outbox> {
+        &self.conn.outbox
+    }
+
     /// Appends the batch's events to `out`; returns the message count and the oldest message's
     /// publish time, for metrics.
     fn render(

@@ -210,3 +210,43 @@ async fn history_endpoint_serves_retained_messages() {
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["recovered"], false, "offset 2 is no longer retained");
 }
+
+/// An SSE request that is not the first on its connection is served by the HTTP stack rather
+/// than the fresh-connection fast path; both must stream the same way.
+#[tokio::test]
+async fn sse_on_a_reused_keep_alive_connection_streams_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Herald::start(&[]).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr())
+        .await
+        .expect("connect");
+    let host = h.addr();
+    s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains(r#"{"status":"ok"}"#) {
+        let n = crate::support::within("healthz", s.read(&mut buf))
+            .await
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(format!("GET /v1/sse?channel=ka HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    h.wait_metric("herald_subscriptions", &[], |v| v == 1.0)
+        .await;
+    h.publish("ka", json!("kept alive")).await;
+    let mut text = String::new();
+    while !text.contains("data: \"kept alive\"") {
+        let n = crate::support::within("the event", s.read(&mut buf))
+            .await
+            .expect("read");
+        assert!(n > 0, "connection closed");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains("event: herald.subscribed"), "{text}");
+}

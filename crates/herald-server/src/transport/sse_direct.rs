@@ -1,0 +1,143 @@
+//! SSE without hyper on a fresh connection: the idle-memory fast path.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB header write buffer for as long as an HTTP/1
+//! connection lives, which would be most of what an idle SSE subscriber costs. An SSE stream never
+//! serves another request on its connection, so when the first request on a connection is a
+//! complete `GET /v1/sse` head, it is validated and subscribed exactly like the hyper route
+//! ([`super::sse::open`]); then the head is consumed and the same [`SseBody`] is written straight
+//! to the socket, delimited by closing the connection. Anything else, including every error, is
+//! left untouched in the socket for hyper to serve.
+
+use std::{pin::pin, sync::Arc, time::Duration};
+
+use http_body_util::BodyExt;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::sse::{self, SseBody};
+use crate::{app::App, hub::CloseReason};
+
+/// Largest request head looked at; a longer one goes to hyper.
+const PEEK: usize = 4096;
+
+const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+
+/// The parts of a request head the SSE route needs.
+struct SseRequest {
+    head_len: usize,
+    query: Option<String>,
+    last_event_id: Option<Result<String, ()>>,
+}
+
+/// Serves `stream` if its first request is an SSE subscription; otherwise hands it back.
+pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
+    let req = tokio::select! {
+        req = peek_sse_request(&stream) => req,
+        // A connection that has not sent a request yet does not hold up a drain.
+        () = app.shutdown.cancelled() => return None,
+    };
+    let Some(req) = req else {
+        return Some(stream);
+    };
+    let signal = CancellationToken::new();
+    let body = match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
+        Ok(body) => body,
+        // hyper reads the same request again and answers with the error.
+        Err(_) => return Some(stream),
+    };
+    app.metrics
+        .http_requests
+        .with_label_values(&["sse", "200"])
+        .inc();
+    stream_to(stream, req.head_len, body, signal).await;
+    None
+}
+
+async fn peek_sse_request(stream: &TcpStream) -> Option<SseRequest> {
+    // On the heap and dropped before anything else is awaited: the connection task keeps none of it.
+    let mut buf = vec![0u8; PEEK];
+    let n = stream.peek(&mut buf).await.ok()?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_len) = req.parse(&buf[..n]).ok()? else {
+        return None;
+    };
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let (path, query) = match req.path?.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (req.path?, None),
+    };
+    if path != "/v1/sse" {
+        return None;
+    }
+    let last_event_id = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
+        .map(|h| String::from_utf8(h.value.to_vec()).map_err(|_| ()));
+    Some(SseRequest {
+        head_len,
+        query,
+        last_event_id,
+    })
+}
+
+async fn stream_to(
+    mut stream: TcpStream,
+    head_len: usize,
+    body: SseBody,
+    signal: CancellationToken,
+) {
+    let mut head = vec![0u8; head_len];
+    if stream.read_exact(&mut head).await.is_err() || stream.write_all(RESPONSE_HEAD).await.is_err()
+    {
+        return;
+    }
+    drop(head);
+    let outbox = body.outbox().clone();
+    let (mut read, mut write) = stream.split();
+    // The client sends nothing more; EOF means it hung up (as hyper would notice by reading),
+    // found at once instead of at the next heartbeat.
+    let gone = client_gone(&mut read);
+    tokio::pin!(gone);
+    let mut body = pin!(body);
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            () = &mut gone => return,
+        };
+        let Some(Ok(frame)) = frame else { break };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let pending = write.write_all(&data);
+        tokio::pin!(pending);
+        tokio::select! {
+            res = &mut pending => if res.is_err() { return },
+            () = &mut gone => return,
+            () = signal.cancelled() => {
+                // A peer that stopped reading blocks the write: cut it off once it overflowed.
+                if outbox.reason() == Some(CloseReason::SlowConsumer) {
+                    return;
+                }
+                // Shutdown: finish this write (bounded) so the client sees whole events.
+                if !matches!(tokio::time::timeout(Duration::from_secs(1), pending).await, Ok(Ok(()))) {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), write.shutdown()).await;
+}
+
+/// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.
+async fn client_gone(read: &mut tokio::net::tcp::ReadHalf<'_>) {
+    let mut byte = [0u8; 1];
+    while let Ok(1..) = read.read(&mut byte).await {}
+}
