@@ -115,14 +115,19 @@ async fn serve(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, channels: Vec<
             return;
         }
     };
-    let (read, mut write) = parts.io.into_inner().into_split();
-    // Bytes the client sent right after the handshake, already read by hyper.
-    let read = std::io::Cursor::new(parts.read_buf).chain(read);
+    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+    let (read, mut write) = io.into_inner().into_split();
+    // Bytes the client sent right after the handshake, already read by hyper. Copied out and
+    // dropped: the `Bytes` is a view of hyper's whole 8 KiB read buffer and would keep it alive.
+    let early = read_buf.to_vec();
+    drop(read_buf);
+    let read = std::io::Cursor::new(early).chain(read);
     let frames = FrameReader::new(read, app.config.max_ws_frame_bytes);
 
     let conn = Arc::new(Connection::new(&app, "ws", Default::default()));
     for channel in channels {
-        subscribe(&app, &conn, channel, None, None).await;
+        // Boxed so the connection task's idle state is not sized by the subscribe future.
+        Box::pin(subscribe(&app, &conn, channel, None, None)).await;
     }
 
     let clock = tokio::time::Instant::now();

@@ -90,7 +90,8 @@ pub async fn run<R: AsyncRead + Unpin>(
         if std::str::from_utf8(&message).is_err() {
             return end(close::INVALID_DATA, "invalid UTF-8");
         }
-        handle_op(&app, &conn, &message).await;
+        // Boxed: ops are rare, and inlined their futures would size every idle reader task.
+        Box::pin(handle_op(&app, &conn, &message)).await;
     }
 }
 
