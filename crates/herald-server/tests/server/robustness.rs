@@ -276,7 +276,10 @@ async fn a_client_that_never_reads_is_cut_off_and_others_get_everything() {
 }
 
 #[tokio::test]
-async fn vanished_sse_clients_are_reaped_by_heartbeats() {
+/// A client that closes its socket is unsubscribed without any publish: the server notices the
+/// hang-up (EOF) on its own; a peer that vanished without closing is found by the next heartbeat
+/// write.
+async fn vanished_sse_clients_are_reaped() {
     let h = Herald::start(&["--sse-heartbeat", "100ms"]).await;
     let mut s = TcpStream::connect(h.addr()).await.expect("connect");
     s.write_all(
@@ -291,7 +294,7 @@ async fn vanished_sse_clients_are_reaped_by_heartbeats() {
     h.wait_metric("herald_connections", &["transport=\"sse\""], |v| v == 1.0)
         .await;
     drop(s);
-    // No publish happens: only the heartbeat write can find the dead socket.
+    // No publish happens: nothing but the server's own watch can find the dead socket.
     h.wait_metric("herald_connections", &["transport=\"sse\""], |v| v == 0.0)
         .await;
     h.wait_metric("herald_subscriptions", &[], |v| v == 0.0)
