@@ -2,6 +2,8 @@
 //! 3-master clusters on ephemeral ports (never 6379), each in its own temporary directory, killed
 //! and cleaned up on drop so a failing test leaves nothing running.
 
+pub mod clients;
+
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -214,5 +216,16 @@ impl RedisCluster {
             }
         }
         panic!("no owner for slot {slot}: {shards}");
+    }
+}
+
+/// Guards every await in the tests against hanging forever; never used to assert on speed.
+pub const HANG: Duration = Duration::from_secs(30);
+
+/// Awaits `fut` or panics with `what` after [`HANG`].
+pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(HANG, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
     }
 }

@@ -10,16 +10,7 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// Guards every await in the tests against hanging forever; never used to assert on speed.
-pub const HANG: Duration = Duration::from_secs(20);
-
-/// Awaits `fut` or panics with `what` after [`HANG`].
-pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
-    match tokio::time::timeout(HANG, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out waiting for {what}"),
-    }
-}
+pub use herald_testkit::within;
 
 /// A herald process on an ephemeral port, killed on drop.
 pub struct Herald {
