@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# Herald vs nginx + nchan, side by side in one run, on this machine (loopback only).
+#
+#   bash scripts/bench.sh            # everything (~12 min on a 2-core machine after the build)
+#   BENCH_ONLY="a b" bash scripts/bench.sh   # a subset of the scenarios (a b c d)
+#
+# Installs nginx, libnginx-mod-nchan, redis-server and jq (apt) when missing, builds
+# `herald` and `herald-loadtest` in release mode once, starts ONE redis-server on an ephemeral
+# port, two herald nodes and two nginx+nchan nodes on it (nchan through `nchan_redis_pass`,
+# the Redis directive of nchan 1.3.x in Debian bookworm), and runs the same herald-loadtest
+# scenarios against both (`--target nchan` speaks nchan's /pub and /sub with the same payload,
+# pacing and loss/latency accounting). Server CPU is the utime+stime delta of the server
+# processes (herald nodes + redis, or nginx master and workers + redis) from /proc/<pid>/stat
+# over each loadtest run; the loadtest's own CPU and the whole machine's busy CPU are recorded
+# too, so CPU taken by anything else on the machine ("other") is visible. Results: target/bench/<stamp>/results.jsonl (one JSON report per
+# run, labelled), results.md (the table), and every log.
+#
+# Scenarios (sizes via env, defaults in brackets):
+#  a) C=100 channels x S=20 WS subscribers, R=2000 msg/s, 100-byte payloads, both nodes;
+#     then the same over SSE; 32 publishes in flight so a loaded machine still offers the
+#     full rate [BENCH_A_DURATION=20s]
+#  b) 1 channel x 2000 WS subscribers at each rate of BENCH_B_RATES, both systems, 4 publishes
+#     in flight [BENCH_B_RATES="25 50 100 200", BENCH_B_DURATION=10s]
+#  c) idle RSS per connection on ONE fresh node: WS and SSE at 5000 and 19000 (herald), 5000
+#     (nchan, reference) [BENCH_C_SIZES="5000 19000", BENCH_C_HOLD=10s]
+#  d) acknowledged publishes/s through one node into Redis, K in flight
+#     [BENCH_D_INFLIGHT="16 64", BENCH_D_DURATION=10s]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+ONLY=${BENCH_ONLY:-a b c d}
+A_DUR=${BENCH_A_DURATION:-20s}
+B_RATES=${BENCH_B_RATES:-25 50 100 200}
+B_DUR=${BENCH_B_DURATION:-10s}
+C_SIZES=${BENCH_C_SIZES:-5000 19000}
+C_HOLD=${BENCH_C_HOLD:-10s}
+D_INFLIGHT=${BENCH_D_INFLIGHT:-16 64}
+D_DUR=${BENCH_D_DURATION:-10s}
+
+# ---------------------------------------------------------------- prerequisites
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+[ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || need+=(libnginx-mod-nchan)
+command -v jq >/dev/null || need+=(jq)
+command -v ss >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "== installing: ${need[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# BENCH_BIN_DIR=dir: use prebuilt `herald` and `herald-loadtest` from there (e.g. a build of a
+# clean checkout while the working tree is being edited) instead of building.
+if [ -n "${BENCH_BIN_DIR:-}" ]; then
+  HERALD=$BENCH_BIN_DIR/herald
+  LT=$BENCH_BIN_DIR/herald-loadtest
+else
+  echo "== cargo build --release -p herald-server -p herald-loadtest"
+  cargo build --release -p herald-server -p herald-loadtest
+  HERALD=$ROOT/target/release/herald
+  LT=$ROOT/target/release/herald-loadtest
+fi
+
+OUT=$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$OUT"
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+echo "== output in $OUT"
+# Loadtest and servers need the 20,000 open files this machine allows per process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+cleanup() {
+  local p
+  # nginx masters first, gracefully (a killed master leaves its workers running), then the
+  # rest; workers that outlive their master are in PIDS too and get killed.
+  for p in "${PIDS[@]}"; do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nginx ] && kill -TERM "$p" 2>/dev/null || true
+  done
+  sleep 0.5
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  local p
+  while :; do
+    p=$((20000 + RANDOM % 30000))
+    [ -z "$(ss -Htln "sport = :$p")" ] && { echo "$p"; return; }
+  done
+}
+
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --maxclients 20000 --logfile "$OUT/redis.log" &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+echo "redis $REDIS_URL pid $REDIS_PID"
+
+# start_herald NAME -> sets HPID, HURL
+start_herald() {
+  local log=$OUT/$1.log
+  "$HERALD" --listen 127.0.0.1:0 --redis-url "$REDIS_URL" --log-level warn >"$log" 2>&1 &
+  HPID=$!
+  PIDS+=("$HPID")
+  for _ in $(seq 100); do
+    HURL=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
+    [ -n "$HURL" ] && break
+    sleep 0.1
+  done
+  [ -n "$HURL" ] || { echo "herald $1 did not start"; cat "$log"; exit 1; }
+  echo "herald $1 $HURL pid $HPID"
+}
+
+# start_nchan NAME -> sets NPID (master), NURL, NPIDS (master + workers)
+start_nchan() {
+  local dir=$OUT/$1 port
+  port=$(free_port)
+  mkdir -p "$dir"
+  # worker_processes auto = one per CPU, like herald's tokio runtime (one worker thread per
+  # CPU). History like herald's defaults: 1000 messages, 1 h.
+  cat >"$dir/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
+daemon off;
+worker_processes auto;
+worker_rlimit_nofile 20000;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  upstream redis_backend { nchan_redis_server $REDIS_URL; }
+  server {
+    listen 127.0.0.1:$port backlog=4096;
+    location = /pub {
+      nchan_publisher;
+      nchan_channel_id \$arg_id;
+      nchan_redis_pass redis_backend;
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 1h;
+    }
+    location ~ ^/sub/(.+)\$ {
+      nchan_subscriber websocket eventsource;
+      nchan_channel_id \$1;
+      nchan_redis_pass redis_backend;
+      nchan_subscriber_first_message newest;
+      nchan_message_buffer_length 1000;
+      nchan_message_timeout 1h;
+    }
+  }
+}
+EOF
+  "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" &
+  NPID=$!
+  PIDS+=("$NPID")
+  NURL=http://127.0.0.1:$port
+  for _ in $(seq 100); do
+    curl -s -o /dev/null -XPOST "$NURL/pub?id=warmup" -d x && break
+    sleep 0.1
+  done
+  NPIDS="$NPID $(pgrep -P "$NPID" | tr '\n' ' ')"
+  # shellcheck disable=SC2206
+  PIDS+=($NPIDS)
+  echo "nchan $1 $NURL pids $NPIDS"
+}
+
+# stop_pid PID...: herald is killed outright (its drain would only slow the bench down);
+# nginx master gets TERM so it takes its workers down.
+stop_pid() {
+  local p
+  for p in "$@"; do
+    if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = nginx ]; then
+      kill -TERM "$p" 2>/dev/null || true
+    fi
+  done
+  sleep 0.3
+  for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
+  for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+TCK=$(getconf CLK_TCK)
+# cpu_ticks PID... -> sum of utime+stime
+cpu_ticks() {
+  local p t=0 v
+  for p in "$@"; do
+    # Fields after the command (which is in parentheses and may hold spaces).
+    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+# machine_ticks -> busy ticks of all CPUs (user+nice+system+irq+softirq+steal), /proc/stat
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+# children_cpu -> user+sys seconds of this shell's finished children (bash `times`)
+children_cpu() {
+  times | tail -1 | awk '{
+    s = 0
+    for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); s += a[1] * 60 + a[2] }
+    print s }'
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# run_lt LABEL SYSTEM "SERVER PIDS" loadtest-args... : runs one loadtest, measures server CPU,
+# appends {"label","system","server_cpu_s","redis_cpu_s","report"} to results.jsonl.
+run_lt() {
+  local label=$1 system=$2 pids=$3
+  shift 3
+  echo "-- $label [$system]: herald-loadtest $*"
+  local c0 r0 c1 r1 m0 m1 l0 l1 load rc=0
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  c0=$(cpu_ticks $pids)
+  r0=$(cpu_ticks "$REDIS_PID")
+  m0=$(machine_ticks)
+  l0=$(children_cpu)
+  "$LT" "$@" >"$OUT/$label.$system.json" 2>"$OUT/$label.$system.log" || rc=$?
+  c1=$(cpu_ticks $pids)
+  r1=$(cpu_ticks "$REDIS_PID")
+  m1=$(machine_ticks)
+  l1=$(children_cpu)
+  grep -E '^(delivery|  end-to-end|publish:|connections:|result|warning|server RSS)' \
+    "$OUT/$label.$system.log" | sed 's/^/   /' || true
+  local rep
+  rep=$(tail -1 "$OUT/$label.$system.json")
+  [ -n "$rep" ] || rep=null
+  jq -cn --arg lbl "$label" --arg system "$system" --argjson rc "$rc" \
+    --argjson cpu "$(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{print (b-a)/t}')" \
+    --argjson rcpu "$(awk -v a="$r0" -v b="$r1" -v t="$TCK" 'BEGIN{print (b-a)/t}')" \
+    --argjson mcpu "$(awk -v a="$m0" -v b="$m1" -v t="$TCK" 'BEGIN{print (b-a)/t}')" \
+    --argjson lcpu "$(awk -v a="$l0" -v b="$l1" 'BEGIN{print b-a}')" \
+    --argjson load "$load" \
+    --argjson report "$rep" \
+    '{"label":$lbl, "system":$system, "exit":$rc, "server_cpu_s":$cpu, "redis_cpu_s":$rcpu,
+      "loadtest_cpu_s":$lcpu, "machine_cpu_s":$mcpu,
+      "other_cpu_s":($mcpu - $cpu - $rcpu - $lcpu), "loadavg_before":$load, "report":$report}' \
+    >>"$RESULTS"
+  echo "   loadtest CPU $(awk -v a="$l0" -v b="$l1" 'BEGIN{printf "%.2f", b-a}') s, machine busy $(awk -v a="$m0" -v b="$m1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') CPU s, load before $load"
+  echo "   server CPU $(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, redis CPU $(awk -v a="$r0" -v b="$r1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, exit $rc"
+}
+
+want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- machine
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  echo "nproc: $(nproc)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+  echo "ram: $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+  echo "kernel: $(uname -r)"
+  echo "nginx: $("$NGINX" -v 2>&1 | cut -d/ -f2), nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
+  echo "redis: $(redis-server --version | grep -o 'v=[0-9.]*')"
+  echo "herald: ${BENCH_BIN_DIR:+prebuilt $BENCH_BIN_DIR, }tree $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo '+dirty')"
+} | tee "$OUT/machine.txt"
+
+# ---------------------------------------------------------------- a, b, d: two nodes each
+if want a || want b || want d; then
+  start_herald h1; H1=$HURL; H1P=$HPID
+  start_herald h2; H2=$HURL; H2P=$HPID
+  start_nchan n1; N1=$NURL; N1P=$NPIDS
+  start_nchan n2; N2=$NURL; N2P=$NPIDS
+  HP="$H1P $H2P"
+  NP="$N1P $N2P"
+  sleep 1
+
+  if want a; then
+    for tr in ws sse; do
+      run_lt "a-$tr" herald "$HP" fanout --url "$H1" --url "$H2" --transport "$tr" \
+        -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
+      run_lt "a-$tr" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport "$tr" \
+        -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
+    done
+  fi
+
+  if want b; then
+    for r in $B_RATES; do
+      run_lt "b-$r" herald "$HP" fanout --url "$H1" --url "$H2" --transport ws \
+        -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
+      run_lt "b-$r" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport ws \
+        -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
+    done
+  fi
+
+  if want d; then
+    for k in $D_INFLIGHT; do
+      run_lt "d-k$k" herald "$H1P" publish --url "$H1" -c 100 -p 100 -k "$k" -d "$D_DUR"
+      run_lt "d-k$k" nchan "$N1P" publish --target nchan --url "$N1" -c 100 -p 100 -k "$k" -d "$D_DUR"
+    done
+  fi
+  stop_pid $H1P $H2P $N1P $N2P
+fi
+
+# ---------------------------------------------------------------- c: idle, fresh node each
+if want c; then
+  for n in $C_SIZES; do
+    for tr in ws sse; do
+      start_herald "idle-$tr-$n"
+      # Two source addresses: past the ephemeral ports of one (and 19,000 fds fit the
+      # loadtest's 20,000 limit in one process).
+      run_lt "c-$tr-$n" herald "$HPID" idle --url "$HURL" --transport "$tr" -n "$n" -c 100 \
+        --hold "$C_HOLD" --pid "$HPID" --source-ip 127.0.0.2 --source-ip 127.0.0.3
+      stop_pid "$HPID"
+      if [ "$n" -le 5000 ]; then
+        start_nchan "idle-$tr-$n"
+        run_lt "c-$tr-$n" nchan "$NPIDS" idle --target nchan --url "$NURL" --transport "$tr" \
+          -n "$n" -c 100 --hold "$C_HOLD" $(printf -- '--pid %s ' $NPIDS) \
+          --source-ip 127.0.0.2 --source-ip 127.0.0.3
+        stop_pid $NPIDS
+      fi
+    done
+  done
+fi
+
+# ---------------------------------------------------------------- table
+bash "$ROOT/scripts/bench/table.sh" "$RESULTS" | tee "$OUT/results.md"
+echo "== done: $OUT"
