@@ -207,9 +207,12 @@ cpu_ticks() {
 }
 # machine_ticks -> busy ticks of all CPUs (user+nice+system+irq+softirq+steal), /proc/stat
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
-# children_cpu -> user+sys seconds of this shell's finished children (bash `times`)
+# children_cpu -> user+sys seconds of this shell's finished children (bash `times`). `times`
+# must run in this shell, not in a $(...) subshell (whose children are not ours): it writes
+# to a file, which is parsed afterwards.
 children_cpu() {
-  times | tail -1 | awk '{
+  times >"$OUT/.times"
+  tail -1 "$OUT/.times" | awk '{
     s = 0
     for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); s += a[1] * 60 + a[2] }
     print s }'
@@ -227,12 +230,14 @@ run_lt() {
   c0=$(cpu_ticks $pids)
   r0=$(cpu_ticks "$REDIS_PID")
   m0=$(machine_ticks)
-  l0=$(children_cpu)
+  children_cpu >"$OUT/.l0"
+  l0=$(cat "$OUT/.l0")
   "$LT" "$@" >"$OUT/$label.$system.json" 2>"$OUT/$label.$system.log" || rc=$?
   c1=$(cpu_ticks $pids)
   r1=$(cpu_ticks "$REDIS_PID")
   m1=$(machine_ticks)
-  l1=$(children_cpu)
+  children_cpu >"$OUT/.l1"
+  l1=$(cat "$OUT/.l1")
   grep -E '^(delivery|  end-to-end|publish:|connections:|result|warning|server RSS)' \
     "$OUT/$label.$system.log" | sed 's/^/   /' || true
   local rep
