@@ -25,11 +25,14 @@
 #     (nchan, reference) [BENCH_C_SIZES="5000 19000", BENCH_C_HOLD=10s]
 #  d) acknowledged publishes/s through one node into Redis, K in flight
 #     [BENCH_D_INFLIGHT="16 64", BENCH_D_DURATION=10s]
+#  e) herald only: BENCH_E_CONNS=50000 idle connections over three nodes (WS and SSE, three
+#     loadtest processes with their own source addresses), heartbeats every 5 s, held
+#     BENCH_E_HOLD=30s; node RSS sampled every 5 s [BENCH_E_CONNS=50000, BENCH_E_HOLD=30s]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-ONLY=${BENCH_ONLY:-a b c d}
+ONLY=${BENCH_ONLY:-a b c d e}
 A_DUR=${BENCH_A_DURATION:-20s}
 B_RATES=${BENCH_B_RATES:-25 50 100 200}
 B_DUR=${BENCH_B_DURATION:-10s}
@@ -37,6 +40,8 @@ C_SIZES=${BENCH_C_SIZES:-5000 19000}
 C_HOLD=${BENCH_C_HOLD:-10s}
 D_INFLIGHT=${BENCH_D_INFLIGHT:-16 64}
 D_DUR=${BENCH_D_DURATION:-10s}
+E_CONNS=${BENCH_E_CONNS:-50000}
+E_HOLD=${BENCH_E_HOLD:-30s}
 
 # ---------------------------------------------------------------- prerequisites
 need=()
@@ -108,10 +113,11 @@ for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break;
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 echo "redis $REDIS_URL pid $REDIS_PID"
 
-# start_herald NAME -> sets HPID, HURL
+# start_herald NAME [extra herald flags] -> sets HPID, HURL
 start_herald() {
   local log=$OUT/$1.log
-  "$HERALD" --listen 127.0.0.1:0 --redis-url "$REDIS_URL" --log-level warn >"$log" 2>&1 &
+  shift
+  "$HERALD" --listen 127.0.0.1:0 --redis-url "$REDIS_URL" --log-level warn "$@" >"$log" 2>&1 &
   HPID=$!
   PIDS+=("$HPID")
   for _ in $(seq 100); do
@@ -119,8 +125,8 @@ start_herald() {
     [ -n "$HURL" ] && break
     sleep 0.1
   done
-  [ -n "$HURL" ] || { echo "herald $1 did not start"; cat "$log"; exit 1; }
-  echo "herald $1 $HURL pid $HPID"
+  [ -n "$HURL" ] || { echo "herald $log did not start"; cat "$log"; exit 1; }
+  echo "herald $(basename "$log" .log) $HURL pid $HPID"
 }
 
 # start_nchan NAME -> sets NPID (master), NURL, NPIDS (master + workers)
@@ -328,6 +334,49 @@ if want c; then
       fi
     done
   done
+fi
+
+# ---------------------------------------------------------------- e: 50,000 over three nodes
+if want e; then
+  EU=()
+  EP=()
+  for n in 1 2 3; do
+    start_herald "e$n" --ws-ping-interval 5s --sse-heartbeat 5s
+    EU+=(--url "$HURL")
+    EP+=("$HPID")
+  done
+  per=$((E_CONNS / 3))
+  echo "-- e: $E_CONNS idle connections over 3 herald nodes (3 loadtest processes x $per)"
+  rss_line() { local p l="$1"; shift; for p in "$@"; do l="$l $(rss_kib "$p")"; done; echo "$l"; }
+  rss_line "rss_kib before:" "${EP[@]}" | tee "$OUT/e-rss.txt"
+  c0=$(cpu_ticks "${EP[@]}")
+  LTP=()
+  for i in 1 2 3; do
+    tr=ws
+    [ "$i" = 3 ] && tr=sse
+    # Each process: its own two source addresses, connections spread over all three nodes.
+    "$LT" idle "${EU[@]}" --transport "$tr" -n "$per" -c 100 --hold "$E_HOLD" \
+      --source-ip "127.0.0.$((2 * i))" --source-ip "127.0.0.$((2 * i + 1))" \
+      >"$OUT/e-$i.json" 2>"$OUT/e-$i.log" &
+    LTP+=($!)
+  done
+  t=0
+  while kill -0 "${LTP[@]}" 2>/dev/null; do
+    sleep 5
+    t=$((t + 5))
+    rss_line "rss_kib t=${t}s:" "${EP[@]}" | tee -a "$OUT/e-rss.txt"
+  done
+  erc=0
+  for p in "${LTP[@]}"; do wait "$p" || erc=$?; done
+  c1=$(cpu_ticks "${EP[@]}")
+  for i in 1 2 3; do
+    grep -E '^(connections:|stayed open|  server error|result)' "$OUT/e-$i.log" | sed "s/^/   [$i] /" || true
+  done
+  jq -cs --argjson cpu "$(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{print (b-a)/t}')" \
+    --argjson rc "$erc" --rawfile rss "$OUT/e-rss.txt" \
+    '{"label":"e-50k","system":"herald","exit":$rc,"server_cpu_s":$cpu,"rss":$rss,
+      "reports":.}' "$OUT"/e-[123].json >>"$RESULTS"
+  stop_pid "${EP[@]}"
 fi
 
 # ---------------------------------------------------------------- table

@@ -30,3 +30,12 @@ echo "| run | system | K | acked/s | failed | publish p50 us | p99 us | server C
 echo "|---|---|---|---|---|---|---|---|---|"
 jq -r 'select(.label|startswith("d-")) | .report as $r |
   "| \(.label) | \(.system) | \($r.inflight) | \($r.requests_per_s|floor) | \($r.publish.failed) | \($r.publish.latency_us.p50) | \($r.publish.latency_us.p99) | \(.server_cpu_s*100|round/100) | \(.redis_cpu_s*100|round/100) |"' "$R"
+echo
+echo "### e) idle connections over three herald nodes (heartbeats every 5 s)"
+echo
+echo "| run | processes | attempted | subscribed | failed | stayed open | disconnect kinds | node CPU s |"
+echo "|---|---|---|---|---|---|---|---|"
+jq -r 'select(.label=="e-50k") |
+  "| \(.label) | \(.reports|length) | \([.reports[].connections.attempted]|add) | \([.reports[].connections.subscribed]|add) | \([.reports[].connections.failed]|add) | \([.reports[].stayed_open]|add) | \([.reports[].connections.disconnects|length]|add) | \(.server_cpu_s*100|round/100) |"' "$R"
+echo
+jq -r 'select(.label=="e-50k") | "node RSS (KiB, nodes 1 2 3) over time:\n```\n\(.rss)```"' "$R"
