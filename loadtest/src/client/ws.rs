@@ -267,6 +267,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn nchan_frames_use_the_payload_seq_as_offset() {
+        let mut seen = Vec::new();
+        let mut f = |e: Event<'_>| seen.push(format!("{e:?}"));
+        dispatch_nchan("ch", br#"{"seq":7,"ts":123,"pad":""}"#, &mut f);
+        dispatch_nchan("ch", b"hello", &mut f);
+        assert!(
+            seen[0].contains("offset: 7") && seen[0].contains("\"ch\""),
+            "{}",
+            seen[0]
+        );
+        assert_eq!(seen[1], "Unattributed");
+    }
+
+    #[test]
     fn key_is_24_chars_base64() {
         let k = ws_key();
         assert_eq!(k.len(), 24);
