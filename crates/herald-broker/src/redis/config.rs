@@ -36,7 +36,8 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
+            // No default address: every deployment names its Redis (an empty URL is refused).
+            url: String::new(),
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
             publish_timeout: Duration::from_secs(2),
