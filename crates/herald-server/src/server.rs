@@ -130,12 +130,26 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
             None => return, // served as an SSE stream
         }
     };
+    // The drain may have begun while the first request was awaited: serve that one and close.
+    let draining = draining || app.is_draining();
     let service_app = app.clone();
     let kill = tokio_util::sync::CancellationToken::new();
     let signal = ConnectionSignal(kill.clone());
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(signal.clone());
-        http::handle(service_app.clone(), req)
+        let app = service_app.clone();
+        async move {
+            let mut resp = http::handle(app.clone(), req).await?;
+            // Keep-alive clients (and load balancers) leave a draining node after this response
+            // instead of racing its idle-connection close with their next request.
+            if app.is_draining() && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which ends at the load balancer, and
     // hyper's http1 connection hands WebSocket upgrades back as the bare `TcpStream`.
@@ -145,6 +159,10 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
+        // The connection first: its first request is already in the socket (peeked above), and
+        // being polled reads it, so a drain moment that has already passed lets that request be
+        // answered instead of closing the connection under it.
+        biased;
         res = conn.as_mut() => {
             if let Err(e) = res {
                 tracing::debug!(error = %e, "connection ended with error");

@@ -23,6 +23,9 @@ use crate::{app::App, hub::CloseReason};
 /// Largest request head looked at; a longer one goes to hyper.
 const PEEK: usize = 4096;
 
+/// The least time a connection accepted just before a drain has to send its first request.
+const DRAIN_GRACE_FOR_NEW: Duration = Duration::from_secs(1);
+
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
@@ -37,8 +40,10 @@ struct SseRequest {
 pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
     let req = tokio::select! {
         req = peek_sse_request(&stream) => req,
-        // A connection that has not sent a request yet does not hold up a drain.
-        () = app.shutdown.cancelled() => return None,
+        // A connection with no request yet does not hold up a drain, but it may be one a client
+        // opened just before the drain began and is about to use: it gets the same chance as an
+        // idle keep-alive connection, its own moment in the drain window (at least a second).
+        () = idle_until_drained(app) => return None,
     };
     let Some(req) = req else {
         return Some(stream);
@@ -55,6 +60,12 @@ pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
         .inc();
     stream_to(stream, req.head_len, body, signal).await;
     None
+}
+
+async fn idle_until_drained(app: &Arc<App>) {
+    let drained = app.drained();
+    app.shutdown.cancelled().await;
+    tokio::join!(drained, tokio::time::sleep(DRAIN_GRACE_FOR_NEW));
 }
 
 async fn peek_sse_request(stream: &TcpStream) -> Option<SseRequest> {

@@ -42,6 +42,11 @@ async fn sigterm_drains_readiness_first_then_clients_spread_over_the_window() {
     }
     h.publish("a", json!(1)).await;
 
+    // A connection a client opened just before the drain and uses just after it.
+    let mut early = tokio::net::TcpStream::connect(h.addr())
+        .await
+        .expect("connect");
+
     let started = Instant::now();
     h.terminate();
     // Readiness fails first, while the streams are still open and publishes still work.
@@ -56,6 +61,11 @@ async fn sigterm_drains_readiness_first_then_clients_spread_over_the_window() {
     })
     .await;
     assert!(body.contains("draining"), "{status} {body}");
+    let head = raw_get(&mut early, "/readyz").await;
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.to_ascii_lowercase().contains("connection: close"),
+        "a request on a connection opened before the drain is answered, and told to go: {head}"
+    );
     h.publish("a", json!(2)).await;
     let refused = reqwest::get(h.url("/v1/sse?channel=a"))
         .await
@@ -124,6 +134,18 @@ async fn sigterm_drains_readiness_first_then_clients_spread_over_the_window() {
         "drain took {:?}",
         started.elapsed()
     );
+}
+
+/// Sends a bare GET on `stream` and returns the response as text, read until the server closes.
+async fn raw_get(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nhost: herald\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    within("a response and close", stream.read_to_end(&mut out))
+        .await
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[test]
