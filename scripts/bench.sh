@@ -2,7 +2,8 @@
 # Herald vs nginx + nchan, side by side in one run, on this machine (loopback only).
 #
 #   bash scripts/bench.sh            # everything (~12 min on a 2-core machine after the build)
-#   BENCH_ONLY="a b" bash scripts/bench.sh   # a subset of the scenarios (a b c d)
+#   BENCH_ONLY="a b" bash scripts/bench.sh   # a subset of the scenarios (a b c d e)
+#   BENCH_SYSTEMS=herald bash scripts/bench.sh # herald only (quick before/after of a change)
 #
 # Installs nginx, libnginx-mod-nchan, redis-server and jq (apt) when missing, builds
 # `herald` and `herald-loadtest` in release mode once, starts ONE redis-server on an ephemeral
@@ -33,6 +34,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 ONLY=${BENCH_ONLY:-a b c d e}
+SYSTEMS=${BENCH_SYSTEMS:-herald nchan}
 A_DUR=${BENCH_A_DURATION:-20s}
 B_RATES=${BENCH_B_RATES:-25 50 100 200}
 B_DUR=${BENCH_B_DURATION:-10s}
@@ -265,6 +267,7 @@ run_lt() {
 }
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
+has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- machine
 {
@@ -282,8 +285,11 @@ want() { [[ " $ONLY " == *" $1 "* ]]; }
 if want a || want b || want d; then
   start_herald h1; H1=$HURL; H1P=$HPID
   start_herald h2; H2=$HURL; H2P=$HPID
-  start_nchan n1; N1=$NURL; N1P=$NPIDS
-  start_nchan n2; N2=$NURL; N2P=$NPIDS
+  N1= N2= N1P= N2P=
+  if has nchan; then
+    start_nchan n1; N1=$NURL; N1P=$NPIDS
+    start_nchan n2; N2=$NURL; N2P=$NPIDS
+  fi
   HP="$H1P $H2P"
   NP="$N1P $N2P"
   sleep 1
@@ -292,7 +298,7 @@ if want a || want b || want d; then
     for tr in ws sse; do
       run_lt "a-$tr" herald "$HP" fanout --url "$H1" --url "$H2" --transport "$tr" \
         -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
-      run_lt "a-$tr" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport "$tr" \
+      has nchan && run_lt "a-$tr" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport "$tr" \
         -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
     done
   fi
@@ -301,7 +307,7 @@ if want a || want b || want d; then
     for r in $B_RATES; do
       run_lt "b-$r" herald "$HP" fanout --url "$H1" --url "$H2" --transport ws \
         -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
-      run_lt "b-$r" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport ws \
+      has nchan && run_lt "b-$r" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport ws \
         -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
     done
   fi
@@ -309,7 +315,7 @@ if want a || want b || want d; then
   if want d; then
     for k in $D_INFLIGHT; do
       run_lt "d-k$k" herald "$H1P" publish --url "$H1" -c 100 -p 100 -k "$k" -d "$D_DUR"
-      run_lt "d-k$k" nchan "$N1P" publish --target nchan --url "$N1" -c 100 -p 100 -k "$k" -d "$D_DUR"
+      has nchan && run_lt "d-k$k" nchan "$N1P" publish --target nchan --url "$N1" -c 100 -p 100 -k "$k" -d "$D_DUR"
     done
   fi
   stop_pid $H1P $H2P $N1P $N2P
@@ -325,7 +331,7 @@ if want c; then
       run_lt "c-$tr-$n" herald "$HPID" idle --url "$HURL" --transport "$tr" -n "$n" -c 100 \
         --hold "$C_HOLD" --pid "$HPID" --source-ip 127.0.0.2 --source-ip 127.0.0.3
       stop_pid "$HPID"
-      if [ "$n" -le 5000 ]; then
+      if [ "$n" -le 5000 ] && has nchan; then
         start_nchan "idle-$tr-$n"
         run_lt "c-$tr-$n" nchan "$NPIDS" idle --target nchan --url "$NURL" --transport "$tr" \
           -n "$n" -c 100 --hold "$C_HOLD" $(printf -- '--pid %s ' $NPIDS) \

@@ -35,6 +35,25 @@ impl Epoch {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// True when both are clones of one allocation: equal without comparing the strings. The
+    /// fan-out path keeps one allocation per channel epoch so that its per-subscriber check is
+    /// this pointer compare (see [`Epoch::adopt`]).
+    pub fn same_arc(&self, other: &Epoch) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Makes `self` share `canonical`'s allocation when they are equal; returns whether they are.
+    pub fn adopt(&mut self, canonical: &Epoch) -> bool {
+        if self.same_arc(canonical) {
+            return true;
+        }
+        if *self.0 == *canonical.0 {
+            *self = canonical.clone();
+            return true;
+        }
+        false
+    }
 }
 
 impl fmt::Debug for Epoch {
@@ -96,5 +115,17 @@ mod tests {
         assert!(Epoch::parse("a,b").is_none());
         assert!(Epoch::parse(&"a".repeat(MAX_EPOCH_LEN + 1)).is_none());
         assert_eq!(Epoch::from_random(255).as_str(), "00000000000000ff");
+    }
+
+    #[test]
+    fn adopt_shares_equal_epochs_and_refuses_others() {
+        let canonical = Epoch::parse("abc").expect("valid");
+        let mut copy = Epoch::parse("abc").expect("valid");
+        assert!(!copy.same_arc(&canonical));
+        assert!(copy.adopt(&canonical));
+        assert!(copy.same_arc(&canonical));
+        let mut other = Epoch::parse("abd").expect("valid");
+        assert!(!other.adopt(&canonical));
+        assert_eq!(other.as_str(), "abd");
     }
 }

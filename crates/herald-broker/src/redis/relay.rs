@@ -134,8 +134,8 @@ async fn on_push(shared: &Shared, data: Vec<Value>) {
     if shared.probes.on_push(&channel, &payload) {
         return;
     }
-    let msg = match codec::decode(Bytes::from(payload)) {
-        Ok(m) => Arc::new(m),
+    let mut msg = match codec::decode(Bytes::from(payload)) {
+        Ok(m) => m,
         Err(e) => {
             RedisStats::inc(&shared.stats.decode_errors);
             tracing::debug!(error = %e, "dropping backbone message");
@@ -148,6 +148,11 @@ async fn on_push(shared: &Shared, data: Vec<Value>) {
         let Some(slot) = map.get_mut(&channel) else {
             return;
         };
+        // One epoch allocation per channel, so the hub checks it per subscriber by pointer.
+        if let Some(cursor) = &slot.cursor {
+            msg.epoch.adopt(&cursor.epoch);
+        }
+        let msg = Arc::new(msg);
         if slot.pending.len() >= MAX_PENDING {
             slot.pending.pop_front();
             slot.needs_fill = true;

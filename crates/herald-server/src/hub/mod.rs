@@ -235,12 +235,12 @@ impl Hub {
             offset: start,
         };
         let recovered = since.is_some() && history.recovered;
-        slot.outbox.push(Item::Subscribed {
-            id: request_id,
-            channel: channel.clone(),
+        slot.outbox.push(Item::subscribed(
+            request_id,
+            channel.clone(),
             position,
             recovered,
-        });
+        ));
         for d in replay.into_iter().chain(buffered) {
             if !offer(slot, d) {
                 break; // cut off as a slow consumer: nothing more will be queued
@@ -367,20 +367,21 @@ fn offer(slot: &mut Slot, d: Arc<Delivery>) -> bool {
             }
         }
         SlotState::Live { epoch, last } => {
-            if *epoch != d.msg.epoch {
+            // `adopt`: after the first message of a channel the check is a pointer compare.
+            if !epoch.adopt(&d.msg.epoch) {
                 // The channel's history was lost (e.g. Redis restarted empty): tell the client
                 // explicitly instead of silently continuing in a new stream.
                 *epoch = d.msg.epoch.clone();
                 *last = d.msg.offset.saturating_sub(1);
-                slot.outbox.push(Item::Subscribed {
-                    id: None,
-                    channel: d.msg.channel.clone(),
-                    position: StreamPosition {
+                slot.outbox.push(Item::subscribed(
+                    None,
+                    d.msg.channel.clone(),
+                    StreamPosition {
                         epoch: epoch.clone(),
                         offset: *last,
                     },
-                    recovered: false,
-                });
+                    false,
+                ));
             } else if d.msg.offset <= *last {
                 return true; // already delivered (the resume seam)
             }

@@ -17,28 +17,50 @@ use tokio_util::sync::CancellationToken;
 
 use super::Delivery;
 
-/// Something queued for one connection.
+/// Something queued for one connection. Pointer-sized payloads keep the queues small: the
+/// common item is a shared message; the others are rare and boxed.
 pub enum Item {
     /// A channel message, shared by every subscriber of the channel.
     Message(Arc<Delivery>),
     /// A subscription went live (or its stream was reset); rendered per transport because the
     /// SSE form carries the connection's own resume token.
-    Subscribed {
+    Subscribed(Box<Subscribed>),
+    /// Bytes already encoded for this connection's transport (a WebSocket frame).
+    Raw(Box<bytes::Bytes>),
+}
+
+/// See [`Item::Subscribed`].
+pub struct Subscribed {
+    pub id: Option<u64>,
+    pub channel: ChannelName,
+    pub position: StreamPosition,
+    pub recovered: bool,
+}
+
+impl Item {
+    pub fn raw(bytes: bytes::Bytes) -> Self {
+        Item::Raw(Box::new(bytes))
+    }
+
+    pub fn subscribed(
         id: Option<u64>,
         channel: ChannelName,
         position: StreamPosition,
         recovered: bool,
-    },
-    /// Bytes already encoded for this connection's transport (a WebSocket frame).
-    Raw(bytes::Bytes),
-}
+    ) -> Self {
+        Item::Subscribed(Box::new(Subscribed {
+            id,
+            channel,
+            position,
+            recovered,
+        }))
+    }
 
-impl Item {
     /// What the item costs against the byte bound.
     fn cost(&self) -> usize {
         match self {
             Item::Message(d) => d.msg.data.len() + 64,
-            Item::Subscribed { .. } => 128,
+            Item::Subscribed(_) => 128,
             Item::Raw(b) => b.len(),
         }
     }
@@ -70,6 +92,9 @@ struct Inner {
     /// The writer waiting for items, if it is parked.
     waker: Option<Waker>,
 }
+
+/// Queue capacity (items) a connection keeps between batches; more was a burst.
+const KEEP_CAPACITY: usize = 16;
 
 /// The queue between the hub and one connection's writer.
 pub struct Outbox {
@@ -154,8 +179,21 @@ impl Outbox {
         &self.signal
     }
 
-    /// Takes everything queued, or registers the writer's waker when there is nothing to do.
-    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Batch> {
+    /// Moves everything queued into `into` (which the caller has emptied), or registers the
+    /// writer's waker when there is nothing to do. Ready with the close reason, if closed.
+    ///
+    /// The queues are swapped, not reallocated: a writer's emptied buffer becomes the next
+    /// queue, so a steady stream costs no allocation per batch. A buffer grown by a burst is
+    /// released instead of being kept by an otherwise idle connection.
+    pub fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<Item>,
+    ) -> Poll<Option<CloseReason>> {
+        debug_assert!(into.is_empty());
+        if into.capacity() > KEEP_CAPACITY {
+            *into = VecDeque::new();
+        }
         let mut inner = self.inner.lock();
         if inner.items.is_empty() && inner.closed.is_none() {
             if !inner
@@ -168,15 +206,20 @@ impl Outbox {
             return Poll::Pending;
         }
         inner.bytes = 0;
-        Poll::Ready(Batch {
-            items: std::mem::take(&mut inner.items),
-            closed: inner.closed,
-        })
+        std::mem::swap(&mut inner.items, into);
+        Poll::Ready(inner.closed)
     }
 
-    /// Awaits the next batch.
+    /// Awaits the next batch into `into` (see [`Outbox::poll_take`]).
+    pub async fn take_into(&self, into: &mut VecDeque<Item>) -> Option<CloseReason> {
+        std::future::poll_fn(|cx| self.poll_take(cx, into)).await
+    }
+
+    /// Awaits the next batch in a new buffer.
     pub async fn take(&self) -> Batch {
-        std::future::poll_fn(|cx| self.poll_take(cx)).await
+        let mut items = VecDeque::new();
+        let closed = self.take_into(&mut items).await;
+        Batch { items, closed }
     }
 
     pub fn bounds(&self) -> Bounds {
@@ -204,14 +247,14 @@ mod tests {
             },
             CancellationToken::default(),
         );
-        assert!(o.push(Item::Raw(Bytes::from_static(b"a"))));
-        assert!(o.push(Item::Raw(Bytes::from_static(b"b"))));
-        assert!(!o.push(Item::Raw(Bytes::from_static(b"c"))));
+        assert!(o.push(Item::raw(Bytes::from_static(b"a"))));
+        assert!(o.push(Item::raw(Bytes::from_static(b"b"))));
+        assert!(!o.push(Item::raw(Bytes::from_static(b"c"))));
         assert_eq!(o.queued(), (0, 0));
         assert!(o.signal().is_cancelled(), "a blocked writer learns of it");
         let batch = o.take().await;
         assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
-        assert!(!o.push(Item::Raw(Bytes::from_static(b"d"))), "stays closed");
+        assert!(!o.push(Item::raw(Bytes::from_static(b"d"))), "stays closed");
     }
 
     #[tokio::test]
@@ -223,8 +266,8 @@ mod tests {
             },
             CancellationToken::default(),
         );
-        assert!(o.push(Item::Raw(Bytes::from_static(b"0123456789"))));
-        assert!(!o.push(Item::Raw(Bytes::from_static(b"x"))));
+        assert!(o.push(Item::raw(Bytes::from_static(b"0123456789"))));
+        assert!(!o.push(Item::raw(Bytes::from_static(b"x"))));
     }
 
     #[tokio::test]
@@ -239,10 +282,10 @@ mod tests {
         let o2 = o.clone();
         let reader = tokio::spawn(async move { o2.take().await.items.len() });
         tokio::task::yield_now().await;
-        o.push(Item::Raw(Bytes::from_static(b"a")));
+        o.push(Item::raw(Bytes::from_static(b"a")));
         assert_eq!(reader.await.expect("task"), 1);
-        o.push(Item::Raw(Bytes::from_static(b"b")));
-        o.push(Item::Raw(Bytes::from_static(b"c")));
+        o.push(Item::raw(Bytes::from_static(b"b")));
+        o.push(Item::raw(Bytes::from_static(b"c")));
         o.close(CloseReason::Shutdown);
         let batch = o.take().await;
         assert_eq!(batch.items.len(), 2);

@@ -54,11 +54,7 @@ async fn drain(o: &Outbox) -> (Vec<(u64, bool)>, Vec<u64>) {
     let mut msgs = Vec::new();
     for item in batch.items {
         match item {
-            Item::Subscribed {
-                position,
-                recovered,
-                ..
-            } => subs.push((position.offset, recovered)),
+            Item::Subscribed(s) => subs.push((s.position.offset, s.recovered)),
             Item::Message(d) => msgs.push(d.msg.offset),
             Item::Raw(_) => {}
         }

@@ -8,6 +8,7 @@
 //! sends back as `Last-Event-ID` when it reconnects, to any node.
 
 use std::{
+    collections::VecDeque,
     convert::Infallible,
     pin::Pin,
     sync::Arc,
@@ -151,9 +152,14 @@ pub async fn open(
         heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
         drained: Some(Box::pin(app.drained())),
         done: false,
+        batch: VecDeque::new(),
+        id: String::new(),
     };
     Ok(body)
 }
+
+/// Room reserved per message for its `id:` line (a one-channel token is ~40 bytes).
+const ID_LINE_ESTIMATE: usize = 64;
 
 /// The event stream of one SSE connection.
 pub struct SseBody {
@@ -169,6 +175,10 @@ pub struct SseBody {
     drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The closing event was sent; the next poll ends the body.
     done: bool,
+    /// The outbox's items are swapped into this buffer (kept: no allocation per batch).
+    batch: VecDeque<Item>,
+    /// Scratch for rendering `id:` lines, kept for the same reason.
+    id: String,
 }
 
 impl SseBody {
@@ -176,46 +186,49 @@ impl SseBody {
         &self.conn.outbox
     }
 
-    /// Appends the batch's events to `out`; returns the message count and the oldest message's
-    /// publish time, for metrics.
-    fn render(
-        &mut self,
-        items: impl IntoIterator<Item = Item>,
-        out: &mut BytesMut,
-    ) -> (u64, Option<u64>) {
-        let mut id = String::new();
+    /// Renders the events of `self.batch` (emptying it) into one buffer; returns it with the
+    /// message count and the oldest message's publish time, for metrics.
+    fn render(&mut self) -> (BytesMut, u64, Option<u64>) {
+        let size: usize = self
+            .batch
+            .iter()
+            .map(|item| match item {
+                Item::Message(d) => d.sse_body().len() + ID_LINE_ESTIMATE,
+                Item::Subscribed(_) => 256,
+                Item::Raw(b) => b.len(),
+            })
+            .sum();
+        let mut out = BytesMut::with_capacity(size);
         let (mut messages, mut oldest) = (0u64, None);
-        for item in items {
+        for item in self.batch.drain(..) {
             match item {
                 Item::Message(d) => {
                     messages += 1;
                     oldest.get_or_insert(d.msg.published_at_us);
                     self.token
                         .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
-                    id.clear();
-                    self.token.write_to(&mut id);
-                    sse::id_line(out, &id);
+                    self.id.clear();
+                    self.token.write_to(&mut self.id);
+                    sse::id_line(&mut out, &self.id);
                     out.extend_from_slice(d.sse_body());
                 }
-                Item::Subscribed {
-                    channel,
-                    position,
-                    recovered,
-                    ..
-                } => {
+                Item::Subscribed(s) => {
                     let data = format!(
                         r#"{{"channel":"{}","offset":{},"epoch":"{}","recovered":{}}}"#,
-                        channel, position.offset, position.epoch, recovered
+                        s.channel, s.position.offset, s.position.epoch, s.recovered
                     );
-                    self.token.set(&channel, position);
-                    id.clear();
-                    self.token.write_to(&mut id);
-                    out.extend_from_slice(&sse::event(Some(&id), "herald.subscribed", &data));
+                    self.token.set(&s.channel, s.position);
+                    self.id.clear();
+                    self.token.write_to(&mut self.id);
+                    out.extend_from_slice(&sse::event(Some(&self.id), "herald.subscribed", &data));
                 }
                 Item::Raw(bytes) => out.extend_from_slice(&bytes),
             }
         }
-        (messages, oldest)
+        if self.batch.capacity() > 16 {
+            self.batch = VecDeque::new();
+        }
+        (out, messages, oldest)
     }
 
     fn closing_event(reason: CloseReason) -> Bytes {
@@ -263,12 +276,11 @@ impl hyper::body::Body for SseBody {
             this.drained = None;
             this.conn.outbox.close(CloseReason::Shutdown);
         }
-        if let Poll::Ready(batch) = this.conn.outbox.poll_take(cx) {
-            let mut out = BytesMut::new();
+        if let Poll::Ready(closed) = this.conn.outbox.poll_take(cx, &mut this.batch) {
             // Counted when handed to hyper: the socket write follows without further queueing.
-            let (messages, oldest) = this.render(batch.items, &mut out);
+            let (mut out, messages, oldest) = this.render();
             this.conn.app.metrics.wrote("sse", messages, oldest);
-            if let Some(reason) = batch.closed {
+            if let Some(reason) = closed {
                 out.extend_from_slice(&Self::closing_event(reason));
                 this.done = true;
             }

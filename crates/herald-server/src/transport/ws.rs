@@ -10,6 +10,7 @@ mod frame;
 mod reader;
 
 use std::{
+    collections::VecDeque,
     io::IoSlice,
     sync::{
         Arc,
@@ -193,7 +194,7 @@ pub async fn subscribe(
 /// Queues a JSON text frame.
 pub fn send_text(conn: &Connection, json: &[u8]) {
     conn.outbox
-        .push(Item::Raw(protocol::frame(Opcode::Text, json)));
+        .push(Item::raw(protocol::frame(Opcode::Text, json)));
 }
 
 pub fn send_error(conn: &Connection, id: Option<u64>, code: ErrorCode, message: &str) {
@@ -211,18 +212,19 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let ping_every = app.config.ws_ping_interval;
     let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    let mut frames: Vec<Bytes> = Vec::new();
+    let mut batch: VecDeque<Item> = VecDeque::new();
     let drained = app.drained();
     tokio::pin!(drained);
     let mut drain_started = false;
     loop {
-        let batch = tokio::select! {
-            batch = conn.outbox.take() => batch,
+        batch.clear();
+        let closed = tokio::select! {
+            closed = conn.outbox.take_into(&mut batch) => closed,
             _ = ping.tick() => {
                 if elapsed_ms(clock).saturating_sub(last_heard.load(Ordering::Relaxed)) > deadline {
                     conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
                 } else {
-                    conn.outbox.push(Item::Raw(protocol::frame(Opcode::Ping, b"")));
+                    conn.outbox.push(Item::raw(protocol::frame(Opcode::Ping, b"")));
                 }
                 continue;
             }
@@ -232,28 +234,23 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 continue;
             }
         };
-        frames.clear();
         let (mut messages, mut oldest) = (0u64, None);
-        for item in batch.items {
-            frames.push(match item {
+        for item in batch.iter_mut() {
+            match item {
                 Item::Message(d) => {
                     messages += 1;
                     oldest.get_or_insert(d.msg.published_at_us);
-                    d.ws_frame().clone()
                 }
-                Item::Subscribed {
-                    id,
-                    channel,
-                    position,
-                    recovered,
-                } => protocol::frame(
-                    Opcode::Text,
-                    &protocol::subscribed_frame(id, &channel, &position, recovered),
-                ),
-                Item::Raw(b) => b,
-            });
+                Item::Subscribed(s) => {
+                    *item = Item::raw(protocol::frame(
+                        Opcode::Text,
+                        &protocol::subscribed_frame(s.id, &s.channel, &s.position, s.recovered),
+                    ));
+                }
+                Item::Raw(_) => {}
+            }
         }
-        if let Some(reason) = batch.closed {
+        if let Some(reason) = closed {
             let (code, text) = match reason {
                 CloseReason::SlowConsumer => {
                     (close::SLOW_CONSUMER, "slow consumer: reconnect and resume")
@@ -263,15 +260,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 CloseReason::Closed { code, reason } => (code, reason),
             };
-            frames.push(protocol::close_frame(code, text));
+            batch.push_back(Item::raw(protocol::close_frame(code, text)));
             // A close is best effort: the peer may be gone or not reading.
-            let _ = tokio::time::timeout(Duration::from_secs(1), write_all(write, &frames)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), write_all(write, &batch)).await;
             return;
         }
         // A peer that stops reading blocks this write, so the outbox overflowing meanwhile must
         // still end the connection. Any other close (shutdown) lets a write in flight finish, so
         // a healthy client never sees a torn frame.
-        let pending = write_all(write, &frames);
+        let pending = write_all(write, &batch);
         tokio::pin!(pending);
         tokio::select! {
             res = &mut pending => match res {
@@ -290,16 +287,57 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Writes every frame, as few vectored writes as the socket allows.
-async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = frames.iter().map(|b| IoSlice::new(b)).collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = write.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// The frame an item is written as (`Subscribed` items are encoded before writing).
+fn frame_of(item: &Item) -> &[u8] {
+    match item {
+        Item::Message(d) => d.ws_frame(),
+        Item::Raw(b) => b,
+        Item::Subscribed(_) => &[],
+    }
+}
+
+/// Slices gathered per `writev`: Linux accepts up to 1024; a batch rarely has more than a few.
+const MAX_SLICES: usize = 64;
+
+/// Writes every queued frame with as few vectored writes as the socket allows, gathering the
+/// slices on the stack (no allocation per batch).
+async fn write_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    items: &VecDeque<Item>,
+) -> std::io::Result<()> {
+    let mut next = 0;
+    while next < items.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let mut n = 0;
+        for item in items.range(next..).take(MAX_SLICES) {
+            slices[n] = IoSlice::new(frame_of(item));
+            n += 1;
         }
-        IoSlice::advance_slices(&mut rest, n);
+        next += n;
+        let mut rest = &mut slices[..n];
+        while !rest.is_empty() {
+            let written = write.write_vectored(rest).await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, written);
+        }
     }
     write.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_all_writes_batches_larger_than_one_writev_in_order() {
+        let items: VecDeque<Item> = (0..MAX_SLICES * 2 + 5)
+            .map(|i| Item::raw(Bytes::from(format!("[{i}]"))))
+            .collect();
+        let mut out = Vec::new();
+        write_all(&mut out, &items).await.expect("write");
+        let expected: String = (0..MAX_SLICES * 2 + 5).map(|i| format!("[{i}]")).collect();
+        assert_eq!(String::from_utf8(out).expect("utf8"), expected);
+    }
 }

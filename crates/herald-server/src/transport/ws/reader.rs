@@ -81,7 +81,7 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             frame::PING => {
                 conn.outbox
-                    .push(Item::Raw(protocol::frame(Opcode::Pong, &frame.payload)));
+                    .push(Item::raw(protocol::frame(Opcode::Pong, &frame.payload)));
                 continue;
             }
             frame::CLOSE => return end(close::NORMAL, ""),
