@@ -296,32 +296,28 @@ fn frame_of(item: &Item) -> &[u8] {
     }
 }
 
-/// Slices gathered per `writev`: Linux accepts up to 1024; a batch rarely has more than a few.
-const MAX_SLICES: usize = 64;
-
-/// Writes every queued frame with as few vectored writes as the socket allows, gathering the
-/// slices on the stack (no allocation per batch).
+/// Writes every queued frame with as few vectored writes as the socket allows.
+///
+/// A lone frame (the usual batch of a connection receiving a few messages a second) is written
+/// as is; only a batch of several gathers `IoSlice`s, in a `Vec` rather than a stack array
+/// because this future lives inside every connection's task: an array here would cost each idle
+/// connection its size.
 async fn write_all<W: AsyncWrite + Unpin>(
     write: &mut W,
     items: &VecDeque<Item>,
 ) -> std::io::Result<()> {
-    let mut next = 0;
-    while next < items.len() {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let mut n = 0;
-        for item in items.range(next..).take(MAX_SLICES) {
-            slices[n] = IoSlice::new(frame_of(item));
-            n += 1;
+    if items.len() == 1 {
+        write.write_all(frame_of(&items[0])).await?;
+        return write.flush().await;
+    }
+    let mut slices: Vec<IoSlice<'_>> = items.iter().map(|i| IoSlice::new(frame_of(i))).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = write.write_vectored(rest).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
-        next += n;
-        let mut rest = &mut slices[..n];
-        while !rest.is_empty() {
-            let written = write.write_vectored(rest).await?;
-            if written == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut rest, written);
-        }
+        IoSlice::advance_slices(&mut rest, n);
     }
     write.flush().await
 }
@@ -331,13 +327,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn write_all_writes_batches_larger_than_one_writev_in_order() {
-        let items: VecDeque<Item> = (0..MAX_SLICES * 2 + 5)
+    async fn write_all_writes_single_frames_and_batches_in_order() {
+        let items: VecDeque<Item> = (0..133)
             .map(|i| Item::raw(Bytes::from(format!("[{i}]"))))
             .collect();
         let mut out = Vec::new();
         write_all(&mut out, &items).await.expect("write");
-        let expected: String = (0..MAX_SLICES * 2 + 5).map(|i| format!("[{i}]")).collect();
+        let expected: String = (0..133).map(|i| format!("[{i}]")).collect();
         assert_eq!(String::from_utf8(out).expect("utf8"), expected);
+        let one: VecDeque<Item> = [Item::raw(Bytes::from_static(b"only"))].into();
+        let mut out = Vec::new();
+        write_all(&mut out, &one).await.expect("write");
+        assert_eq!(out, b"only");
     }
 }
