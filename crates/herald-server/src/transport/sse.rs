@@ -138,6 +138,7 @@ pub async fn open(
             Ok(()) => conn.add(channel),
             Err(SubscribeError::AlreadySubscribed(_)) => {}
             Err(SubscribeError::Broker(e)) => {
+                tracing::warn!(%channel, error = %e, "subscribe failed: broker unavailable");
                 return Err(error(ErrorCode::Unavailable, &e.to_string()));
             }
         }

@@ -186,6 +186,7 @@ pub async fn subscribe(
             );
         }
         Err(SubscribeError::Broker(e)) => {
+            tracing::warn!(%channel, error = %e, "subscribe failed: broker unavailable");
             send_error(conn, id, ErrorCode::Unavailable, &e.to_string())
         }
     }
