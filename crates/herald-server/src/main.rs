@@ -4,6 +4,16 @@ use clap::Parser;
 use herald_server::{Cli, Config, config::LogFormat};
 use tracing_subscriber::EnvFilter;
 
+// The system allocator is the default: docs/benchmarks.md ("Allocator") has the measurement.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+// mimalloc wins if both are enabled (`--all-features`), so every feature set builds.
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
         Ok(c) => c,

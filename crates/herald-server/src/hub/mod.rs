@@ -11,6 +11,7 @@
 
 mod delivery;
 pub mod outbox;
+mod top;
 
 use std::{
     collections::HashMap,
@@ -23,7 +24,7 @@ use std::{
 };
 
 pub use delivery::Delivery;
-use herald_broker::{Broker, BrokerError, Sink};
+use herald_broker::{Broker, BrokerError, History, Sink};
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
 pub use outbox::{Bounds, CloseReason, Item, Outbox};
 
@@ -61,6 +62,8 @@ struct Entry {
     backbone: Arc<tokio::sync::Mutex<bool>>,
     /// Bumped on every subscribe so a pending linger knows it was overtaken.
     generation: u64,
+    /// Top-position reads shared by subscribers that start from now.
+    top: Arc<top::TopReads>,
 }
 
 /// Hub settings.
@@ -140,12 +143,13 @@ impl Hub {
         since: Option<StreamPosition>,
         request_id: Option<u64>,
     ) -> Result<(), SubscribeError> {
-        let backbone = {
+        let reads = {
             let mut shard = self.shard(channel.as_str()).lock();
             let entry = shard.entry(channel.clone()).or_insert_with(|| Entry {
                 slots: Vec::new(),
                 backbone: Arc::new(tokio::sync::Mutex::new(false)),
                 generation: 0,
+                top: Arc::default(),
             });
             if entry.slots.iter().any(|s| s.conn == conn) {
                 return Err(SubscribeError::AlreadySubscribed(channel.clone()));
@@ -156,12 +160,9 @@ impl Hub {
                 outbox: outbox.clone(),
                 state: SlotState::Buffering(Vec::new()),
             });
-            entry.backbone.clone()
+            (entry.backbone.clone(), entry.top.clone())
         };
-        match self
-            .go_live(conn, channel, since, request_id, backbone)
-            .await
-        {
+        match self.go_live(conn, channel, since, request_id, reads).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.unsubscribe(conn, channel);
@@ -176,7 +177,7 @@ impl Hub {
         channel: &ChannelName,
         since: Option<StreamPosition>,
         request_id: Option<u64>,
-        backbone: Arc<tokio::sync::Mutex<bool>>,
+        (backbone, top): (Arc<tokio::sync::Mutex<bool>>, Arc<top::TopReads>),
     ) -> Result<(), BrokerError> {
         {
             let mut subscribed = backbone.lock().await;
@@ -186,13 +187,19 @@ impl Hub {
             }
         }
         // Read after the backbone subscription is live: whatever history misses, the buffer has.
-        let limit = if since.is_some() {
-            self.config.resume_limit
-        } else {
-            0
-        };
         let timer = self.metrics.history_duration.start_timer();
-        let history = self.broker.history(channel, since.as_ref(), limit).await?;
+        let history = match &since {
+            Some(pos) => {
+                let limit = self.config.resume_limit;
+                self.broker.history(channel, Some(pos), limit).await?
+            }
+            // Starting from now needs only the top, and concurrent subscribers share that read.
+            None => History {
+                messages: Vec::new(),
+                top: top.read(&self.broker, channel).await?,
+                recovered: false,
+            },
+        };
         timer.observe_duration();
         self.metrics.history_reads.inc();
         if let Some(pos) = &since {

@@ -203,3 +203,149 @@ async fn the_backbone_subscription_lingers_then_goes() {
     publish(&hub, "a", 2).await;
     assert_eq!(drain(&o2).await.1, vec![2]);
 }
+
+/// A memory broker whose history reads are counted and can be held: a read takes its snapshot,
+/// then waits for a permit, so a test can act while a read is in flight.
+struct HeldReads {
+    inner: Arc<MemoryBroker>,
+    reads: std::sync::atomic::AtomicUsize,
+    entered: tokio::sync::Notify,
+    permits: tokio::sync::Semaphore,
+}
+
+impl HeldReads {
+    fn new(open: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: MemoryBroker::new(MemoryConfig::default()),
+            reads: Default::default(),
+            entered: tokio::sync::Notify::new(),
+            permits: tokio::sync::Semaphore::new(if open {
+                tokio::sync::Semaphore::MAX_PERMITS
+            } else {
+                0
+            }),
+        })
+    }
+
+    fn reads(&self) -> usize {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for HeldReads {
+    async fn publish(
+        &self,
+        p: herald_core::protocol::Publish,
+    ) -> Result<herald_broker::Published, BrokerError> {
+        self.inner.publish(p).await
+    }
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        let snapshot = self.inner.history(channel, since, limit).await;
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.entered.notify_one();
+        self.permits.acquire().await.expect("open").forget();
+        snapshot
+    }
+    async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        sink: Arc<dyn Sink>,
+    ) -> Result<(), BrokerError> {
+        self.inner.subscribe(channel, sink).await
+    }
+    async fn unsubscribe(&self, channel: &ChannelName) {
+        self.inner.unsubscribe(channel).await
+    }
+    async fn ready(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+    fn kind(&self) -> &'static str {
+        "held"
+    }
+}
+
+fn hub_over(broker: Arc<HeldReads>) -> Arc<Hub> {
+    Hub::new(
+        broker,
+        HubConfig {
+            linger: Duration::from_millis(10),
+            resume_limit: 100,
+        },
+        Default::default(),
+    )
+}
+
+#[tokio::test]
+async fn concurrent_fresh_subscribers_share_top_reads() {
+    let broker = HeldReads::new(true);
+    let hub = hub_over(broker.clone());
+    for i in 1..=3 {
+        publish(&hub, "burst", i).await;
+    }
+    let outboxes: Vec<_> = (0..50).map(|_| outbox()).collect();
+    let subscribes: Vec<_> = outboxes
+        .iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let (hub, o) = (hub.clone(), o.clone());
+            tokio::spawn(async move {
+                hub.subscribe(i as u64 + 1, &o, &ch("burst"), None, None)
+                    .await
+            })
+        })
+        .collect();
+    for s in subscribes {
+        s.await.expect("task").expect("subscribe");
+    }
+    assert!(
+        broker.reads() < 50,
+        "50 concurrent subscribes made {} broker reads",
+        broker.reads()
+    );
+    publish(&hub, "burst", 4).await;
+    for o in &outboxes {
+        assert_eq!(drain(o).await, (vec![(3, false)], vec![4]));
+    }
+}
+
+#[tokio::test]
+async fn a_subscriber_arriving_during_a_top_read_waits_for_the_next_one() {
+    let broker = HeldReads::new(false);
+    let hub = hub_over(broker.clone());
+    let (a, b) = (outbox(), outbox());
+    let first = {
+        let (hub, a) = (hub.clone(), a.clone());
+        tokio::spawn(async move { hub.subscribe(1, &a, &ch("c"), None, None).await })
+    };
+    // A's read has taken its snapshot (top 0) and is held.
+    broker.entered.notified().await;
+    // Published after that snapshot: A gets it from its buffer, B must not start before it.
+    publish(&hub, "c", 1).await;
+    let second = {
+        let (hub, b) = (hub.clone(), b.clone());
+        tokio::spawn(async move { hub.subscribe(2, &b, &ch("c"), None, None).await })
+    };
+    let reads = hub
+        .shard("c")
+        .lock()
+        .get(&ch("c"))
+        .map(|e| e.top.clone())
+        .expect("entry");
+    while reads.waiting() == 0 {
+        tokio::task::yield_now().await;
+    }
+    broker
+        .permits
+        .add_permits(tokio::sync::Semaphore::MAX_PERMITS >> 1);
+    first.await.expect("task").expect("subscribe a");
+    second.await.expect("task").expect("subscribe b");
+    assert_eq!(broker.reads(), 2, "B joined a read that started after it");
+    assert_eq!(drain(&a).await, (vec![(0, false)], vec![1]));
+    assert_eq!(drain(&b).await, (vec![(1, false)], vec![]));
+}
