@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Herald vs nginx + nchan, side by side in one run, on this machine (loopback only).
 #
-#   bash scripts/bench.sh            # everything (~12 min on a 2-core machine after the build)
+#   bash scripts/bench.sh            # everything (~7 min on a 2-core machine after the build)
 #   BENCH_ONLY="a b" bash scripts/bench.sh   # a subset of the scenarios (a b c d e)
 #   BENCH_SYSTEMS=herald bash scripts/bench.sh # herald only (quick before/after of a change)
 #
