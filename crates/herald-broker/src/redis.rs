@@ -18,7 +18,7 @@ mod stats;
 mod supervisor;
 
 pub use broker::RedisBroker;
-pub use config::RedisConfig;
+pub use config::{RedisConfig, validate_url};
 pub use stats::{RedisStats, RedisStatsSnapshot};
 
 pub(crate) use broker::Shared;

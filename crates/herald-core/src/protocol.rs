@@ -1,19 +1,22 @@
 //! The JSON protocol: publish request bodies, WebSocket client ops and server frames.
 //!
-//! Parsing is two-step: serde reads a permissive shape, then `validate` turns it into typed
-//! values or an [`ErrorCode`] with a message a client developer can act on. Server frames are
+//! Parsing is two-step: serde reads each known field as raw JSON ([`fields`]), then each field is
+//! turned into a typed value or an [`ErrorCode`] with a message a client developer can act on. Server frames are
 //! written by hand into `Bytes` because they sit on the fan-out hot path and contain only
 //! pre-validated names (no escaping needed) plus already-compact JSON data.
 
+mod fields;
+
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use self::fields::Fields;
+pub use self::fields::distinct_channels;
 use crate::{
     channel::{ChannelName, EventName},
     error::ErrorCode,
     json,
-    message::{Epoch, Message, StreamPosition},
+    message::{Message, StreamPosition},
 };
 
 /// Idempotency keys are 1-128 printable ASCII characters.
@@ -55,23 +58,8 @@ pub struct Publish {
     pub idempotency_key: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct RawPublish<'a> {
-    channel: Option<&'a str>,
-    channels: Option<Vec<&'a str>>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    event: Option<&'a str>,
-    idempotency_key: Option<&'a str>,
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Rejection> {
-    serde_json::from_slice(body)
-        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON body: {e}")))
-}
-
-fn channel(name: &str, limits: &Limits) -> Result<ChannelName, Rejection> {
-    ChannelName::parse_with_limit(name, limits.max_channel_len).map_err(|e| {
+fn channel(name: &str, max_len: usize) -> Result<ChannelName, Rejection> {
+    ChannelName::parse_with_limit(name, max_len).map_err(|e| {
         Rejection::new(
             ErrorCode::InvalidChannel,
             format!("invalid channel {name:?}: {e}"),
@@ -79,19 +67,29 @@ fn channel(name: &str, limits: &Limits) -> Result<ChannelName, Rejection> {
     })
 }
 
-fn event(name: Option<&str>) -> Result<Option<EventName>, Rejection> {
-    name.map(|e| {
-        EventName::parse(e).map_err(|err| {
-            Rejection::new(
-                ErrorCode::InvalidEvent,
-                format!("invalid event {e:?}: {err}"),
-            )
+fn event(raw: Option<&RawValue>) -> Result<Option<EventName>, Rejection> {
+    fields::text(raw, "event", ErrorCode::InvalidEvent)?
+        .map(|e| {
+            EventName::parse(&e).map_err(|err| {
+                Rejection::new(
+                    ErrorCode::InvalidEvent,
+                    format!("invalid event {e:?}: {err}"),
+                )
+            })
         })
-    })
-    .transpose()
+        .transpose()
 }
 
-fn idempotency_key(key: Option<&str>) -> Result<Option<String>, Rejection> {
+fn idempotency_key(raw: Option<&RawValue>) -> Result<Option<String>, Rejection> {
+    let bad = || {
+        Rejection::new(
+            ErrorCode::BadRequest,
+            format!(
+                "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+            ),
+        )
+    };
+    let key = fields::text(raw, "idempotency_key", ErrorCode::BadRequest).map_err(|_| bad())?;
     match key {
         None => Ok(None),
         Some(k)
@@ -99,19 +97,14 @@ fn idempotency_key(key: Option<&str>) -> Result<Option<String>, Rejection> {
                 && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
                 && k.bytes().all(|b| b.is_ascii_graphic()) =>
         {
-            Ok(Some(k.to_owned()))
+            Ok(Some(k.into_owned()))
         }
-        Some(_) => Err(Rejection::new(
-            ErrorCode::BadRequest,
-            format!(
-                "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
-            ),
-        )),
+        Some(_) => Err(bad()),
     }
 }
 
 fn data(raw: Option<&RawValue>, limits: &Limits) -> Result<Bytes, Rejection> {
-    let raw = raw.ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `data`"))?;
+    let raw = fields::required(raw, "data")?;
     let compact = json::compact(raw.get());
     if compact.len() > limits.max_message_bytes {
         return Err(Rejection::new(
@@ -126,52 +119,49 @@ fn data(raw: Option<&RawValue>, limits: &Limits) -> Result<Bytes, Rejection> {
     Ok(Bytes::from(compact))
 }
 
+/// The one channel named by `channel`.
+fn one_channel(f: &Fields<'_>, limits: &Limits) -> Result<ChannelName, Rejection> {
+    let name = fields::text(f.channel, "channel", ErrorCode::InvalidChannel)?;
+    channel(&fields::required(name, "channel")?, limits.max_channel_len)
+}
+
 /// Parses the body of `POST /v1/publish`.
 pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Publish, Rejection> {
-    let raw: RawPublish<'_> = parse_json(body)?;
-    let name = raw
-        .channel
-        .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channel`"))?;
+    let f = Fields::parse(body)?;
     Ok(Publish {
-        channel: channel(name, limits)?,
-        event: event(raw.event)?,
-        data: data(raw.data, limits)?,
-        idempotency_key: idempotency_key(raw.idempotency_key)?,
+        channel: one_channel(&f, limits)?,
+        event: event(f.event)?,
+        data: data(f.data, limits)?,
+        idempotency_key: idempotency_key(f.idempotency_key)?,
     })
 }
 
-/// Parses the body of `POST /v1/broadcast` into one publish per (deduplicated) channel. An
-/// idempotency key applies per channel, so a retried broadcast publishes nothing new anywhere.
+/// Parses the body of `POST /v1/broadcast` into one publish per distinct channel (repeats are
+/// dropped before the `max_broadcast_channels` limit applies). An idempotency key applies per
+/// channel, so a retried broadcast publishes nothing new anywhere.
 pub fn parse_broadcast(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Rejection> {
-    let raw: RawPublish<'_> = parse_json(body)?;
-    let names = raw
-        .channels
-        .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channels`"))?;
-    if names.is_empty() || names.len() > limits.max_broadcast_channels {
+    let f = Fields::parse(body)?;
+    let names = fields::required(fields::text_list(f.channels, "channels")?, "channels")?;
+    let max = limits.max_broadcast_channels;
+    let channels = distinct_channels(names, limits.max_channel_len, max, "per broadcast")?;
+    if channels.is_empty() {
         return Err(Rejection::new(
             ErrorCode::LimitExceeded,
-            format!(
-                "channels must list 1-{} channels",
-                limits.max_broadcast_channels
-            ),
+            format!("channels must list 1-{max} channels"),
         ));
     }
-    let event = event(raw.event)?;
-    let data = data(raw.data, limits)?;
-    let key = idempotency_key(raw.idempotency_key)?;
-    let mut out: Vec<Publish> = Vec::with_capacity(names.len());
-    for name in names {
-        let channel = channel(name, limits)?;
-        if out.iter().all(|p| p.channel != channel) {
-            out.push(Publish {
-                channel,
-                event: event.clone(),
-                data: data.clone(),
-                idempotency_key: key.clone(),
-            });
-        }
-    }
-    Ok(out)
+    let event = event(f.event)?;
+    let data = data(f.data, limits)?;
+    let key = idempotency_key(f.idempotency_key)?;
+    Ok(channels
+        .into_iter()
+        .map(|channel| Publish {
+            channel,
+            event: event.clone(),
+            data: data.clone(),
+            idempotency_key: key.clone(),
+        })
+        .collect())
 }
 
 /// A WebSocket client op, validated.
@@ -195,25 +185,6 @@ pub enum ClientOp {
     },
 }
 
-#[derive(Deserialize)]
-struct RawSince<'a> {
-    offset: u64,
-    epoch: &'a str,
-}
-
-#[derive(Deserialize)]
-struct RawOp<'a> {
-    op: Option<&'a str>,
-    id: Option<u64>,
-    channel: Option<&'a str>,
-    #[serde(borrow)]
-    since: Option<RawSince<'a>>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
-    event: Option<&'a str>,
-    idempotency_key: Option<&'a str>,
-}
-
 /// A rejected op, with the client's correlation id when it could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpRejection {
@@ -221,65 +192,49 @@ pub struct OpRejection {
     pub rejection: Rejection,
 }
 
-/// Parses one WebSocket text frame.
+/// Parses one WebSocket text frame. The `id` is read first, so a rejection of any other field
+/// still carries it.
 pub fn parse_client_op(frame: &[u8], limits: &Limits) -> Result<ClientOp, OpRejection> {
-    let raw: RawOp<'_> = parse_json(frame).map_err(|rejection| OpRejection {
+    let no_id = |rejection| OpRejection {
         id: None,
         rejection,
-    })?;
-    let id = raw.id;
-    let fail = |rejection| OpRejection { id, rejection };
-    let need_channel = || {
-        raw.channel
-            .ok_or_else(|| Rejection::new(ErrorCode::InvalidJson, "missing field `channel`"))
-            .and_then(|c| channel(c, limits))
     };
-    match raw.op {
-        Some("subscribe") => {
-            let since = match &raw.since {
-                None => None,
-                Some(s) => Some(StreamPosition {
-                    epoch: Epoch::parse(s.epoch).ok_or_else(|| {
-                        fail(Rejection::new(
-                            ErrorCode::InvalidPosition,
-                            "since.epoch is not a valid epoch",
-                        ))
-                    })?,
-                    offset: s.offset,
-                }),
-            };
-            Ok(ClientOp::Subscribe {
+    let f = Fields::parse(frame).map_err(no_id)?;
+    let id = fields::id(f.id).map_err(no_id)?;
+    let op = (|| {
+        let op = fields::text(f.op, "op", ErrorCode::UnknownOp)?;
+        Ok(match fields::required(op, "op")?.as_ref() {
+            "subscribe" => ClientOp::Subscribe {
                 id,
-                channel: need_channel().map_err(fail)?,
-                since,
-            })
-        }
-        Some("unsubscribe") => Ok(ClientOp::Unsubscribe {
-            id,
-            channel: need_channel().map_err(fail)?,
-        }),
-        Some("publish") => Ok(ClientOp::Publish {
-            id,
-            publish: Publish {
-                channel: need_channel().map_err(fail)?,
-                event: event(raw.event).map_err(fail)?,
-                data: data(raw.data, limits).map_err(fail)?,
-                idempotency_key: idempotency_key(raw.idempotency_key).map_err(fail)?,
+                channel: one_channel(&f, limits)?,
+                since: fields::since(f.since)?,
             },
-        }),
-        Some("ping") => Ok(ClientOp::Ping { id }),
-        Some(other) => Err(fail(Rejection::new(
-            ErrorCode::UnknownOp,
-            format!(
-                "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
-                truncate(other)
-            ),
-        ))),
-        None => Err(fail(Rejection::new(
-            ErrorCode::InvalidJson,
-            "missing field `op`",
-        ))),
-    }
+            "unsubscribe" => ClientOp::Unsubscribe {
+                id,
+                channel: one_channel(&f, limits)?,
+            },
+            "publish" => ClientOp::Publish {
+                id,
+                publish: Publish {
+                    channel: one_channel(&f, limits)?,
+                    event: event(f.event)?,
+                    data: data(f.data, limits)?,
+                    idempotency_key: idempotency_key(f.idempotency_key)?,
+                },
+            },
+            "ping" => ClientOp::Ping { id },
+            other => {
+                return Err(Rejection::new(
+                    ErrorCode::UnknownOp,
+                    format!(
+                        "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
+                        truncate(other)
+                    ),
+                ));
+            }
+        })
+    })();
+    op.map_err(|rejection| OpRejection { id, rejection })
 }
 
 fn truncate(s: &str) -> &str {

@@ -30,7 +30,7 @@ pub enum ConfigError {
 }
 
 macro_rules! options {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal, parse = $parse:expr; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal, parse = $parse:expr $(, bare = $bare:literal)?; )*) => {
         /// Herald: real-time pub/sub fan-out over SSE and WebSocket.
         ///
         /// Every option can also be set as HERALD_<NAME> in the environment or as <name> in the
@@ -41,7 +41,8 @@ macro_rules! options {
             /// TOML file with any of the options below (snake_case keys).
             #[arg(long, env = "HERALD_CONFIG")]
             pub config: Option<PathBuf>,
-            $( $(#[doc = $doc])* #[arg(long, env = $env, value_parser = $parse)] pub $name: Option<$ty>, )*
+            // `bare`: the flag alone means that value (`--allow-client-publish` is `true`).
+            $( $(#[doc = $doc])* #[arg(long, env = $env, value_parser = $parse $(, num_args = 0..=1, default_missing_value = $bare)?)] pub $name: Option<$ty>, )*
         }
 
         #[derive(Debug, Default, Deserialize)]
@@ -125,17 +126,44 @@ fn parse_usize(s: &str) -> Result<usize, String> {
 }
 
 fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
         _ => Err(format!("{s:?} is not true or false")),
     }
 }
 
+/// `IP:port`, or `host:port` with a host name resolved once, at start (`localhost:8080`). A name
+/// with several addresses binds the first IPv4 one (`localhost` is 127.0.0.1, as in every
+/// example), else the first.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.trim()
-        .parse()
-        .map_err(|_| format!("{s:?} is not an address like 127.0.0.1:8080"))
+    use std::net::ToSocketAddrs;
+    let s = s.trim();
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let bad = |why: String| {
+        format!("{s:?} is not an address like 127.0.0.1:8080 or localhost:8080 ({why})")
+    };
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| bad(e.to_string()))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| bad("the name has no address".to_owned()))
+}
+
+/// A `tracing` env-filter directive list, checked here so a typo exits 2 instead of logging at
+/// a level nobody asked for.
+fn parse_log_level(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s.trim())
+        .map(|_| s.trim().to_owned())
+        .map_err(|e| format!("{s:?} is not a log filter like info or herald_server=debug: {e}"))
 }
 
 fn parse_string(s: &str) -> Result<String, String> {
@@ -186,7 +214,7 @@ pub enum LogFormat {
 }
 
 options! {
-    /// Address to listen on (port 0 picks a free port; the bound address is printed on stdout). [default: 127.0.0.1:8080]
+    /// Address to listen on: IP:port or host:port (port 0 picks a free port; the bound address is printed on stdout). [default: 127.0.0.1:8080]
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
     /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker. [default: unset]
     redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
@@ -196,8 +224,8 @@ options! {
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
     /// API keys allowed to publish (comma-separated). Empty: publishing needs no key. [default: none]
     api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = parse_list;
-    /// Let WebSocket clients publish with the `publish` op. [default: false]
-    allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool;
+    /// Let WebSocket clients publish with the `publish` op (the flag alone means true). [default: false]
+    allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool, bare = "true";
     /// Messages kept per channel for resume and the history endpoint. [default: 1000]
     history_size: usize = 1000, env = "HERALD_HISTORY_SIZE", parse = parse_usize;
     /// How long history (and idempotency keys) are kept. [default: 1h]
@@ -233,7 +261,7 @@ options! {
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug). [default: info]
-    log_level: String = "info".to_owned(), env = "HERALD_LOG_LEVEL", parse = parse_string;
+    log_level: String = "info".to_owned(), env = "HERALD_LOG_LEVEL", parse = parse_log_level;
 }
 
 impl Config {
@@ -280,13 +308,27 @@ impl Config {
                 "must exceed max_message_bytes by at least 1 KiB",
             );
         }
+        // Checked here exactly as the broker will parse it, so a bad URL exits 2 before the
+        // node announces that it is listening.
         let url = &self.redis_url;
-        let known = ["redis://", "rediss://", "redis+cluster://"];
-        if !url.is_empty() && !known.iter().any(|scheme| url.starts_with(scheme)) {
+        if url.starts_with("rediss://") {
             return invalid(
                 "redis_url",
-                "must start with redis://, rediss:// or redis+cluster://",
+                "TLS to Redis (rediss://) is not supported yet; use redis://",
             );
+        }
+        let known = ["redis://", "redis+cluster://"];
+        if !url.is_empty() && !known.iter().any(|scheme| url.starts_with(scheme)) {
+            return invalid("redis_url", "must start with redis:// or redis+cluster://");
+        }
+        if !url.is_empty()
+            && let Err(e) = herald_broker::redis::validate_url(url)
+        {
+            let reason = match e {
+                herald_broker::BrokerError::Internal(reason) => reason,
+                other => other.to_string(),
+            };
+            return invalid("redis_url", &reason);
         }
         Ok(())
     }
@@ -372,6 +414,53 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn boolean_flags_work_bare_and_with_values() {
+        let bare = |args: &[&str]| Config::from_cli(cli(args)).expect("valid");
+        assert!(bare(&["--allow-client-publish"]).allow_client_publish);
+        assert!(
+            bare(&["--allow-client-publish", "--history-size", "3"]).allow_client_publish,
+            "a bare flag before another option"
+        );
+        assert!(bare(&["--allow-client-publish", "TRUE"]).allow_client_publish);
+        assert!(!bare(&["--allow-client-publish=false"]).allow_client_publish);
+        assert!(!bare(&[]).allow_client_publish);
+        assert!(Cli::try_parse_from(["herald", "--allow-client-publish", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn listen_takes_host_names_and_log_filters_are_checked() {
+        let c = Config::from_cli(cli(&["--listen", "localhost:9711"])).expect("valid");
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9711)));
+        assert!(parse_addr("[::1]:80").is_ok_and(|a| a.is_ipv6()));
+        assert!(parse_addr("localhost").is_err(), "no port");
+        assert!(Cli::try_parse_from(["herald", "--log-level", "nonsense==="]).is_err());
+        for ok in ["info", "herald_server=debug,warn", "off"] {
+            assert_eq!(parse_log_level(ok).as_deref(), Ok(ok));
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_checked_fully_at_start() {
+        for (url, says) in [
+            (
+                "rediss://h:1",
+                "TLS to Redis (rediss://) is not supported yet",
+            ),
+            ("redis://:pw@h:notaport", "invalid Redis URL"),
+            ("redis+cluster://", "lists no nodes"),
+        ] {
+            match Config::from_cli(cli(&["--redis-url", url])) {
+                Err(ConfigError::Invalid {
+                    option: "redis_url",
+                    reason,
+                }) => assert!(reason.contains(says) && !reason.contains("pw"), "{reason}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        assert!(Config::from_cli(cli(&["--redis-url", "redis://127.0.0.1:6390/2"])).is_ok());
     }
 
     #[test]

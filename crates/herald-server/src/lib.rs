@@ -1,7 +1,8 @@
 //! The Herald server: HTTP publish, SSE and WebSocket fan-out, over a pluggable broker.
 //!
-//! The binary is a thin wrapper around [`run`], which takes a bound listener and a shutdown
-//! future so tests can start servers on port 0 in-process or as real processes.
+//! The binary is a thin wrapper around [`build_broker`] and [`run`], which takes a bound listener,
+//! the started broker and a shutdown future so tests can start servers on port 0 in-process or as
+//! real processes.
 
 pub mod app;
 pub mod config;
@@ -13,4 +14,4 @@ pub mod shutdown;
 mod transport;
 
 pub use config::{Cli, Config, ConfigError};
-pub use server::{RunError, build_broker, run};
+pub use server::{build_broker, run};

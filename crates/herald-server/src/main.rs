@@ -1,4 +1,10 @@
-//! The `herald` binary: parse configuration, set up logging, bind, and run until a signal.
+//! The `herald` binary: parse configuration, set up logging, bind, start the broker, and run
+//! until a signal.
+//!
+//! Nothing here may panic because an output went away: `herald ... | head -1` reads the bound
+//! address and closes stdout, and a log collector may die; the server keeps serving either way.
+
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use herald_server::{Cli, Config, config::LogFormat};
@@ -14,18 +20,31 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// A line on stderr. Unlike `eprintln!`, a closed or broken stderr is ignored, not a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn main() -> std::process::ExitCode {
     let config = match Config::from_cli(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("herald: {e}");
+            say!("herald: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    // The filter was validated with the configuration.
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a file or a collector.
+        .with_ansi(std::io::stderr().is_terminal())
+        // tracing-subscriber reports a failed log write with `eprintln!`, which panics when
+        // stderr is the thing that failed: a log line that cannot be written is dropped.
+        .log_internal_errors(false);
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Human => logs.init(),
@@ -36,7 +55,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("herald: cannot start the runtime: {e}");
+            say!("herald: cannot start the runtime: {e}");
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -44,21 +63,30 @@ fn main() -> std::process::ExitCode {
         let listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("herald: cannot listen on {}: {e}", config.listen);
+                say!("herald: cannot listen on {}: {e}", config.listen);
                 return std::process::ExitCode::from(2);
             }
         };
+        // Before announcing anything: a broker that cannot start is reported instead of a
+        // "listening" line followed by an exit.
+        let broker = match herald_server::build_broker(&config).await {
+            Ok(b) => b,
+            Err(e) => {
+                say!("herald: cannot start the broker: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
         match listener.local_addr() {
-            // Machine-readable: tests and scripts started with --listen 127.0.0.1:0 read the port here.
-            Ok(addr) => println!("herald listening on http://{addr}"),
+            // Machine-readable: tests and scripts started with --listen 127.0.0.1:0 read the port
+            // here. The reader may have gone (`| head -1`): the server keeps serving.
+            Ok(addr) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "herald listening on http://{addr}");
+                let _ = out.flush();
+            }
             Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
         }
-        match herald_server::run(listener, config, herald_server::shutdown::signal()).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("herald: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        }
+        herald_server::run(listener, config, broker, herald_server::shutdown::signal()).await;
+        std::process::ExitCode::SUCCESS
     })
 }

@@ -18,13 +18,6 @@ use crate::{
     transport::{self, sse::ConnectionSignal},
 };
 
-/// Why the server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("cannot start the broker: {0}")]
-    Broker(#[from] BrokerError),
-}
-
 /// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory. Also
 /// returns the Redis backbone's counters, for metrics.
 pub async fn build_broker(
@@ -52,7 +45,8 @@ pub async fn build_broker(
     Ok((redis, Some(stats)))
 }
 
-/// Serves Herald on `listener` until `shutdown` resolves, then drains: readiness fails at once,
+/// Serves Herald on `listener` with `broker` (from [`build_broker`], built before the node says
+/// it is listening) until `shutdown` resolves, then drains: readiness fails at once,
 /// streaming clients are told to reconnect at random moments over `drain_window`, and the
 /// function returns once they are gone (at most 2 s after the window). During the drain the
 /// listener stays open, so load balancers see `/readyz` fail and publishes still succeed, while
@@ -60,9 +54,9 @@ pub async fn build_broker(
 pub async fn run(
     listener: TcpListener,
     config: Config,
+    (broker, redis_stats): (Arc<dyn Broker>, Option<Arc<RedisStats>>),
     shutdown: impl Future<Output = ()>,
-) -> Result<(), RunError> {
-    let (broker, redis_stats) = build_broker(&config).await?;
+) {
     let metrics = Metrics::new(redis_stats);
     let hub = Hub::new(
         broker,
@@ -73,7 +67,12 @@ pub async fn run(
         metrics.hub.clone(),
     );
     let app = App::new(config, hub, metrics);
-    tracing::info!(broker = app.hub.broker().kind(), "herald serving");
+    // The address is logged too: with stdout gone (`| head -1` exited), stderr still has it.
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(broker = app.hub.broker().kind(), %addr, "herald serving");
 
     tokio::pin!(shutdown);
     loop {
@@ -98,7 +97,6 @@ pub async fn run(
             }
         }
     }
-    Ok(())
 }
 
 async fn accept(

@@ -102,10 +102,28 @@ impl Topology {
     }
 }
 
+/// Checks `url` exactly as [`super::RedisBroker::connect`] will parse it, so that a server can
+/// refuse a bad URL at configuration time, before it announces anything.
+pub fn validate_url(url: &str) -> Result<(), BrokerError> {
+    Topology::parse(url).map(drop)
+}
+
 fn check_url(url: &str) -> Result<(), BrokerError> {
     redis::Client::open(url)
         .map(drop)
-        .map_err(|e| BrokerError::Internal(format!("invalid Redis URL {url:?}: {e}")))
+        .map_err(|e| BrokerError::Internal(format!("invalid Redis URL {:?}: {e}", redact(url))))
+}
+
+/// The URL with any credentials replaced, for error messages (which reach logs).
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -136,6 +154,16 @@ mod tests {
                 "redis://b:2".into()
             ]))
         );
+    }
+
+    #[test]
+    fn errors_never_show_credentials() {
+        let err = validate_url("redis://:secret@host:notaport").expect_err("bad port");
+        assert!(!err.to_string().contains("secret"), "{err}");
+        assert!(err.to_string().contains("***@host:notaport"), "{err}");
+        let err = validate_url("redis+cluster://user:pw@a:1,b:x").expect_err("bad port");
+        assert!(!err.to_string().contains("pw"), "{err}");
+        assert_eq!(redact("redis://h:1/0?x=@"), "redis://h:1/0?x=@");
     }
 
     #[test]

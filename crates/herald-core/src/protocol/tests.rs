@@ -1,4 +1,5 @@
 use super::*;
+use crate::message::Epoch;
 use proptest::prelude::*;
 
 const LIMITS: Limits = Limits {
@@ -152,6 +153,148 @@ fn client_op_rejections_keep_the_id() {
             .rejection
             .code,
         ErrorCode::InvalidJson
+    );
+}
+
+#[test]
+fn escaped_strings_are_accepted_in_every_field() {
+    // What PHP's json_encode and other encoders send: `\/` and `\uXXXX` escapes.
+    let p = parse_publish(
+        br#"{"channel":"chat\/room","data":"x\/y","event":"p\u0069ng","idempotency_key":"k\u0031"}"#,
+        &LIMITS,
+    )
+    .expect("valid");
+    assert_eq!(p.channel.as_str(), "chat/room");
+    assert_eq!(p.event.as_ref().map(|e| e.as_str()), Some("ping"));
+    assert_eq!(p.idempotency_key.as_deref(), Some("k1"));
+    assert_eq!(&p.data[..], br#""x\/y""#, "data is kept as published");
+
+    let b = parse_broadcast(br#"{"channels":["a\/b","\u0061"],"data":1}"#, &LIMITS).expect("valid");
+    assert_eq!(
+        b.iter().map(|p| p.channel.as_str()).collect::<Vec<_>>(),
+        ["a/b", "a"]
+    );
+
+    let op = parse_client_op(
+        br#"{"\u006fp":"s\u0075bscribe","channel":"chat\/room","since":{"offset":1,"epoch":"\u0061b"},"id":2}"#,
+        &LIMITS,
+    );
+    assert_eq!(
+        op,
+        Ok(ClientOp::Subscribe {
+            id: Some(2),
+            channel: ChannelName::parse("chat/room").expect("name"),
+            since: Some(StreamPosition {
+                epoch: Epoch::parse("ab").expect("epoch"),
+                offset: 1
+            }),
+        })
+    );
+    assert_eq!(
+        parse_client_op(br#"{"op":"p\u0069ng","id":1}"#, &LIMITS),
+        Ok(ClientOp::Ping { id: Some(1) })
+    );
+    assert!(matches!(
+        parse_client_op(br#"{"op":"unsubscribe","channel":"a\/b"}"#, &LIMITS),
+        Ok(ClientOp::Unsubscribe { channel, .. }) if channel.as_str() == "a/b"
+    ));
+    let op = parse_client_op(
+        br#"{"op":"publish","channel":"a\/b","data":null,"event":"\u0065","idempotency_key":"\u006b"}"#,
+        &LIMITS,
+    );
+    let Ok(ClientOp::Publish { publish, .. }) = op else {
+        panic!("publish refused: {op:?}");
+    };
+    assert_eq!(
+        (
+            publish.channel.as_str(),
+            publish.event.as_ref().map(|e| e.as_str()),
+            &publish.data[..],
+            publish.idempotency_key.as_deref()
+        ),
+        ("a/b", Some("e"), &b"null"[..], Some("k"))
+    );
+}
+
+#[test]
+fn data_null_is_valid_data_and_missing_data_is_not() {
+    let p = parse_publish(br#"{"channel":"a","data":null}"#, &LIMITS).expect("valid");
+    assert_eq!(&p.data[..], b"null");
+    let b = parse_broadcast(br#"{"channels":["a"],"data":null}"#, &LIMITS).expect("valid");
+    assert_eq!(&b[0].data[..], b"null");
+    let err = parse_publish(br#"{"channel":"a"}"#, &LIMITS).expect_err("no data");
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (ErrorCode::InvalidJson, "missing field `data`")
+    );
+}
+
+#[test]
+fn an_invalid_event_is_invalid_event_however_it_is_written() {
+    for body in [
+        br#"{"channel":"a","data":1,"event":"a\nb"}"#.as_slice(),
+        br#"{"channel":"a","data":1,"event":"a b"}"#,
+        br#"{"channel":"a","data":1,"event":7}"#,
+    ] {
+        let err = parse_publish(body, &LIMITS).expect_err("bad event");
+        assert_eq!(err.code, ErrorCode::InvalidEvent, "{err:?}");
+    }
+}
+
+#[test]
+fn a_broadcast_repeating_one_channel_is_deduplicated_before_the_limit() {
+    let names = vec!["same"; 101];
+    let body = serde_json::json!({"channels": names, "data": 1}).to_string();
+    let b = parse_broadcast(body.as_bytes(), &LIMITS).expect("one distinct channel");
+    assert_eq!(b.len(), 1);
+    let err = parse_broadcast(br#"{"channels":"a","data":1}"#, &LIMITS).expect_err("not a list");
+    assert_eq!(err.code, ErrorCode::InvalidChannel);
+}
+
+#[test]
+fn every_field_error_keeps_the_op_id_and_names_the_field() {
+    for (frame, code) in [
+        (
+            r#"{"op":"subscribe","channel":"a","since":5,"id":7}"#,
+            ErrorCode::InvalidPosition,
+        ),
+        (
+            r#"{"op":"subscribe","channel":"a","since":{"offset":"1","epoch":"a"},"id":7}"#,
+            ErrorCode::InvalidPosition,
+        ),
+        (
+            r#"{"op":"subscribe","channel":5,"id":7}"#,
+            ErrorCode::InvalidChannel,
+        ),
+        (r#"{"op":7,"id":7}"#, ErrorCode::UnknownOp),
+        (
+            r#"{"op":"publish","channel":"a","data":1,"event":["x"],"id":7}"#,
+            ErrorCode::InvalidEvent,
+        ),
+        (
+            r#"{"op":"publish","channel":"a","data":1,"idempotency_key":1,"id":7}"#,
+            ErrorCode::BadRequest,
+        ),
+        (
+            r#"{"op":"publish","channel":"a","id":7}"#,
+            ErrorCode::InvalidJson,
+        ),
+    ] {
+        let err = parse_client_op(frame.as_bytes(), &LIMITS).expect_err(frame);
+        assert_eq!((err.id, err.rejection.code), (Some(7), code), "{frame}");
+        assert!(
+            !err.rejection.message.contains("borrowed") && !err.rejection.message.contains("Raw"),
+            "{}",
+            err.rejection.message
+        );
+    }
+    let err = parse_client_op(br#"{"op":"ping","id":"x"}"#, &LIMITS).expect_err("bad id");
+    assert_eq!((err.id, err.rejection.code), (None, ErrorCode::InvalidJson));
+    let err = parse_publish(b"[1]", &LIMITS).expect_err("not an object");
+    assert!(
+        err.message.contains("expected a JSON object"),
+        "{}",
+        err.message
     );
 }
 

@@ -32,10 +32,12 @@ pub async fn handle(app: &App, path: &str, q: Option<&str>) -> Response<Body> {
             .map(|v| v.parse::<u64>())
             .transpose()
             .map_err(|_| {
-                error(
-                    ErrorCode::BadRequest,
-                    &format!("`{key}` must be a non-negative integer"),
-                )
+                // `since` is a position, like `epoch`; `limit` is a plain parameter.
+                let code = match key {
+                    "since" => ErrorCode::InvalidPosition,
+                    _ => ErrorCode::BadRequest,
+                };
+                error(code, &format!("`{key}` must be a non-negative integer"))
             })
     };
     let (since, limit) = match (number("since"), number("limit")) {

@@ -1,6 +1,7 @@
 //! HTTP routing and the JSON responses every route shares.
 
 mod assets;
+pub mod head;
 mod history;
 pub mod publish;
 pub mod query;
@@ -73,7 +74,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
     match (&method, path.as_str()) {
         (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(app).await,
-        (&Method::GET, "/metrics") => {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
             let mut resp = Response::new(full(app.metrics.render(&app.hub)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -85,8 +86,8 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
         (&Method::POST, "/v1/broadcast") => publish::broadcast(app, req).await,
         (&Method::GET, "/v1/sse") => transport::sse::handle(app, req).await,
         (&Method::GET, "/v1/ws") => transport::ws::handle(app, req),
-        (&Method::GET, "/") => assets::console(),
-        (&Method::GET, "/herald.js") => assets::client_js(),
+        (&Method::GET | &Method::HEAD, "/") => assets::console(),
+        (&Method::GET | &Method::HEAD, "/herald.js") => assets::client_js(),
         (&Method::GET, p) if history::matches(p) => {
             history::handle(app, p, req.uri().query()).await
         }
@@ -108,8 +109,8 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
 fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/v1/publish" | "/v1/broadcast" => Some("POST"),
-        "/healthz" | "/readyz" => Some("GET, HEAD"),
-        "/v1/sse" | "/v1/ws" | "/metrics" | "/" | "/herald.js" => Some("GET"),
+        "/healthz" | "/readyz" | "/metrics" | "/" | "/herald.js" => Some("GET, HEAD"),
+        "/v1/sse" | "/v1/ws" => Some("GET"),
         p if history::matches(p) => Some("GET"),
         _ => None,
     }

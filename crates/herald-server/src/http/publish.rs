@@ -25,11 +25,7 @@ fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), Response<Body>> {
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
+        .and_then(bearer_token);
     let Some(presented) = presented else {
         return Err(error(
             ErrorCode::Unauthorized,
@@ -45,6 +41,14 @@ fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), Response<Body>> {
     } else {
         Err(error(ErrorCode::Unauthorized, "invalid API key"))
     }
+}
+
+/// The token of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 11.1: `BEARER x` and
+/// `bearer x` are the same credentials) and may be followed by several spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// JSON, or what `curl -d` sends by default (form-encoded) when the body is JSON anyway, or no
@@ -192,4 +196,25 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Body> {
         _ => StatusCode::OK,
     };
     json(status, serde_json::json!({ "results": items }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in [
+            "Bearer k",
+            "bearer k",
+            "BEARER k",
+            "bEaReR   k ",
+            " Bearer k",
+        ] {
+            assert_eq!(bearer_token(header), Some("k"), "{header:?}");
+        }
+        for header in ["Basic k", "Bearerk", "Bearer ", "Bearer", "k"] {
+            assert_eq!(bearer_token(header), None, "{header:?}");
+        }
+    }
 }

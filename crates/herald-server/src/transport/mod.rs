@@ -7,14 +7,30 @@ pub mod ws;
 
 use std::sync::Arc;
 
-use herald_core::ChannelName;
+use herald_core::{
+    ChannelName,
+    protocol::{self, Rejection},
+};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::App,
+    http,
     hub::{Bounds, CloseReason, Hub, Outbox},
 };
+
+/// The distinct channels of a stream's `?channel=` parameters, in order: repeats cost a hash
+/// lookup each, and more than `max_channels_per_connection` distinct names are refused as soon
+/// as one too many is seen.
+pub fn query_channels(app: &App, query: Option<&str>) -> Result<Vec<ChannelName>, Rejection> {
+    protocol::distinct_channels(
+        http::query::values(query, "channel"),
+        app.config.max_channel_len,
+        app.config.max_channels_per_connection,
+        "per connection",
+    )
+}
 
 /// One client connection's identity, queue and subscriptions. Dropping it unsubscribes
 /// everything, so a connection that vanishes mid-write leaves nothing behind in the hub.

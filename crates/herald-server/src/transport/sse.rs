@@ -16,7 +16,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use herald_core::{ChannelName, ErrorCode, sse, token::ResumeToken};
+use herald_core::{ErrorCode, sse, token::ResumeToken};
 use http_body_util::BodyExt;
 use hyper::{
     Request, Response, StatusCode,
@@ -83,47 +83,29 @@ pub async fn open(
             "this node is draining; reconnect",
         ));
     }
-    let mut channels: Vec<ChannelName> = Vec::new();
-    for name in query::values(q, "channel") {
-        match ChannelName::parse_with_limit(&name, app.config.max_channel_len) {
-            Ok(c) if !channels.contains(&c) => channels.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return Err(error(
-                    ErrorCode::InvalidChannel,
-                    &format!("invalid channel {name:?}: {e}"),
-                ));
-            }
-        }
-    }
+    let channels = super::query_channels(app, q).map_err(|r| error(r.code, &r.message))?;
     if channels.is_empty() {
         return Err(error(ErrorCode::BadRequest, "give at least one ?channel="));
     }
-    if channels.len() > app.config.max_channels_per_connection {
-        let max = app.config.max_channels_per_connection;
-        return Err(error(
-            ErrorCode::LimitExceeded,
-            &format!("at most {max} channels per connection"),
-        ));
-    }
     // The header is what EventSource sends on reconnect, so it is newer than the URL's value.
-    let token_text = match header_token {
-        Some(Ok(t)) => Some(t),
+    // Errors name the input the token came from.
+    let (source, token_text) = match header_token {
+        Some(Ok(t)) => ("the Last-Event-ID header", Some(t)),
         Some(Err(_)) => {
             return Err(error(
                 ErrorCode::InvalidPosition,
-                "Last-Event-ID is not valid text",
+                "the Last-Event-ID header is not valid text",
             ));
         }
-        None => query::first(q, "last_event_id").map(|t| t.into_owned()),
+        None => (
+            "the last_event_id query parameter",
+            query::first(q, "last_event_id").map(|t| t.into_owned()),
+        ),
     };
     let resume = match token_text.as_deref().map(ResumeToken::parse).transpose() {
         Ok(t) => t.unwrap_or_default(),
         Err(e) => {
-            return Err(error(
-                ErrorCode::InvalidPosition,
-                &format!("Last-Event-ID: {e}"),
-            ));
+            return Err(error(ErrorCode::InvalidPosition, &format!("{source}: {e}")));
         }
     };
 

@@ -3,10 +3,12 @@
 //! hyper keeps an 8 KiB read buffer and an 8 KiB header write buffer for as long as an HTTP/1
 //! connection lives, which would be most of what an idle SSE subscriber costs. An SSE stream never
 //! serves another request on its connection, so when the first request on a connection is a
-//! complete `GET /v1/sse` head, it is validated and subscribed exactly like the hyper route
+//! plain `GET /v1/sse` head ([`crate::http::head`] says which heads qualify: none that hyper
+//! could read differently), it is validated and subscribed exactly like the hyper route
 //! ([`super::sse::open`]); then the head is consumed and the same [`SseBody`] is written straight
 //! to the socket, delimited by closing the connection. Anything else, including every error, is
-//! left untouched in the socket for hyper to serve.
+//! left untouched in the socket for hyper to serve, except a head hyper would refuse outright,
+//! which is answered here with a JSON error (hyper's own answer has no body).
 
 use std::{pin::pin, sync::Arc, time::Duration};
 
@@ -18,7 +20,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use super::sse::{self, SseBody};
-use crate::{app::App, hub::CloseReason};
+use crate::{
+    app::App,
+    http::head::{self, Head},
+    hub::CloseReason,
+};
 
 /// Largest request head looked at; a longer one goes to hyper.
 const PEEK: usize = 4096;
@@ -29,24 +35,28 @@ const DRAIN_GRACE_FOR_NEW: Duration = Duration::from_secs(1);
 const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
 
-/// The parts of a request head the SSE route needs.
-struct SseRequest {
-    head_len: usize,
-    query: Option<String>,
-    last_event_id: Option<Result<String, ()>>,
-}
-
-/// Serves `stream` if its first request is an SSE subscription; otherwise hands it back.
+/// Serves `stream` if its first request is an SSE subscription, answers it if hyper would refuse
+/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back.
 pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
-    let req = tokio::select! {
-        req = peek_sse_request(&stream) => req,
+    let head = tokio::select! {
+        head = peek_head(&stream) => head,
         // A connection with no request yet does not hold up a drain, but it may be one a client
         // opened just before the drain began and is about to use: it gets the same chance as an
         // idle keep-alive connection, its own moment in the drain window (at least a second).
         () = idle_until_drained(app) => return None,
     };
-    let Some(req) = req else {
-        return Some(stream);
+    let req = match head {
+        Head::Sse(req) => req,
+        Head::Malformed { status, message } => {
+            app.metrics
+                .http_requests
+                .with_label_values(&["other", &status.to_string()])
+                .inc();
+            // Boxed: rare, and inline its buffers would size every connection's task.
+            Box::pin(refuse(stream, head::malformed_response(status, &message))).await;
+            return None;
+        }
+        Head::Other => return Some(stream),
     };
     let signal = CancellationToken::new();
     let body = match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
@@ -62,41 +72,38 @@ pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
     None
 }
 
+/// Writes a final response and closes. Whatever else the client sent is read and dropped for a
+/// moment first (bounded), so that closing does not reset the connection under the response.
+async fn refuse(mut stream: TcpStream, response: bytes::Bytes) {
+    let bounded = async {
+        stream.write_all(&response).await?;
+        stream.shutdown().await?;
+        let mut sink = vec![0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), bounded).await;
+}
+
 async fn idle_until_drained(app: &Arc<App>) {
     let drained = app.drained();
     app.shutdown.cancelled().await;
     tokio::join!(drained, tokio::time::sleep(DRAIN_GRACE_FOR_NEW));
 }
 
-async fn peek_sse_request(stream: &TcpStream) -> Option<SseRequest> {
+async fn peek_head(stream: &TcpStream) -> Head {
     // On the heap and dropped before anything else is awaited: the connection task keeps none of it.
     let mut buf = vec![0u8; PEEK];
-    let n = stream.peek(&mut buf).await.ok()?;
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut req = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_len) = req.parse(&buf[..n]).ok()? else {
-        return None;
-    };
-    if req.method != Some("GET") || req.version != Some(1) {
-        return None;
+    match stream.peek(&mut buf).await {
+        Ok(n) => head::classify(&buf[..n]),
+        Err(_) => Head::Other,
     }
-    let (path, query) = match req.path?.split_once('?') {
-        Some((p, q)) => (p, Some(q.to_owned())),
-        None => (req.path?, None),
-    };
-    if path != "/v1/sse" {
-        return None;
-    }
-    let last_event_id = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("last-event-id"))
-        .map(|h| String::from_utf8(h.value.to_vec()).map_err(|_| ()));
-    Some(SseRequest {
-        head_len,
-        query,
-        last_event_id,
-    })
 }
 
 async fn stream_to(

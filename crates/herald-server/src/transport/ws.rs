@@ -36,7 +36,7 @@ use self::frame::FrameReader;
 use super::Connection;
 use crate::{
     app::App,
-    http::{Body, error, full, query},
+    http::{Body, error, full},
     hub::{CloseReason, Item, SubscribeError},
 };
 
@@ -61,26 +61,10 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     if app.is_draining() {
         return error(ErrorCode::Draining, "this node is draining; reconnect");
     }
-    let mut channels: Vec<ChannelName> = Vec::new();
-    for name in query::values(req.uri().query(), "channel") {
-        match ChannelName::parse_with_limit(&name, app.config.max_channel_len) {
-            Ok(c) if !channels.contains(&c) => channels.push(c),
-            Ok(_) => {}
-            Err(e) => {
-                return error(
-                    ErrorCode::InvalidChannel,
-                    &format!("invalid channel {name:?}: {e}"),
-                );
-            }
-        }
-    }
-    if channels.len() > app.config.max_channels_per_connection {
-        let max = app.config.max_channels_per_connection;
-        return error(
-            ErrorCode::LimitExceeded,
-            &format!("at most {max} channels per connection"),
-        );
-    }
+    let channels = match super::query_channels(app, req.uri().query()) {
+        Ok(channels) => channels,
+        Err(r) => return error(r.code, &r.message),
+    };
     let (resp, fut) = match upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {

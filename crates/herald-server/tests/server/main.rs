@@ -3,7 +3,9 @@
 
 mod support;
 
+mod cli;
 mod delivery;
+mod input;
 mod lifecycle;
 mod multinode;
 mod redis_faults;

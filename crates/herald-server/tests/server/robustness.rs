@@ -105,7 +105,7 @@ async fn bad_http_input_gets_json_errors_and_the_server_stays_healthy() {
         (
             h.http.get(h.url("/v1/channels/a/history?since=-1")),
             400,
-            "bad_request",
+            "invalid_position",
         ),
     ];
     for (req, status, code) in cases {

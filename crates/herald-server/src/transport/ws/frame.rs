@@ -35,6 +35,31 @@ pub enum ReadError {
     Protocol(&'static str),
 }
 
+/// Why a client's close frame is invalid.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BadClose {
+    /// A 1-byte payload or a status code no endpoint may send (close 1002).
+    Protocol(&'static str),
+    /// The reason is not UTF-8 (close 1007).
+    Utf8,
+}
+
+/// Checks a client's close payload (RFC 6455 5.5.1 and 7.4): empty, or a status code an endpoint
+/// may send (1000-1003, 1007-1014, 3000-4999; never 1004-1006, 1015 or anything below 1000 or
+/// above 4999) followed by a UTF-8 reason.
+pub fn check_close(payload: &[u8]) -> Result<(), BadClose> {
+    let (code, reason) = match payload {
+        [] => return Ok(()),
+        [_] => return Err(BadClose::Protocol("close frame with a 1-byte payload")),
+        [hi, lo, reason @ ..] => (u16::from_be_bytes([*hi, *lo]), reason),
+    };
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(BadClose::Protocol("invalid close code"));
+    }
+    std::str::from_utf8(reason).map_err(|_| BadClose::Utf8)?;
+    Ok(())
+}
+
 pub struct FrameReader<R> {
     io: BufReader<R>,
     max_payload: usize,
@@ -166,6 +191,27 @@ mod tests {
             Some(b"hello".to_vec())
         );
         assert!(matches!(frames.last(), Some(Err(ReadError::Gone))));
+    }
+
+    #[test]
+    fn close_payloads_are_checked_against_rfc_6455() {
+        let close = |code: u16, reason: &[u8]| [&code.to_be_bytes()[..], reason].concat();
+        assert_eq!(check_close(b""), Ok(()));
+        for code in [1000, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999] {
+            assert_eq!(check_close(&close(code, b"bye")), Ok(()), "{code}");
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(
+                matches!(check_close(&close(code, b"")), Err(BadClose::Protocol(_))),
+                "{code}"
+            );
+        }
+        assert!(matches!(check_close(&[0x03]), Err(BadClose::Protocol(_))));
+        assert_eq!(
+            check_close(&close(1000, &[0xff, 0xfe])),
+            Err(BadClose::Utf8)
+        );
+        assert_eq!(check_close(&close(1000, "é".as_bytes())), Ok(()));
     }
 
     #[tokio::test]

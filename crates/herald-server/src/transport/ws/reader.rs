@@ -16,7 +16,7 @@ use tokio::io::AsyncRead;
 
 use super::{
     close, elapsed_ms,
-    frame::{self, FrameReader, ReadError},
+    frame::{self, BadClose, FrameReader, ReadError},
     send_error, send_text, subscribe,
 };
 use crate::{
@@ -84,7 +84,13 @@ pub async fn run<R: AsyncRead + Unpin>(
                     .push(Item::raw(protocol::frame(Opcode::Pong, &frame.payload)));
                 continue;
             }
-            frame::CLOSE => return end(close::NORMAL, ""),
+            frame::CLOSE => {
+                return match frame::check_close(&frame.payload) {
+                    Ok(()) => end(close::NORMAL, ""),
+                    Err(BadClose::Protocol(why)) => end(close::PROTOCOL, why),
+                    Err(BadClose::Utf8) => end(close::INVALID_DATA, "close reason is not UTF-8"),
+                };
+            }
             _ => continue, // pong: only a sign of life
         };
         if std::str::from_utf8(&message).is_err() {

@@ -1,0 +1,201 @@
+//! The first request head of a connection, looked at before hyper reads it.
+//!
+//! Two uses, one rule: hyper is the HTTP parser of record. The SSE fast path
+//! ([`crate::transport::sse_direct`]) takes only requests whose meaning cannot differ between it
+//! and hyper: a complete `GET /v1/sse` HTTP/1.1 head with no body framing, no `Expect` and no
+//! `Upgrade`. Anything unusual (`Content-Length`, duplicated or not; `Transfer-Encoding`; a head
+//! split over several packets; ...) is left in the socket for hyper, which accepts or refuses it
+//! by its own rules.
+//!
+//! hyper answers a head it cannot parse with an empty `400` and no way to change it (hyper 1.x
+//! writes that response itself, without calling the service). A head that fails the very same
+//! checks here (httparse, the parser hyper uses with the same settings, then `http::Uri`) is
+//! answered with the usual JSON error body instead. Only the first request of a connection is
+//! seen here, and only the bytes that arrived with it: a malformed request later on a keep-alive
+//! connection, or one whose first bytes were valid and the rest came later, still gets hyper's
+//! empty 400 (docs/api.md, "Errors").
+
+use bytes::{BufMut, Bytes, BytesMut};
+use herald_core::{ErrorCode, error::error_body};
+
+/// As many headers as hyper accepts (its `DEFAULT_MAX_HEADERS`).
+const MAX_HEADERS: usize = 100;
+
+/// What to do with a connection, from its first request head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A plain `GET /v1/sse`: the fast path may serve it.
+    Sse(SseRequest),
+    /// hyper would refuse this head: answer `status` with a JSON error and close.
+    Malformed { status: u16, message: String },
+    /// Anything else, including incomplete heads: hyper serves it.
+    Other,
+}
+
+/// The parts of an SSE request head the SSE route needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SseRequest {
+    pub head_len: usize,
+    pub query: Option<String>,
+    /// The `Last-Event-ID` header; `Err` when it is not UTF-8.
+    pub last_event_id: Option<Result<String, ()>>,
+}
+
+/// Classifies the bytes of a connection that have arrived so far.
+pub fn classify(buf: &[u8]) -> Head {
+    // An HTTP/2 prior-knowledge preface is hyper's to answer (or refuse) as it sees fit.
+    if buf.starts_with(b"PRI * HTTP/2.0") {
+        return Head::Other;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Other,
+        Err(httparse::Error::TooManyHeaders) => {
+            return Head::Malformed {
+                status: 431,
+                message: format!("more than {MAX_HEADERS} header fields"),
+            };
+        }
+        Err(e) => {
+            return Head::Malformed {
+                status: 400,
+                message: format!("malformed HTTP request head: {e}"),
+            };
+        }
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Head::Other;
+    };
+    if http::Uri::try_from(target).is_err() {
+        return Head::Malformed {
+            status: 400,
+            message: "malformed HTTP request target".to_owned(),
+        };
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q.to_owned())),
+        None => (target, None),
+    };
+    let unusual = |name: &str| {
+        ["content-length", "transfer-encoding", "expect", "upgrade"]
+            .iter()
+            .any(|u| name.eq_ignore_ascii_case(u))
+    };
+    if method != "GET" || version != 1 || path != "/v1/sse" {
+        return Head::Other;
+    }
+    let mut last_event_id = None;
+    for h in req.headers.iter() {
+        if unusual(h.name) {
+            return Head::Other;
+        }
+        if h.name.eq_ignore_ascii_case("last-event-id") {
+            if last_event_id.is_some() {
+                // Which one wins is not obvious: let hyper's route decide.
+                return Head::Other;
+            }
+            last_event_id = Some(String::from_utf8(h.value.to_vec()).map_err(|_| ()));
+        }
+    }
+    Head::Sse(SseRequest {
+        head_len,
+        query,
+        last_event_id,
+    })
+}
+
+/// A complete `HTTP/1.1` error response with the JSON error body, closing the connection.
+pub fn malformed_response(status: u16, message: &str) -> Bytes {
+    let body = error_body(ErrorCode::BadRequest, message);
+    let reason = match status {
+        431 => "Request Header Fields Too Large",
+        _ => "Bad Request",
+    };
+    let mut out = BytesMut::with_capacity(body.len() + 128);
+    out.put_slice(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.put_slice(body.as_bytes());
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sse(head: &str) -> Option<SseRequest> {
+        match classify(head.as_bytes()) {
+            Head::Sse(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_sse_request_takes_the_fast_path() {
+        let head = "GET /v1/sse?channel=a HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e,1,a\r\n\r\n";
+        let r = sse(head).expect("fast path");
+        assert_eq!(r.head_len, head.len());
+        assert_eq!(r.query.as_deref(), Some("channel=a"));
+        assert_eq!(r.last_event_id, Some(Ok("e,1,a".to_owned())));
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_hyper() {
+        for head in [
+            "GET /v1/sse?channel=a HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nLast-Event-ID: a\r\nLast-Event-ID: b\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.0\r\n\r\n",
+            "POST /v1/sse?channel=a HTTP/1.1\r\n\r\n",
+            "GET /v1/ssex HTTP/1.1\r\n\r\n",
+            "GET /v1/sse?channel=a HTTP/1.1\r\nHost: x\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "",
+        ] {
+            assert_eq!(classify(head.as_bytes()), Head::Other, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn heads_hyper_refuses_get_a_json_answer() {
+        for head in [
+            "GARBAGE\r\n\r\n",
+            "GET / HTTP/9.9\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            "\x16\x03\x01\x02\x00",
+        ] {
+            assert!(
+                matches!(
+                    classify(head.as_bytes()),
+                    Head::Malformed { status: 400, .. }
+                ),
+                "{head:?}"
+            );
+        }
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(
+            classify(head.as_bytes()),
+            Head::Malformed { status: 431, .. }
+        ));
+        let resp = malformed_response(400, "malformed HTTP request head: invalid token");
+        let text = std::str::from_utf8(&resp).expect("text");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+}
