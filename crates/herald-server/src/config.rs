@@ -216,7 +216,7 @@ pub enum LogFormat {
 options! {
     /// Address to listen on: IP:port or host:port (port 0 picks a free port; the bound address is printed on stdout). [default: 127.0.0.1:8080]
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
-    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2). Unset: the embedded in-memory broker. [default: unset]
+    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2; rediss:// is not supported yet). Unset: the embedded in-memory broker. [default: unset]
     redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
     /// Upper bound on one Redis publish or history read; past it publishes get 503. [default: 2s]
     redis_timeout: Duration = Duration::from_secs(2), env = "HERALD_REDIS_TIMEOUT", parse = parse_duration;
@@ -260,7 +260,7 @@ options! {
     drain_window: Duration = Duration::from_secs(10), env = "HERALD_DRAIN_WINDOW", parse = parse_duration;
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
-    /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug). [default: info]
+    /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]
     log_level: String = "info".to_owned(), env = "HERALD_LOG_LEVEL", parse = parse_log_level;
 }
 
