@@ -30,8 +30,14 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// Too many channels on one connection, or too many connections.
     LimitExceeded,
-    /// Publish rate limited.
+    /// Over a rate limit (publishes per API key, messages per WebSocket, new connections per
+    /// client address); retry after the `Retry-After` delay.
     RateLimited,
+    /// This client address holds as many connections as `max_connections_per_ip` allows.
+    TooManyConnections,
+    /// This node holds as many connections as it allows (`max_connections`); retry (on another
+    /// node) after the `Retry-After` delay.
+    OverCapacity,
     /// The broker (e.g. Redis) cannot be reached; retry with the same idempotency key.
     Unavailable,
     /// The server is draining; reconnect elsewhere.
@@ -58,6 +64,8 @@ impl ErrorCode {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::LimitExceeded => "limit_exceeded",
             Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
+            Self::OverCapacity => "over_capacity",
             Self::Unavailable => "unavailable",
             Self::Draining => "draining",
             Self::SlowConsumer => "slow_consumer",
@@ -81,8 +89,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => 405,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
-            Self::RateLimited => 429,
-            Self::Unavailable | Self::Draining | Self::SlowConsumer => 503,
+            Self::RateLimited | Self::TooManyConnections => 429,
+            Self::Unavailable | Self::Draining | Self::SlowConsumer | Self::OverCapacity => 503,
             Self::Internal => 500,
         }
     }
