@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn malformed_patterns_are_refused() {
-        for bad in ["", "  ", "news*", "*news", "ne*ws.*", "a b", "news.**", "**"] {
+        for bad in [
+            "", "  ", "news*", "*news", "ne*ws.*", "a b", "news.**", "**",
+        ] {
             assert!(ChannelPattern::parse(bad).is_err(), "{bad:?}");
         }
         assert!(matches!(

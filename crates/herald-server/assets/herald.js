@@ -171,8 +171,9 @@
       this._emit('error', new Error('closed by server policy (1008): ' + info.reason));
       return this._setState('closed', info);
     }
-    // 1012 (drain/restart), 4000 (slow consumer), 4001 (ping timeout), network loss: all mean
-    // "come back and resume", which the resubscribe in onopen does.
+    // 1012 (drain/restart), 4000 (slow consumer), 4001 (ping timeout), 4029 (rate limited),
+    // network loss: all mean "come back (after the backoff) and resume", which the resubscribe
+    // in onopen does.
     this._scheduleReconnect(info);
   };
 

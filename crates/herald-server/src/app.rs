@@ -8,12 +8,18 @@ use std::sync::{
 use herald_core::protocol::Limits;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{config::Config, hub::Hub, metrics::Metrics};
+use crate::{
+    config::Config, hub::Hub, limits::ConnectionLimits, metrics::Metrics, publishers::Publishers,
+};
 
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
     pub limits: Limits,
+    /// Who may publish over HTTP.
+    pub publishers: Publishers,
+    /// Connections per node and per client address.
+    pub connections: Arc<ConnectionLimits>,
     pub metrics: Metrics,
     /// Cancelled when the server starts draining: streaming connections end and tell their
     /// clients to reconnect.
@@ -28,6 +34,8 @@ impl App {
     pub fn new(config: Config, hub: Arc<Hub>, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             limits: config.limits(),
+            publishers: Publishers::new(&config.api_keys, &metrics),
+            connections: ConnectionLimits::new(&config, metrics.limits.clone()),
             metrics,
             config,
             hub,

@@ -9,6 +9,12 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
+mod api_keys;
+
+pub use api_keys::{ApiKey, ApiKeys, KeyRate, Secret};
+
+use crate::{http::cors::AllowedOrigins, limits::TrustedProxies};
+
 /// Why the configuration was refused. Printed at start; the process exits with status 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -30,7 +36,7 @@ pub enum ConfigError {
 }
 
 macro_rules! options {
-    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal, parse = $parse:expr $(, bare = $bare:literal)?; )*) => {
+    ($( $(#[doc = $doc:literal])* $name:ident : $ty:ty = $default:expr, env = $env:literal, parse = $parse:expr $(, bare = $bare:literal)? $(, file = $file:expr)?; )*) => {
         /// Herald: real-time pub/sub fan-out over SSE and WebSocket.
         ///
         /// Every option can also be set as HERALD_<NAME> in the environment or as <name> in the
@@ -68,7 +74,7 @@ macro_rules! options {
                 let config = Self {
                     $( $name: match (cli.$name, file.$name) {
                         (Some(v), _) => v,
-                        (None, Some(v)) => ($parse)(&file_text(v))
+                        (None, Some(v)) => file_value!(v, $parse $(, $file)?)
                             .map_err(|reason| ConfigError::Invalid { option: stringify!($name), reason })?,
                         (None, None) => $default,
                     }, )*
@@ -83,6 +89,17 @@ macro_rules! options {
                 Self { $( $name: $default, )* }
             }
         }
+    };
+}
+
+/// Reads an option's value from the TOML file: as the text a flag would carry, or with the
+/// option's own `file = ...` reader when its file form is structured (`[[api_keys]]` tables).
+macro_rules! file_value {
+    ($v:expr, $parse:expr) => {
+        ($parse)(&file_text($v))
+    };
+    ($v:expr, $parse:expr, $file:expr) => {
+        ($file)($v)
     };
 }
 
@@ -133,6 +150,28 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// A rate: events per second as a number (`10`, `0.5`) or with a unit (`10/s`, `600/m`, `3600/h`).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (num, per) = match s.split_once('/') {
+        None => (s, 1.0),
+        Some((n, "s")) => (n, 1.0),
+        Some((n, "m")) => (n, 60.0),
+        Some((n, "h")) => (n, 3600.0),
+        Some(_) => {
+            return Err(format!(
+                "{s:?} is not a rate like 10, 10/s, 600/m or 3600/h"
+            ));
+        }
+    };
+    match num.trim().parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n / per),
+        _ => Err(format!(
+            "{s:?} is not a rate like 10, 10/s, 600/m or 3600/h"
+        )),
+    }
+}
+
 /// `IP:port`, or `host:port` with a host name resolved once, at start (`localhost:8080`). A name
 /// with several addresses binds the first IPv4 one (`localhost` is 127.0.0.1, as in every
 /// example), else the first.
@@ -170,34 +209,6 @@ fn parse_string(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
-/// Comma-separated list (API keys). Whitespace around items is ignored.
-fn parse_list(s: &str) -> Result<ApiKeys, String> {
-    Ok(ApiKeys(
-        s.split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(str::to_owned)
-            .collect(),
-    ))
-}
-
-/// Publisher API keys. A newtype so `Debug` (and so any log of the config) never shows them.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ApiKeys(pub Vec<String>);
-
-impl std::fmt::Debug for ApiKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKeys({} redacted)", self.0.len())
-    }
-}
-
-impl std::ops::Deref for ApiKeys {
-    type Target = [String];
-    fn deref(&self) -> &[String] {
-        &self.0
-    }
-}
-
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     match s.trim() {
         "human" | "text" => Ok(LogFormat::Human),
@@ -222,8 +233,8 @@ options! {
     redis_timeout: Duration = Duration::from_secs(2), env = "HERALD_REDIS_TIMEOUT", parse = parse_duration;
     /// How often each Redis pub/sub connection is checked by publishing to this node's probe channel (a connection that silently stopped delivering is reconnected). [default: 5s]
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
-    /// API keys allowed to publish (comma-separated). Empty: publishing needs no key. [default: none]
-    api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = parse_list;
+    /// API keys allowed to publish (comma-separated; each may publish to every channel). Named keys scoped to channels and rate-limited: [[api_keys]] tables in the config file (docs/security.md). Empty: publishing needs no key. [default: none]
+    api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = api_keys::parse_list, file = api_keys::from_toml;
     /// Let WebSocket clients publish with the `publish` op (the flag alone means true). [default: false]
     allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool, bare = "true";
     /// Messages kept per channel for resume and the history endpoint. [default: 1000]
@@ -258,6 +269,32 @@ options! {
     channel_linger: Duration = Duration::from_secs(2), env = "HERALD_CHANNEL_LINGER", parse = parse_duration;
     /// On SIGTERM/SIGINT: clients are told to reconnect at random moments spread over this window (no reconnect storm); the process exits when they are gone, at most 2s after the window. [default: 10s]
     drain_window: Duration = Duration::from_secs(10), env = "HERALD_DRAIN_WINDOW", parse = parse_duration;
+    // --- publishers, origins and connection limits (docs/security.md) ---
+    /// Web origins allowed to open WebSockets and read over CORS (comma-separated): exact origins (https://app.example.com) and subdomain patterns (https://*.example.com). A page from the node's own host is always allowed; a request without Origin (not a browser) too. Unset: every origin. [default: unset]
+    allowed_origins: AllowedOrigins = AllowedOrigins::default(), env = "HERALD_ALLOWED_ORIGINS", parse = AllowedOrigins::parse_list;
+    /// A connection whose request head is not complete this long after it was accepted (a silent socket, a slowloris head) is closed. [default: 10s]
+    header_read_timeout: Duration = Duration::from_secs(10), env = "HERALD_HEADER_READ_TIMEOUT", parse = parse_duration;
+    /// An HTTP keep-alive connection idle this long after its last response is closed (streams are not idle). [default: 60s]
+    keep_alive_timeout: Duration = Duration::from_secs(60), env = "HERALD_KEEP_ALIVE_TIMEOUT", parse = parse_duration;
+    /// Most open client connections on this node; beyond it new SSE/WebSocket requests get 503 over_capacity. 0: derived from the open-file limit. [default: 0]
+    max_connections: usize = 0, env = "HERALD_MAX_CONNECTIONS", parse = parse_usize;
+    /// Most open connections from one client address. 0: no limit. [default: 0]
+    max_connections_per_ip: usize = 0, env = "HERALD_MAX_CONNECTIONS_PER_IP", parse = parse_usize;
+    /// New connections per second allowed from one client address (e.g. 10, 10/s, 600/m). 0: no limit. [default: 0]
+    connection_rate_per_ip: f64 = 0.0, env = "HERALD_CONNECTION_RATE_PER_IP", parse = parse_rate;
+    /// Burst of new connections from one client address above connection_rate_per_ip. 0: twice the rate. [default: 0]
+    connection_burst_per_ip: usize = 0, env = "HERALD_CONNECTION_BURST_PER_IP", parse = parse_usize;
+    /// Proxies (comma-separated addresses or CIDRs, e.g. 10.0.0.0/8,::1) whose X-Forwarded-For or Forwarded header names the client address. Anyone else's such headers are ignored. [default: none]
+    trusted_proxies: TrustedProxies = TrustedProxies::default(), env = "HERALD_TRUSTED_PROXIES", parse = TrustedProxies::parse_list;
+    /// Messages (and pings) per second one WebSocket may send; above it they are refused with `rate_limited`, and a connection that keeps it up is closed with 4029. 0: no limit. [default: 100]
+    ws_message_rate: f64 = 100.0, env = "HERALD_WS_MESSAGE_RATE", parse = parse_rate;
+    /// Burst of WebSocket messages above ws_message_rate. [default: 200]
+    ws_message_burst: usize = 200, env = "HERALD_WS_MESSAGE_BURST", parse = parse_usize;
+    /// Publishes per second one WebSocket may make (with allow_client_publish); above it `rate_limited`, kept up: close 4029. 0: no limit. [default: 20]
+    ws_publish_rate: f64 = 20.0, env = "HERALD_WS_PUBLISH_RATE", parse = parse_rate;
+    /// Burst of WebSocket publishes above ws_publish_rate. [default: 40]
+    ws_publish_burst: usize = 40, env = "HERALD_WS_PUBLISH_BURST", parse = parse_usize;
+    // --- end of publishers, origins and connection limits ---
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]
@@ -297,9 +334,27 @@ impl Config {
             ("ws_ping_interval", self.ws_ping_interval),
             ("ws_ping_timeout", self.ws_ping_timeout),
             ("history_ttl", self.history_ttl),
+            ("header_read_timeout", self.header_read_timeout),
+            ("keep_alive_timeout", self.keep_alive_timeout),
         ] {
             if d.is_zero() {
                 return invalid(option, "must be greater than 0");
+            }
+        }
+        for (option, rate, burst) in [
+            (
+                "ws_message_burst",
+                self.ws_message_rate,
+                self.ws_message_burst,
+            ),
+            (
+                "ws_publish_burst",
+                self.ws_publish_rate,
+                self.ws_publish_burst,
+            ),
+        ] {
+            if rate > 0.0 && burst == 0 {
+                return invalid(option, "must be at least 1 when its rate is set");
             }
         }
         if self.queue_max_bytes < self.max_message_bytes + 1024 {
@@ -371,8 +426,12 @@ mod tests {
             Duration::from_millis(500),
             "file beats default"
         );
-        assert_eq!(*c.api_keys, ["a", "b"]);
-        assert_eq!(format!("{:?}", c.api_keys), "ApiKeys(2 redacted)");
+        let secrets: Vec<&[u8]> = c.api_keys.iter().map(|k| k.secret.as_bytes()).collect();
+        assert_eq!(secrets, [b"a", b"b"]);
+        assert_eq!(
+            format!("{:?}", c.api_keys),
+            "ApiKeys(2 keys, secrets redacted: unnamed [*], unnamed [*])"
+        );
         assert_eq!(c.max_channels_per_connection, 64, "default");
         std::fs::write(&path, "no_such_option = 1\n").expect("write");
         assert!(matches!(
@@ -393,7 +452,8 @@ mod tests {
     #[test]
     fn list_flags_take_comma_separated_values() {
         let c = Config::from_cli(cli(&["--api-keys", "k1, k2"])).expect("valid");
-        assert_eq!(*c.api_keys, ["k1", "k2"]);
+        let secrets: Vec<&[u8]> = c.api_keys.iter().map(|k| k.secret.as_bytes()).collect();
+        assert_eq!(secrets, [b"k1", b"k2"]);
         assert!(c.redis_url.is_empty());
     }
 
@@ -461,6 +521,63 @@ mod tests {
             }
         }
         assert!(Config::from_cli(cli(&["--redis-url", "redis://127.0.0.1:6390/2"])).is_ok());
+    }
+
+    #[test]
+    fn security_options_load_from_the_file_and_flags() {
+        let dir = std::env::temp_dir().join(format!("herald-config-sec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("herald.toml");
+        std::fs::write(
+            &path,
+            r#"
+allowed_origins = ["https://app.example.com", "https://*.example.org"]
+trusted_proxies = ["10.0.0.0/8", "::1"]
+connection_rate_per_ip = "600/m"
+ws_message_rate = 0.5
+header_read_timeout = "2s"
+
+[[api_keys]]
+name = "billing"
+key = "k1"
+channels = ["orders.*"]
+rate = "5/s"
+"#,
+        )
+        .expect("write");
+        let file = path.to_str().expect("utf8");
+        let c = Config::from_cli(cli(&["--config", file])).expect("valid");
+        assert_eq!(c.api_keys.len(), 1);
+        assert_eq!(c.api_keys[0].name, "billing");
+        assert_eq!(c.api_keys[0].rate.map(|r| r.burst), Some(10));
+        assert!(!c.allowed_origins.is_any());
+        assert!(c.trusted_proxies.trusts("10.1.2.3".parse().expect("ip")));
+        assert_eq!(c.connection_rate_per_ip, 10.0);
+        assert_eq!(c.ws_message_rate, 0.5);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(2));
+        // A flag replaces the file's keys entirely.
+        let c = Config::from_cli(cli(&["--config", file, "--api-keys", "k2"])).expect("valid");
+        assert_eq!(c.api_keys[0].name, "unnamed");
+        for (args, option) in [
+            (
+                &["--allowed-origins", "https://*.com"][..],
+                "allowed_origins",
+            ),
+            (&["--trusted-proxies", "10.0.0.0/40"][..], "trusted_proxies"),
+            (&["--ws-message-burst", "0"][..], "ws_message_burst"),
+            (&["--header-read-timeout", "0s"][..], "header_read_timeout"),
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("herald").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())
+                .and_then(|cli| Config::from_cli(cli).map_err(|e| e.to_string()));
+            let err = err.expect_err("refused");
+            let flag = option.replace('_', "-");
+            assert!(err.contains(option) || err.contains(&flag), "{err}");
+        }
+        assert_eq!(parse_rate("10"), Ok(10.0));
+        assert_eq!(parse_rate("3600/h"), Ok(1.0));
+        assert!(parse_rate("-1").is_err() && parse_rate("5/d").is_err());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

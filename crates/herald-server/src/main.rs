@@ -49,6 +49,8 @@ fn main() -> std::process::ExitCode {
         LogFormat::Json => logs.json().init(),
         LogFormat::Human => logs.init(),
     }
+    // Every connection is a file: use the whole hard limit (max_connections derives from it).
+    herald_server::limits::fds::raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

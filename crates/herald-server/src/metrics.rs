@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use herald_broker::RedisStats;
 
-use crate::hub::Hub;
+use crate::{
+    hub::Hub,
+    limits::{ConnectionLimits, Limit},
+};
 
 /// Latency buckets from 100 us to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -50,8 +53,50 @@ impl Default for HubMetrics {
     }
 }
 
+/// `herald_limit_rejections_total` by limit, one counter handle per label so a hot path never
+/// looks a label up.
+#[derive(Clone)]
+pub struct LimitCounters(Arc<[IntCounter]>);
+
+impl LimitCounters {
+    fn new(vec: &IntCounterVec) -> Self {
+        // Every label exists from the start, at 0, so dashboards and alerts see the series.
+        Self(
+            Limit::ALL
+                .iter()
+                .map(|l| vec.with_label_values(&[l.label()]))
+                .collect(),
+        )
+    }
+
+    pub fn get(&self, limit: Limit) -> &IntCounter {
+        &self.0[limit as usize]
+    }
+
+    pub fn hit(&self, limit: Limit) {
+        self.get(limit).inc();
+    }
+}
+
+impl Default for LimitCounters {
+    /// Unregistered counters, for parts built outside a server (tests).
+    fn default() -> Self {
+        Self::new(&IntCounterVec::new(Opts::new("limits", "-"), &["limit"]).expect("metric"))
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Requests, connections and messages refused or closed by a limit, by limit (its option
+    /// name).
+    pub limits: LimitCounters,
+    /// Publish requests refused for an API key, by key name and reason (`forbidden`,
+    /// `rate_limited`).
+    pub api_key_rejections: IntCounterVec,
+    /// `accept` failures (e.g. out of file descriptors); the accept loop backs off.
+    pub accept_errors: IntCounter,
+    client_sockets: IntGauge,
+    max_connections: IntGauge,
     /// Open client connections by transport (`sse`, `ws`).
     pub connections: IntGaugeVec,
     /// Client connections opened, by transport.
@@ -122,7 +167,38 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let limit_rejections = counter_vec(
+            &r,
+            "herald_limit_rejections_total",
+            "Requests, connections and messages refused or closed by a limit, by limit.",
+            &["limit"],
+        );
         Self {
+            limits: LimitCounters::new(&limit_rejections),
+            api_key_rejections: counter_vec(
+                &r,
+                "herald_api_key_rejections_total",
+                "Publish requests refused for an API key, by key name and reason.",
+                &["key", "reason"],
+            ),
+            accept_errors: register(
+                &r,
+                IntCounter::new(
+                    "herald_accept_errors_total",
+                    "Failed accepts (e.g. out of file descriptors); the accept loop backs off.",
+                )
+                .expect("valid metric"),
+            ),
+            client_sockets: gauge(
+                &r,
+                "herald_client_sockets",
+                "Open client TCP connections (streams, requests, idle), counted against max_connections.",
+            ),
+            max_connections: gauge(
+                &r,
+                "herald_max_connections",
+                "The max_connections in force (configured or derived from the open-file limit).",
+            ),
             connections,
             accepted: counter_vec(
                 &r,
@@ -220,7 +296,9 @@ impl Metrics {
     }
 
     /// The text exposition of every metric, with the hub's gauges refreshed.
-    pub fn render(&self, hub: &Hub) -> Vec<u8> {
+    pub fn render(&self, hub: &Hub, limits: &ConnectionLimits) -> Vec<u8> {
+        self.client_sockets.set(limits.open() as i64);
+        self.max_connections.set(limits.max_connections() as i64);
         let stats = hub.stats();
         self.subscriptions.set(stats.subscriptions as i64);
         self.channels.set(stats.channels as i64);

@@ -7,13 +7,17 @@ use herald_broker::{
 };
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
 
 use crate::{
     app::App,
     config::Config,
     http,
     hub::{Hub, HubConfig},
+    limits::{Limit, Permit, timer::HeadTimer},
     metrics::Metrics,
     transport::{self, sse::ConnectionSignal},
 };
@@ -73,11 +77,13 @@ pub async fn run(
         .map(|a| a.to_string())
         .unwrap_or_default();
     tracing::info!(broker = app.hub.broker().kind(), %addr, "herald serving");
+    crate::posture::warn_if_open(&app.config);
 
+    let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => accept(&app, accepted, false).await,
+            accepted = listener.accept() => accept(&app, accepted, false, &mut backoff).await,
             () = &mut shutdown => break,
         }
     }
@@ -86,10 +92,10 @@ pub async fn run(
     app.start_draining();
     app.shutdown.cancel();
     app.tasks.close();
-    let deadline = tokio::time::Instant::now() + app.config.drain_window + Duration::from_secs(2);
+    let deadline = Instant::now() + app.config.drain_window + Duration::from_secs(2);
     loop {
         tokio::select! {
-            accepted = listener.accept() => accept(&app, accepted, true).await,
+            accepted = listener.accept() => accept(&app, accepted, true, &mut backoff).await,
             () = app.tasks.wait() => break,
             () = tokio::time::sleep_until(deadline) => {
                 tracing::warn!(remaining = app.tasks.len(), "drain window over: closing remaining connections");
@@ -99,33 +105,79 @@ pub async fn run(
     }
 }
 
+/// How long the accept loop pauses after a failed accept: doubling from 5 ms to 1 s while
+/// accepts keep failing (out of file descriptors, the usual cause, lasts until connections
+/// close; retrying at once would spin a core), back to nothing after a success.
+#[derive(Default)]
+struct AcceptBackoff {
+    delay: Option<Duration>,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+
+    async fn failed(&mut self, app: &App, e: &std::io::Error) {
+        app.metrics.accept_errors.inc();
+        let delay = match self.delay {
+            None => {
+                tracing::warn!(error = %e, "accept failed: backing off until accepts succeed");
+                Self::FIRST
+            }
+            Some(d) => {
+                tracing::debug!(error = %e, "accept failed again");
+                (d * 2).min(Self::MAX)
+            }
+        };
+        self.delay = Some(delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
 async fn accept(
     app: &Arc<App>,
     accepted: std::io::Result<(TcpStream, std::net::SocketAddr)>,
     draining: bool,
+    backoff: &mut AcceptBackoff,
 ) {
     match accepted {
-        Ok((stream, _peer)) => {
-            app.tasks.spawn(serve(app.clone(), stream, draining));
+        Ok((stream, peer)) => {
+            backoff.delay = None;
+            // The request-head deadline runs from here, whatever happens to the socket next.
+            let head_deadline = Instant::now() + app.config.header_read_timeout;
+            match app.connections.admit_socket(peer.ip()) {
+                Ok(permit) => {
+                    app.tasks
+                        .spawn(serve(app.clone(), stream, permit, head_deadline, draining));
+                }
+                Err(refusal) => app.connections.refuse(stream, refusal),
+            }
         }
-        Err(e) => {
-            // Usually EMFILE: back off instead of spinning; existing connections go on.
-            tracing::warn!(error = %e, "accept failed");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Err(e) => backoff.failed(app, &e).await,
     }
 }
 
 /// Serves one TCP connection. `draining`: accepted during the drain, so it serves one request
 /// without keep-alive instead of being told to shut down before its first request.
-async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
+///
+/// `permit` holds the connection's place in the connection limits until the task ends (a
+/// WebSocket takes its own); `head_deadline` is when a connection without a complete request
+/// head is closed (`header_read_timeout` after accept).
+async fn serve(
+    app: Arc<App>,
+    stream: TcpStream,
+    permit: Permit,
+    head_deadline: Instant,
+    draining: bool,
+) {
     let _ = stream.set_nodelay(true);
+    let peer = permit.peer();
     let stream = if draining {
         stream
     } else {
-        match transport::sse_direct::try_serve(&app, stream).await {
+        match transport::sse_direct::try_serve(&app, stream, peer, head_deadline).await {
             Some(stream) => stream,
-            None => return, // served as an SSE stream
+            None => return, // served as an SSE stream, or closed
         }
     };
     // The drain may have begun while the first request was awaited: serve that one and close.
@@ -135,6 +187,7 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
     let signal = ConnectionSignal(kill.clone());
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(signal.clone());
+        req.extensions_mut().insert(peer);
         let app = service_app.clone();
         async move {
             let mut resp = http::handle(app.clone(), req).await?;
@@ -151,8 +204,19 @@ async fn serve(app: Arc<App>, stream: TcpStream, draining: bool) {
     });
     // HTTP/1.1 only: browsers speak HTTP/2 only over TLS, which ends at the load balancer, and
     // hyper's http1 connection hands WebSocket upgrades back as the bare `TcpStream`.
+    // hyper enforces the header read timeout only with a timer; ours also makes it the
+    // keep-alive idle timeout after the first request (see `limits::timer`).
+    let counters = &app.metrics.limits;
+    let timer = HeadTimer::new(
+        head_deadline,
+        app.config.keep_alive_timeout,
+        counters.get(Limit::HeaderReadTimeout).clone(),
+        counters.get(Limit::KeepAliveTimeout).clone(),
+    );
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(!draining)
+        .timer(timer)
+        .header_read_timeout(app.config.header_read_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     tokio::pin!(conn);

@@ -240,6 +240,12 @@ impl RawWs {
 
     /// Sends one masked frame.
     pub async fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        let f = Self::frame(opcode, fin, payload);
+        self.stream.write_all(&f).await.expect("write frame");
+    }
+
+    /// The bytes of one masked client frame (`opcode` may carry reserved bits).
+    pub fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
         let len = payload.len();
         if len < 126 {
@@ -254,7 +260,7 @@ impl RawWs {
         let mask = [1u8, 2, 3, 4];
         f.extend_from_slice(&mask);
         f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.stream.write_all(&f).await.expect("write frame");
+        f
     }
 
     /// Reads one server frame: (opcode, payload). `None` on EOF.

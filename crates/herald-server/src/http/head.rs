@@ -39,6 +39,13 @@ pub struct SseRequest {
     pub query: Option<String>,
     /// The `Last-Event-ID` header; `Err` when it is not UTF-8.
     pub last_event_id: Option<Result<String, ()>>,
+    /// `Origin` and `Host`, for the origin check and CORS.
+    pub origin: Option<Vec<u8>>,
+    pub host: Option<Vec<u8>>,
+    /// Every `X-Forwarded-For` and `Forwarded` value, for the client address behind a trusted
+    /// proxy.
+    pub forwarded_for: Vec<Vec<u8>>,
+    pub forwarded: Vec<Vec<u8>>,
 }
 
 /// Classifies the bytes of a connection that have arrived so far.
@@ -87,9 +94,24 @@ pub fn classify(buf: &[u8]) -> Head {
         return Head::Other;
     }
     let mut last_event_id = None;
+    let (mut origin, mut host) = (None, None);
+    let (mut forwarded_for, mut forwarded) = (Vec::new(), Vec::new());
     for h in req.headers.iter() {
         if unusual(h.name) {
             return Head::Other;
+        }
+        let is = |name: &str| h.name.eq_ignore_ascii_case(name);
+        if is("origin") || is("host") {
+            let slot = if is("origin") { &mut origin } else { &mut host };
+            if slot.is_some() {
+                // Two of them: hyper's route sees the same ambiguity and decides.
+                return Head::Other;
+            }
+            *slot = Some(h.value.to_vec());
+        } else if is("x-forwarded-for") {
+            forwarded_for.push(h.value.to_vec());
+        } else if is("forwarded") {
+            forwarded.push(h.value.to_vec());
         }
         if h.name.eq_ignore_ascii_case("last-event-id") {
             if last_event_id.is_some() {
@@ -103,6 +125,10 @@ pub fn classify(buf: &[u8]) -> Head {
         head_len,
         query,
         last_event_id,
+        origin,
+        host,
+        forwarded_for,
+        forwarded,
     })
 }
 

@@ -1,6 +1,7 @@
 //! HTTP routing and the JSON responses every route shares.
 
 mod assets;
+pub mod cors;
 pub mod head;
 mod history;
 pub mod publish;
@@ -13,7 +14,7 @@ use herald_core::{ErrorCode, error::error_body};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
-use crate::{app::App, transport};
+use crate::{app::App, limits::Limit, transport};
 
 /// The response body type of every route (full JSON bodies and SSE streams alike).
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -40,10 +41,52 @@ pub fn error(code: ErrorCode, message: &str) -> Response<Body> {
     json(status, error_body(code, message))
 }
 
+/// A `429`/`503` error response with `Retry-After` (whole seconds, at least 1).
+pub fn error_retry_after(code: ErrorCode, message: &str, retry_after: Duration) -> Response<Body> {
+    let mut resp = error(code, message);
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    resp
+}
+
+/// The response to a connection or stream refused by a connection limit.
+pub fn refused(r: crate::limits::Refusal) -> Response<Body> {
+    error_retry_after(
+        r.code(),
+        r.message(),
+        Duration::from_secs(r.retry_after_secs()),
+    )
+}
+
 /// Routes one request. Never fails: every problem becomes a JSON error response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let route = route_label(req.method(), req.uri().path());
-    let resp = route_request(&app, req).await;
+    // Browsers: the origin check and CORS apply to the API routes (not the console or health).
+    let cors = req.uri().path().starts_with("/v1/").then(|| {
+        let h = req.headers();
+        let header = |name| h.get(name).map(header::HeaderValue::as_bytes);
+        app.config
+            .allowed_origins
+            .check(header(header::ORIGIN), header(header::HOST))
+    });
+    let listing = !app.config.allowed_origins.is_any();
+    let mut resp = match &cors {
+        Some(cors::Verdict::Refused) => {
+            app.metrics.limits.hit(Limit::AllowedOrigins);
+            cors::forbidden_origin()
+        }
+        Some(verdict) if req.method() == Method::OPTIONS => {
+            match allowed_methods(req.uri().path()) {
+                Some(methods) => verdict.preflight(methods, listing),
+                None => error(ErrorCode::NotFound, "no such route"),
+            }
+        }
+        _ => route_request(&app, req).await,
+    };
+    if let Some(verdict) = &cors {
+        verdict.decorate(resp.headers_mut(), listing);
+    }
     app.metrics
         .http_requests
         .with_label_values(&[route, resp.status().as_str()])
@@ -75,7 +118,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
         (&Method::GET | &Method::HEAD, "/healthz") => json(StatusCode::OK, r#"{"status":"ok"}"#),
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(app).await,
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let mut resp = Response::new(full(app.metrics.render(&app.hub)));
+            let mut resp = Response::new(full(app.metrics.render(&app.hub, &app.connections)));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -10,36 +10,59 @@ use herald_core::{
 };
 use http_body_util::{BodyExt, Limited};
 use hyper::{Request, Response, StatusCode, body::Incoming, header};
-use subtle::ConstantTimeEq;
 
-use super::{Body, error, json};
-use crate::app::App;
+use super::{Body, error, error_retry_after, json};
+use crate::{
+    app::App,
+    limits::Limit,
+    publishers::{Denied, Publisher},
+};
 
-/// Checks `authorization: Bearer KEY` against the configured keys, comparing in constant time
-/// and against every key so timing reveals neither a key nor which one matched.
-fn authorize(app: &App, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    if app.config.api_keys.is_empty() {
-        return Ok(());
-    }
-    let presented = req
-        .headers()
+/// The key in `authorization: Bearer KEY`, if any. Only this header authorises a publish:
+/// cookies never do (a page on another site can make a browser send them).
+fn presented_key(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token);
-    let Some(presented) = presented else {
-        return Err(error(
-            ErrorCode::Unauthorized,
-            "missing `authorization: Bearer <api key>` header",
-        ));
+        .and_then(bearer_token)
+}
+
+/// Authenticates the publisher (see [`crate::publishers`]) and takes one request from its
+/// rate. `None` when publishing is open.
+fn authorize<'a>(
+    app: &'a App,
+    req: &Request<Incoming>,
+) -> Result<Option<&'a Publisher>, Response<Body>> {
+    let publisher = match app.publishers.authenticate(presented_key(req)) {
+        Ok(p) => p,
+        Err(Denied::Missing) => {
+            return Err(error(
+                ErrorCode::Unauthorized,
+                "missing `authorization: Bearer <api key>` header",
+            ));
+        }
+        Err(Denied::Invalid) => return Err(error(ErrorCode::Unauthorized, "invalid API key")),
     };
-    let mut ok = subtle::Choice::from(0);
-    for key in app.config.api_keys.iter() {
-        ok |= key.as_bytes().ct_eq(presented.as_bytes());
+    if let Some(p) = publisher
+        && let Err(wait) = p.take()
+    {
+        return Err(error_retry_after(
+            ErrorCode::RateLimited,
+            &format!("API key {:?} is over its rate limit", p.name()),
+            wait,
+        ));
     }
-    if bool::from(ok) {
-        Ok(())
-    } else {
-        Err(error(ErrorCode::Unauthorized, "invalid API key"))
+    Ok(publisher)
+}
+
+/// Refuses a channel the publisher's key does not cover.
+fn check_scope(publisher: Option<&Publisher>, channel: &str) -> Result<(), (ErrorCode, String)> {
+    match publisher {
+        Some(p) if !p.may_publish(channel) => Err((
+            ErrorCode::Forbidden,
+            format!("API key {:?} may not publish to {channel}", p.name()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -74,16 +97,20 @@ fn check_content_type(req: &Request<Incoming>) -> Result<(), Response<Body>> {
     }
 }
 
-async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    authorize(app, &req)?;
+async fn read_body(
+    app: &App,
+    req: Request<Incoming>,
+) -> Result<(Bytes, Option<&Publisher>), Response<Body>> {
+    let publisher = authorize(app, &req)?;
     check_content_type(&req)?;
     let limit = app.config.max_body_bytes;
     match Limited::new(req.into_body(), limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => Ok((collected.to_bytes(), publisher)),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
+            app.metrics.limits.hit(Limit::MaxBodyBytes);
             Err(error(
                 ErrorCode::PayloadTooLarge,
                 &format!("body exceeds {limit} bytes"),
@@ -98,6 +125,9 @@ async fn read_body(app: &App, req: Request<Incoming>) -> Result<Bytes, Response<
 
 fn rejected(app: &App, r: Rejection) -> Response<Body> {
     app.metrics.published.with_label_values(&["rejected"]).inc();
+    if r.code == ErrorCode::PayloadTooLarge {
+        app.metrics.limits.hit(Limit::MaxMessageBytes);
+    }
     error(r.code, &r.message)
 }
 
@@ -146,7 +176,7 @@ pub async fn publish_one(app: &App, p: Publish) -> Result<serde_json::Value, (Er
 }
 
 pub async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(app, req).await {
+    let (body, publisher) = match read_body(app, req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -154,6 +184,9 @@ pub async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(p) => p,
         Err(r) => return rejected(app, r),
     };
+    if let Err((code, message)) = check_scope(publisher, p.channel.as_str()) {
+        return error(code, &message);
+    }
     match publish_one(app, p).await {
         Ok(v) => json(StatusCode::OK, v.to_string()),
         Err((code, message)) => error(code, &message),
@@ -161,7 +194,7 @@ pub async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_body(app, req).await {
+    let (body, publisher) = match read_body(app, req).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
@@ -169,9 +202,16 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(p) => p,
         Err(r) => return rejected(app, r),
     };
+    // Each channel is checked against the key's scope: the others are still published.
     let results = join_all(publishes.into_iter().map(|p| {
         let channel = p.channel.clone();
-        async move { (channel, publish_one(app, p).await) }
+        async move {
+            let result = match check_scope(publisher, channel.as_str()) {
+                Ok(()) => publish_one(app, p).await,
+                Err(refused) => Err(refused),
+            };
+            (channel, result)
+        }
     }))
     .await;
     let failed = results.iter().filter(|(_, r)| r.is_err()).count();

@@ -18,6 +18,7 @@ use crate::{
     app::App,
     http,
     hub::{Bounds, CloseReason, Hub, Outbox},
+    limits::{Limit, Permit},
 };
 
 /// The distinct channels of a stream's `?channel=` parameters, in order: repeats cost a hash
@@ -30,6 +31,11 @@ pub fn query_channels(app: &App, query: Option<&str>) -> Result<Vec<ChannelName>
         app.config.max_channels_per_connection,
         "per connection",
     )
+    .inspect_err(|r| {
+        if r.code == herald_core::ErrorCode::LimitExceeded {
+            app.metrics.limits.hit(Limit::MaxChannelsPerConnection);
+        }
+    })
 }
 
 /// One client connection's identity, queue and subscriptions. Dropping it unsubscribes
@@ -41,6 +47,8 @@ pub struct Connection {
     channels: Mutex<Vec<ChannelName>>,
     transport: &'static str,
     app: Arc<App>,
+    /// The capacity this stream holds beyond its HTTP connection's (see [`crate::limits`]).
+    _permit: Option<Permit>,
 }
 
 impl Connection {
@@ -64,7 +72,13 @@ impl Connection {
             channels: Mutex::new(Vec::new()),
             transport,
             app: app.clone(),
+            _permit: None,
         }
+    }
+
+    /// Keeps `permit` for as long as the connection lives.
+    pub fn hold(&mut self, permit: Option<Permit>) {
+        self._permit = permit;
     }
 
     pub fn channel_count(&self) -> usize {
@@ -108,6 +122,10 @@ fn close_label(reason: Option<CloseReason>) -> &'static str {
             code: ws::close::NORMAL,
             ..
         }) => "client_closed",
+        Some(CloseReason::Closed {
+            code: ws::close::RATE_LIMITED,
+            ..
+        }) => "rate_limited",
         Some(CloseReason::Closed { .. }) => "protocol_error",
     }
 }

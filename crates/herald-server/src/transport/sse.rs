@@ -28,8 +28,9 @@ use tokio::time::{Instant, Sleep};
 use super::Connection;
 use crate::{
     app::App,
-    http::{Body, error, query},
+    http::{Body, error, query, refused},
     hub::{CloseReason, Item, SubscribeError},
+    limits::{Peer, Permit},
 };
 
 /// Cancelling this drops the HTTP connection that carries an SSE stream: how a slow consumer
@@ -48,8 +49,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         .get::<ConnectionSignal>()
         .cloned()
         .unwrap_or_default();
+    let permit = match admit(app, &req, false) {
+        Ok(permit) => permit,
+        Err(resp) => return resp,
+    };
     match open(app, req.uri().query(), header_token, signal.0).await {
-        Ok(body) => {
+        Ok(mut body) => {
+            body.hold(permit);
             let mut resp = Response::new(body.boxed_unsync());
             let h = resp.headers_mut();
             h.insert(
@@ -66,6 +72,30 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         }
         Err(resp) => resp,
     }
+}
+
+/// Admits a stream request served by hyper against the connection limits (see
+/// [`crate::limits`]): the permit it holds, or the refusal to answer. `takes_socket`: the stream
+/// outlives the HTTP connection (a WebSocket).
+pub fn admit(
+    app: &Arc<App>,
+    req: &Request<Incoming>,
+    takes_socket: bool,
+) -> Result<Option<Permit>, Response<Body>> {
+    // Every connection is served with its peer; a request without one is not from a socket.
+    let Some(peer) = req.extensions().get::<Peer>().copied() else {
+        return Ok(None);
+    };
+    let h = req.headers();
+    let values = |name| h.get_all(name).into_iter().map(|v| v.as_bytes());
+    app.connections
+        .admit_stream(
+            peer,
+            values("x-forwarded-for"),
+            values(header::FORWARDED.as_str()),
+            takes_socket,
+        )
+        .map_err(refused)
 }
 
 /// Validates an SSE request and subscribes its channels: the stream to send, or the error
@@ -167,6 +197,11 @@ pub struct SseBody {
 impl SseBody {
     pub fn outbox(&self) -> &Arc<crate::hub::Outbox> {
         &self.conn.outbox
+    }
+
+    /// Keeps the stream's connection-limit permit for as long as it runs.
+    pub fn hold(&mut self, permit: Option<Permit>) {
+        self.conn.hold(permit);
     }
 
     /// Renders the events of `self.batch` (emptying it) into one buffer; returns it with the

@@ -16,14 +16,19 @@ use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::sse::{self, SseBody};
 use crate::{
     app::App,
-    http::head::{self, Head},
+    http::{
+        cors::Verdict,
+        head::{self, Head},
+    },
     hub::CloseReason,
+    limits::{Limit, Peer, refuse},
 };
 
 /// Largest request head looked at; a longer one goes to hyper.
@@ -32,14 +37,29 @@ const PEEK: usize = 4096;
 /// The least time a connection accepted just before a drain has to send its first request.
 const DRAIN_GRACE_FOR_NEW: Duration = Duration::from_secs(1);
 
-const RESPONSE_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
-cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n\r\n";
+/// The response head without its end: CORS lines follow.
+const RESPONSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 
 /// Serves `stream` if its first request is an SSE subscription, answers it if hyper would refuse
-/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back.
-pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
+/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back. Also
+/// `None` when no byte arrived before `head_deadline` (`header_read_timeout`): the socket is
+/// closed.
+pub async fn try_serve(
+    app: &Arc<App>,
+    stream: TcpStream,
+    peer: Peer,
+    head_deadline: Instant,
+) -> Option<TcpStream> {
     let head = tokio::select! {
-        head = peek_head(&stream) => head,
+        head = tokio::time::timeout_at(head_deadline, peek_head(&stream)) => match head {
+            Ok(head) => head,
+            Err(_) => {
+                // Not a byte before the deadline: a silent socket.
+                app.metrics.limits.hit(Limit::HeaderReadTimeout);
+                return None;
+            }
+        },
         // A connection with no request yet does not hold up a drain, but it may be one a client
         // opened just before the drain began and is about to use: it gets the same chance as an
         // idle keep-alive connection, its own moment in the drain window (at least a second).
@@ -53,42 +73,52 @@ pub async fn try_serve(app: &Arc<App>, stream: TcpStream) -> Option<TcpStream> {
                 .with_label_values(&["other", &status.to_string()])
                 .inc();
             // Boxed: rare, and inline its buffers would size every connection's task.
-            Box::pin(refuse(stream, head::malformed_response(status, &message))).await;
+            let response = head::malformed_response(status, &message);
+            Box::pin(refuse::write_and_close(stream, &response)).await;
             return None;
         }
         Head::Other => return Some(stream),
     };
-    let signal = CancellationToken::new();
-    let body = match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
-        Ok(body) => body,
-        // hyper reads the same request again and answers with the error.
-        Err(_) => return Some(stream),
+    // A refused origin and every error are left to hyper, which reads the same request again
+    // and answers it.
+    let listing = !app.config.allowed_origins.is_any();
+    let cors = app
+        .config
+        .allowed_origins
+        .check(req.origin.as_deref(), req.host.as_deref());
+    if matches!(cors, Verdict::Refused) {
+        return Some(stream);
+    }
+    let permit = match app.connections.admit_stream(
+        peer,
+        req.forwarded_for.iter().map(Vec::as_slice),
+        req.forwarded.iter().map(Vec::as_slice),
+        false,
+    ) {
+        Ok(permit) => permit,
+        // Answered here like a socket refused at accept: asking hyper to refuse it again would
+        // count the refusal twice.
+        Err(refusal) => {
+            let response = refuse::response(refusal);
+            Box::pin(refuse::write_and_close(stream, &response)).await;
+            return None;
+        }
     };
+    let signal = CancellationToken::new();
+    let mut body =
+        match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
+            Ok(body) => body,
+            // hyper reads the same request again and answers with the error.
+            Err(_) => return Some(stream),
+        };
+    body.hold(permit);
     app.metrics
         .http_requests
         .with_label_values(&["sse", "200"])
         .inc();
-    stream_to(stream, req.head_len, body, signal).await;
+    let head = format!("{RESPONSE_HEAD}{}\r\n", cors.head_lines(listing));
+    stream_to(stream, req.head_len, head.into_bytes(), body, signal).await;
     None
-}
-
-/// Writes a final response and closes. Whatever else the client sent is read and dropped for a
-/// moment first (bounded), so that closing does not reset the connection under the response.
-async fn refuse(mut stream: TcpStream, response: bytes::Bytes) {
-    let bounded = async {
-        stream.write_all(&response).await?;
-        stream.shutdown().await?;
-        let mut sink = vec![0u8; 1024];
-        let mut left: usize = 64 * 1024;
-        while left > 0 {
-            match stream.read(&mut sink).await? {
-                0 => break,
-                n => left = left.saturating_sub(n),
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), bounded).await;
 }
 
 async fn idle_until_drained(app: &Arc<App>) {
@@ -109,15 +139,18 @@ async fn peek_head(stream: &TcpStream) -> Head {
 async fn stream_to(
     mut stream: TcpStream,
     head_len: usize,
+    response_head: Vec<u8>,
     body: SseBody,
     signal: CancellationToken,
 ) {
     let mut head = vec![0u8; head_len];
-    if stream.read_exact(&mut head).await.is_err() || stream.write_all(RESPONSE_HEAD).await.is_err()
+    if stream.read_exact(&mut head).await.is_err()
+        || stream.write_all(&response_head).await.is_err()
     {
         return;
     }
     drop(head);
+    drop(response_head);
     let outbox = body.outbox().clone();
     let (mut read, mut write) = stream.split();
     // The client sends nothing more; EOF means it hung up (as hyper would notice by reading),

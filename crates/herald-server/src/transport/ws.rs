@@ -38,6 +38,7 @@ use crate::{
     app::App,
     http::{Body, error, full},
     hub::{CloseReason, Item, SubscribeError},
+    limits::{Limit, Permit},
 };
 
 /// Close codes (documented in docs/api.md).
@@ -49,6 +50,8 @@ pub mod close {
     pub const RESTART: u16 = 1012;
     pub const SLOW_CONSUMER: u16 = 4000;
     pub const PING_TIMEOUT: u16 = 4001;
+    /// The client kept sending faster than `ws_message_rate` or `ws_publish_rate` allow.
+    pub const RATE_LIMITED: u16 = 4029;
 }
 
 pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
@@ -65,6 +68,11 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
         Ok(channels) => channels,
         Err(r) => return error(r.code, &r.message),
     };
+    // The WebSocket outlives this HTTP connection's task, so its permit counts the socket too.
+    let permit = match super::sse::admit(app, &req, true) {
+        Ok(permit) => permit,
+        Err(resp) => return resp,
+    };
     let (resp, fut) = match upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
@@ -77,7 +85,7 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let task_app = app.clone();
     app.tasks.spawn(async move {
         match fut.await {
-            Ok(ws) => serve(task_app, ws.into_inner().into_inner(), channels).await,
+            Ok(ws) => serve(task_app, ws.into_inner().into_inner(), channels, permit).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -90,7 +98,12 @@ fn elapsed_ms(start: tokio::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-async fn serve(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, channels: Vec<ChannelName>) {
+async fn serve(
+    app: Arc<App>,
+    upgraded: hyper::upgrade::Upgraded,
+    channels: Vec<ChannelName>,
+    permit: Option<Permit>,
+) {
     // Back to the bare socket: its halves split without a lock, and nothing of hyper's buffers
     // stays allocated for the life of the connection.
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
@@ -109,7 +122,9 @@ async fn serve(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, channels: Vec<
     let read = std::io::Cursor::new(early).chain(read);
     let frames = FrameReader::new(read, app.config.max_ws_frame_bytes);
 
-    let conn = Arc::new(Connection::new(&app, "ws", Default::default()));
+    let mut conn = Connection::new(&app, "ws", Default::default());
+    conn.hold(permit);
+    let conn = Arc::new(conn);
     for channel in channels {
         // Boxed so the connection task's idle state is not sized by the subscribe future.
         Box::pin(subscribe(&app, &conn, channel, None, None)).await;
@@ -125,7 +140,14 @@ async fn serve(app: Arc<App>, upgraded: hyper::upgrade::Upgraded, channels: Vec<
         clock,
     ));
 
+    let mut reader = reader;
     write_loop(&app, &conn, &mut write, &last_heard, clock).await;
+    // A close the reader asked for (a protocol error, a flood) lets it drop what the client
+    // still sends before the socket closes (see `reader::CLOSE_LINGER`); any other close ends it.
+    if matches!(conn.outbox.reason(), Some(CloseReason::Closed { code, .. }) if code != close::PING_TIMEOUT)
+    {
+        let _ = Box::pin(tokio::time::timeout(reader::CLOSE_LINGER, &mut reader)).await;
+    }
     reader.abort();
     // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every idle
     // connection's task would carry the space for each of them (serve's future: 920 -> 808 B).
@@ -154,6 +176,7 @@ pub async fn subscribe(
         return;
     }
     if conn.channel_count() >= app.config.max_channels_per_connection {
+        app.metrics.limits.hit(Limit::MaxChannelsPerConnection);
         let msg = format!(
             "at most {} channels per connection",
             app.config.max_channels_per_connection

@@ -337,3 +337,100 @@ async fn websocket_peers_that_stop_answering_pings_are_closed() {
         assert_eq!(alive.next_message().await["data"], i);
     }
 }
+
+#[tokio::test]
+async fn rfc6455_violations_and_ping_floods_are_closed_while_others_receive_everything() {
+    let h = Herald::start(&["--ws-message-rate", "10", "--ws-message-burst", "20"]).await;
+    let mut subscriber = Ws::connect(&h.ws_url("/v1/ws?channel=r")).await;
+    subscriber.next().await;
+    let mut published = 0u64;
+
+    // Each violation on its own connection, each with its close code; a publish after each.
+    let cases: [(&str, u16); 7] = [
+        ("unmasked client frame", 1002),
+        ("reserved bit set", 1002),
+        ("fragmented ping", 1002),
+        ("ping longer than 125 bytes", 1002),
+        ("unknown opcode", 1002),
+        ("new message inside a fragmented one", 1002),
+        ("a frame header claiming 1 TiB", 1009),
+    ];
+    for (what, code) in cases {
+        let mut raw = RawWs::connect(&h.addr(), "/v1/ws?channel=r").await;
+        assert_eq!(raw.read_frame().await.map(|f| f.0), Some(0x1), "subscribed");
+        match what {
+            "unmasked client frame" => raw
+                .stream
+                .write_all(&[0x81, 0x02, b'{', b'}'])
+                .await
+                .expect("write"),
+            "reserved bit set" => raw.send_frame(0x40 | 0x1, true, b"{}").await,
+            "fragmented ping" => raw.send_frame(0x9, false, b"p").await,
+            "ping longer than 125 bytes" => raw.send_frame(0x9, true, &[b'p'; 126]).await,
+            "unknown opcode" => raw.send_frame(0x3, true, b"x").await,
+            "new message inside a fragmented one" => {
+                raw.send_frame(0x1, false, br#"{"op":"#).await;
+                raw.send_frame(0x1, true, br#"{"op":"ping"}"#).await;
+            }
+            _ => {
+                let mut header = vec![0x81, 0x80 | 127];
+                header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+                raw.stream.write_all(&header).await.expect("write");
+            }
+        }
+        assert_eq!(raw.read_close_code().await, Some(code), "{what}");
+        h.publish("r", json!(published)).await;
+        published += 1;
+    }
+
+    // A ping flood: pongs up to the burst, then no pongs, then close 4029.
+    let mut flood = RawWs::connect(&h.addr(), "/v1/ws").await;
+    let pings: Vec<u8> = (0..200)
+        .flat_map(|_| RawWs::frame(0x9, true, b"flood"))
+        .collect();
+    // The server may close before it has read them all: a failed write is part of the test.
+    let _ = flood.stream.write_all(&pings).await;
+    let (mut pongs, mut close) = (0, None);
+    while let Some((op, payload)) = flood.read_frame().await {
+        match op {
+            0xA => pongs += 1,
+            0x8 => {
+                close = payload.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(close, Some(4029));
+    assert!((20..200).contains(&pongs), "{pongs} pongs");
+    h.publish("r", json!(published)).await;
+    published += 1;
+
+    for i in 0..published {
+        let m = subscriber.next_message().await;
+        assert_eq!(
+            (m["offset"].as_u64(), m["data"].as_u64()),
+            (Some(i + 1), Some(i))
+        );
+    }
+    h.wait_metric(
+        "herald_disconnects_total",
+        &["reason=\"protocol_error\""],
+        |v| v >= 7.0,
+    )
+    .await;
+    h.wait_metric(
+        "herald_disconnects_total",
+        &["reason=\"rate_limited\""],
+        |v| v == 1.0,
+    )
+    .await;
+    assert_eq!(
+        h.metric(
+            "herald_limit_rejections_total",
+            &["limit=\"max_ws_frame_bytes\""]
+        )
+        .await,
+        1.0
+    );
+}

@@ -120,6 +120,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         })
     }
 
+    /// Reads and drops everything until the peer closes (or the connection fails).
+    pub async fn discard_until_eof(&mut self) {
+        let mut sink = [0u8; BUFFER];
+        while let Ok(1..) = self.io.read(&mut sink).await {}
+    }
+
     async fn fill(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
         self.io
             .read_exact(buf)

@@ -3,9 +3,12 @@
 //! Ops run one at a time in arrival order, so a client sees replies in the order it sent ops.
 //! Any frame at all counts as a sign of life for the ping timeout.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
 use herald_core::{
@@ -23,8 +26,17 @@ use crate::{
     app::App,
     http::publish::publish_one,
     hub::{CloseReason, Item},
+    limits::{
+        Limit,
+        bucket::{Rate, Taken, TokenBucket},
+    },
     transport::Connection,
 };
+
+/// How long a connection the server closes keeps reading (and dropping) what the client still
+/// sends: closing a socket with unread bytes resets it, and the reset can destroy the close
+/// frame before the client reads it.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 pub async fn run<R: AsyncRead + Unpin>(
     app: Arc<App>,
@@ -33,36 +45,70 @@ pub async fn run<R: AsyncRead + Unpin>(
     last_heard: Arc<AtomicU64>,
     clock: tokio::time::Instant,
 ) {
+    let (code, reason) = read_frames(&app, &conn, &mut frames, &last_heard, clock).await;
+    conn.outbox.close(CloseReason::Closed { code, reason });
+    if code != close::NORMAL {
+        // The writer sends the close frame; until the client closes too, its bytes are dropped.
+        let _ = tokio::time::timeout(CLOSE_LINGER, frames.discard_until_eof()).await;
+    }
+}
+
+/// Reads and runs client frames until the connection is to close; returns the close code and
+/// reason.
+async fn read_frames<R: AsyncRead + Unpin>(
+    app: &Arc<App>,
+    conn: &Arc<Connection>,
+    frames: &mut FrameReader<R>,
+    last_heard: &AtomicU64,
+    clock: tokio::time::Instant,
+) -> (u16, &'static str) {
     // A message split over continuation frames, bounded by the same limit as whole ones.
     let mut partial: Option<Vec<u8>> = None;
     let limit = app.config.max_ws_frame_bytes;
-    let end = |code, reason| conn.outbox.close(CloseReason::Closed { code, reason });
+    let mut rates = Rates::new(app, elapsed_ms(clock));
+    let too_big = || {
+        app.metrics.limits.hit(Limit::MaxWsFrameBytes);
+        (close::TOO_BIG, "message too big")
+    };
     loop {
         let frame = match frames.read().await {
             Ok(f) => f,
-            Err(ReadError::TooBig) => return end(close::TOO_BIG, "message too big"),
-            Err(ReadError::Gone) => return end(close::NORMAL, "connection lost"),
+            Err(ReadError::TooBig) => return too_big(),
+            Err(ReadError::Gone) => return (close::NORMAL, "connection lost"),
             Err(ReadError::Protocol(why)) => {
                 tracing::debug!(why, "WebSocket protocol error");
-                return end(close::PROTOCOL, why);
+                return (close::PROTOCOL, why);
             }
         };
-        last_heard.store(elapsed_ms(clock), Ordering::Relaxed);
+        let now = elapsed_ms(clock);
+        last_heard.store(now, Ordering::Relaxed);
+        // Every message and control frame counts against the message rate (a fragment counts
+        // once, with the frame that ends its message).
+        if frame.fin {
+            match rates.message(app, now) {
+                Taken::Allowed => {}
+                Taken::Refused => {
+                    refuse_frame(conn, &frame, partial.take());
+                    continue;
+                }
+                Taken::Flooding => return (close::RATE_LIMITED, "too many messages"),
+            }
+        }
         let message = match frame.opcode {
             frame::TEXT if frame.fin && partial.is_none() => frame.payload,
             frame::TEXT => {
                 if partial.is_some() {
-                    return end(close::PROTOCOL, "new message before the last one finished");
+                    return (close::PROTOCOL, "new message before the last one finished");
                 }
                 partial = Some(frame.payload);
                 continue;
             }
             frame::CONTINUATION => {
                 let Some(buf) = partial.as_mut() else {
-                    return end(close::PROTOCOL, "continuation without a message");
+                    return (close::PROTOCOL, "continuation without a message");
                 };
                 if buf.len() + frame.payload.len() > limit {
-                    return end(close::TOO_BIG, "message too big");
+                    return too_big();
                 }
                 buf.extend_from_slice(&frame.payload);
                 if !frame.fin {
@@ -72,7 +118,7 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             frame::BINARY => {
                 send_error(
-                    &conn,
+                    conn,
                     None,
                     ErrorCode::BadRequest,
                     "binary frames are not supported; send JSON text",
@@ -86,25 +132,98 @@ pub async fn run<R: AsyncRead + Unpin>(
             }
             frame::CLOSE => {
                 return match frame::check_close(&frame.payload) {
-                    Ok(()) => end(close::NORMAL, ""),
-                    Err(BadClose::Protocol(why)) => end(close::PROTOCOL, why),
-                    Err(BadClose::Utf8) => end(close::INVALID_DATA, "close reason is not UTF-8"),
+                    Ok(()) => (close::NORMAL, ""),
+                    Err(BadClose::Protocol(why)) => (close::PROTOCOL, why),
+                    Err(BadClose::Utf8) => (close::INVALID_DATA, "close reason is not UTF-8"),
                 };
             }
             _ => continue, // pong: only a sign of life
         };
         if std::str::from_utf8(&message).is_err() {
-            return end(close::INVALID_DATA, "invalid UTF-8");
+            return (close::INVALID_DATA, "invalid UTF-8");
         }
         // Boxed: ops are rare, and inlined their futures would size every idle reader task.
-        Box::pin(handle_op(&app, &conn, &message)).await;
+        if let Err(flood) = Box::pin(handle_op(app, conn, &message, &mut rates, clock)).await {
+            return (close::RATE_LIMITED, flood);
+        }
     }
 }
 
-async fn handle_op(app: &App, conn: &Connection, text: &[u8]) {
+/// The connection's token buckets (16 bytes each; the rates come from the configuration).
+struct Rates {
+    messages: TokenBucket,
+    publishes: TokenBucket,
+}
+
+fn message_rate(app: &App) -> Rate {
+    Rate::new(app.config.ws_message_rate, app.config.ws_message_burst)
+}
+
+fn publish_rate(app: &App) -> Rate {
+    Rate::new(app.config.ws_publish_rate, app.config.ws_publish_burst)
+}
+
+impl Rates {
+    fn new(app: &App, now: u64) -> Self {
+        Self {
+            messages: TokenBucket::full(&message_rate(app), now),
+            publishes: TokenBucket::full(&publish_rate(app), now),
+        }
+    }
+
+    fn message(&mut self, app: &App, now: u64) -> Taken {
+        let taken = self.messages.take_or_owe(&message_rate(app), now);
+        if taken != Taken::Allowed {
+            app.metrics.limits.hit(Limit::WsMessageRate);
+        }
+        taken
+    }
+
+    fn publish(&mut self, app: &App, now: u64) -> Taken {
+        let taken = self.publishes.take_or_owe(&publish_rate(app), now);
+        if taken != Taken::Allowed {
+            app.metrics.limits.hit(Limit::WsPublishRate);
+        }
+        taken
+    }
+}
+
+/// Answers a message over the rate with `error rate_limited` (echoing its op's `id` when it has
+/// one); a refused ping gets no pong, a refused pong or close is only a sign of life.
+fn refuse_frame(conn: &Connection, frame: &frame::Frame, partial: Option<Vec<u8>>) {
+    let partial = partial.unwrap_or_default();
+    let text = match frame.opcode {
+        frame::TEXT | frame::BINARY => &frame.payload[..],
+        frame::CONTINUATION => &partial[..],
+        _ => return,
+    };
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<u64>,
+    }
+    let id = serde_json::from_slice::<Id>(text).ok().and_then(|i| i.id);
+    send_error(
+        conn,
+        id,
+        ErrorCode::RateLimited,
+        "too many messages: slow down (ws_message_rate)",
+    );
+}
+
+/// Runs one op; `Err` when the client keeps publishing faster than its rate (close 4029).
+async fn handle_op(
+    app: &App,
+    conn: &Connection,
+    text: &[u8],
+    rates: &mut Rates,
+    clock: tokio::time::Instant,
+) -> Result<(), &'static str> {
     let op = match protocol::parse_client_op(text, &app.limits) {
         Ok(op) => op,
-        Err(e) => return send_error(conn, e.id, e.rejection.code, &e.rejection.message),
+        Err(e) => {
+            send_error(conn, e.id, e.rejection.code, &e.rejection.message);
+            return Ok(());
+        }
     };
     match op {
         ClientOp::Subscribe { id, channel, since } => {
@@ -124,12 +243,22 @@ async fn handle_op(app: &App, conn: &Connection, text: &[u8]) {
         }
         ClientOp::Publish { id, publish } => {
             if !app.config.allow_client_publish {
-                return send_error(
+                send_error(
                     conn,
                     id,
                     ErrorCode::Forbidden,
                     "publishing over WebSocket is not enabled",
                 );
+                return Ok(());
+            }
+            match rates.publish(app, elapsed_ms(clock)) {
+                Taken::Allowed => {}
+                Taken::Refused => {
+                    let msg = "too many publishes: slow down (ws_publish_rate)";
+                    send_error(conn, id, ErrorCode::RateLimited, msg);
+                    return Ok(());
+                }
+                Taken::Flooding => return Err("too many publishes"),
             }
             let channel = publish.channel.clone();
             match publish_one(app, publish).await {
@@ -158,4 +287,5 @@ async fn handle_op(app: &App, conn: &Connection, text: &[u8]) {
         }
         ClientOp::Ping { id } => send_text(conn, &protocol::pong_frame(id)),
     }
+    Ok(())
 }

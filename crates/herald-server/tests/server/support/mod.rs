@@ -1,8 +1,13 @@
 //! Starting herald processes and talking HTTP to them.
 
 pub mod clients;
+pub mod raw;
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use serde_json::Value;
 use tokio::{
@@ -17,25 +22,85 @@ pub struct Herald {
     pub child: Child,
     pub base: String,
     pub http: reqwest::Client,
+    /// Everything the process wrote to stderr, when started with [`Launch::capture_log`].
+    log: Option<Arc<Mutex<String>>>,
+}
+
+/// How to start herald beyond its arguments.
+#[derive(Default)]
+pub struct Launch<'a> {
+    pub args: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// Keep stderr (the log) for [`Herald::log`] instead of passing it through.
+    pub capture_log: bool,
+    /// Run under `ulimit -n` with this open-file limit.
+    pub open_files: Option<u64>,
 }
 
 impl Herald {
     /// Starts `herald --listen 127.0.0.1:0 <args>` and waits for its "listening" line.
     pub async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["--listen", "127.0.0.1:0", "--log-level", "warn"])
-            .args(args)
+        Self::launch(Launch {
+            args,
+            ..Launch::default()
+        })
+        .await
+    }
+
+    pub async fn launch(how: Launch<'_>) -> Self {
+        let bin = env!("CARGO_BIN_EXE_herald");
+        let mut cmd = match how.open_files {
+            None => Command::new(bin),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+        };
+        let mut child = cmd
+            .args(["--listen", "127.0.0.1:0"])
+            .args(
+                (!how.args.contains(&"--log-level"))
+                    .then_some(["--log-level", "warn"])
+                    .into_iter()
+                    .flatten(),
+            )
+            .args(how.args)
+            .envs(how.env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if how.capture_log {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .kill_on_drop(true)
             .spawn()
             .expect("spawn herald");
+        let log = child.stderr.take().map(|stderr| {
+            let log = Arc::new(Mutex::new(String::new()));
+            let sink = log.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let mut log = sink.lock().expect("log");
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+            log
+        });
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let line = within("herald to start", lines.next_line())
+        let Some(line) = within("herald to start", lines.next_line())
             .await
             .expect("read stdout")
-            .expect("a line");
+        else {
+            let status = child.wait().await.expect("exit status");
+            // The log task may still be copying the last lines.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let log = log.map(|l| l.lock().expect("log").clone());
+            panic!("herald exited at start ({status}); log: {log:?}");
+        };
         let base = line
             .strip_prefix("herald listening on ")
             .expect("listening line")
@@ -49,7 +114,28 @@ impl Herald {
                 .pool_max_idle_per_host(0)
                 .build()
                 .expect("client"),
+            log,
         }
+    }
+
+    /// The captured log so far (see [`Launch::capture_log`]).
+    pub fn log(&self) -> String {
+        self.log
+            .as_ref()
+            .expect("started with capture_log")
+            .lock()
+            .expect("log")
+            .clone()
+    }
+
+    /// Waits until the captured log contains `needle`.
+    pub async fn wait_log(&self, needle: &str) {
+        within(&format!("log line {needle:?}"), async {
+            while !self.log().contains(needle) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {
