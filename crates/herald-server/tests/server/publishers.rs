@@ -13,14 +13,28 @@ const BILLING: &str = "k-billing-7f3a9c1e5b2d4f60";
 const OPS: &str = "k-ops-0e1d2c3b4a596877";
 const LIST: &str = "k-list-99887766554433";
 
-/// Status, `Retry-After`, and body of a POST with an optional bearer key and extra header.
+/// An HTTP answer: status, `Retry-After`, JSON body.
+struct Answer {
+    status: u16,
+    retry_after: Option<u64>,
+    body: Value,
+}
+
+impl Answer {
+    /// Status and error code, for refusals.
+    fn refusal(&self) -> (u16, Option<&str>) {
+        (self.status, self.body["error"]["code"].as_str())
+    }
+}
+
+/// POSTs `body` to `path` with an optional bearer key and extra header.
 async fn post(
     h: &Herald,
     path: &str,
     key: Option<&str>,
     extra: Option<(&str, &str)>,
     body: Value,
-) -> (u16, Option<String>, Value) {
+) -> Answer {
     let mut req = h
         .http
         .post(h.url(path))
@@ -37,12 +51,19 @@ async fn post(
     let retry_after = resp
         .headers()
         .get("retry-after")
-        .map(|v| v.to_str().expect("ascii").to_owned());
-    (status, retry_after, resp.json().await.expect("JSON body"))
+        .map(|v| v.to_str().expect("ascii").parse().expect("seconds"));
+    let body = resp.json().await.expect("JSON body");
+    Answer {
+        status,
+        retry_after,
+        body,
+    }
 }
 
-fn publish_body(channel: &str, data: Value) -> Value {
-    json!({"channel": channel, "data": data})
+/// Publishes `data` to `channel` with `key`.
+async fn publish_as(h: &Herald, key: Option<&str>, channel: &str, data: Value) -> Answer {
+    let body = json!({"channel": channel, "data": data});
+    post(h, "/v1/publish", key, None, body).await
 }
 
 #[tokio::test]
@@ -91,152 +112,72 @@ key_env = "HERALD_TEST_OPS_KEY"
     let mut bodies = Vec::new();
 
     // No key, a wrong key, a key only in a cookie (CSRF): 401.
-    for (key, cookie) in [
+    let cookie = format!("herald_token={OPS}; api_key={OPS}");
+    for (key, extra) in [
         (None, None),
         (Some("k-billing-wrong"), None),
-        (
-            None,
-            Some(("cookie", format!("herald_token={OPS}; api_key={OPS}"))),
-        ),
+        (None, Some(("cookie", cookie.as_str()))),
     ] {
-        let cookie = cookie.as_ref().map(|(n, v)| (*n, v.as_str()));
-        let (status, _, v) = post(
-            &h,
-            "/v1/publish",
-            key,
-            cookie,
-            publish_body("orders.1", json!(0)),
-        )
-        .await;
-        assert_eq!(
-            (status, v["error"]["code"].as_str()),
-            (401, Some("unauthorized")),
-            "{v}"
-        );
-        bodies.push(v);
+        let body = json!({"channel": "orders.1", "data": 0});
+        let a = post(&h, "/v1/publish", key, extra, body).await;
+        assert_eq!(a.refusal(), (401, Some("unauthorized")), "{}", a.body);
+        bodies.push(a.body);
     }
 
     // billing publishes to orders.* (1 of its 4 requests), not to users.1 (2 of 4).
-    let (status, _, v) = post(
-        &h,
-        "/v1/publish",
-        Some(BILLING),
-        None,
-        publish_body("orders.1", json!(1)),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let a = publish_as(&h, Some(BILLING), "orders.1", json!(1)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(orders.next_message().await.json(), json!(1));
-    let (status, _, v) = post(
-        &h,
-        "/v1/publish",
-        Some(BILLING),
-        None,
-        publish_body("users.1", json!(2)),
-    )
-    .await;
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (403, Some("forbidden")),
-        "{v}"
-    );
-    bodies.push(v);
+    let a = publish_as(&h, Some(BILLING), "users.1", json!(2)).await;
+    assert_eq!(a.refusal(), (403, Some("forbidden")), "{}", a.body);
+    bodies.push(a.body);
     // A broadcast is checked channel by channel (3 of 4): the allowed channel is published.
-    let (status, _, v) = post(
-        &h,
-        "/v1/broadcast",
-        Some(BILLING),
-        None,
-        json!({"channels": ["orders.1", "users.1"], "data": 3}),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let both = json!({"channels": ["orders.1", "users.1"], "data": 3});
+    let a = post(&h, "/v1/broadcast", Some(BILLING), None, both).await;
+    let v = &a.body;
+    assert_eq!(a.status, 200, "{v}");
     assert_eq!(v["results"][0]["offset"], 2, "{v}");
     assert_eq!(v["results"][1]["error"]["code"], "forbidden", "{v}");
     assert_eq!(orders.next_message().await.json(), json!(3));
-    bodies.push(v);
+    bodies.push(a.body);
     // All channels forbidden: the status says so (4 of 4).
-    let (status, _, v) = post(
-        &h,
-        "/v1/broadcast",
-        Some(BILLING),
-        None,
-        json!({"channels": ["users.2"], "data": 4}),
-    )
-    .await;
-    assert_eq!(status, 403, "{v}");
-    bodies.push(v);
+    let none = json!({"channels": ["users.2"], "data": 4});
+    let a = post(&h, "/v1/broadcast", Some(BILLING), None, none).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    bodies.push(a.body);
 
     // billing is over its rate: 429 with Retry-After; ops and the listed key are served.
-    let (status, retry_after, v) = post(
-        &h,
-        "/v1/publish",
-        Some(BILLING),
-        None,
-        publish_body("orders.1", json!(5)),
-    )
-    .await;
-    assert_eq!(
-        (status, v["error"]["code"].as_str()),
-        (429, Some("rate_limited")),
-        "{v}"
-    );
-    let retry_after: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
-    assert!(retry_after >= 1, "{retry_after}");
-    bodies.push(v);
+    let a = publish_as(&h, Some(BILLING), "orders.1", json!(5)).await;
+    assert_eq!(a.refusal(), (429, Some("rate_limited")), "{}", a.body);
+    assert!(a.retry_after.is_some_and(|s| s >= 1), "Retry-After");
+    bodies.push(a.body);
     for key in [OPS, LIST] {
-        let (status, _, v) = post(
-            &h,
-            "/v1/publish",
-            Some(key),
-            None,
-            publish_body("users.1", json!(6)),
-        )
-        .await;
-        assert_eq!(status, 200, "{v}");
+        assert_eq!(
+            publish_as(&h, Some(key), "users.1", json!(6)).await.status,
+            200
+        );
     }
-    let (status, _, _) = post(
-        &h,
-        "/v1/publish",
-        Some(OPS),
-        None,
-        publish_body("orders.1", json!(7)),
-    )
-    .await;
-    assert_eq!(status, 200);
+    assert_eq!(
+        publish_as(&h, Some(OPS), "orders.1", json!(7)).await.status,
+        200
+    );
     assert_eq!(
         orders.next_message().await.json(),
         json!(7),
         "nothing of the refused publishes arrived"
     );
 
-    assert_eq!(
-        h.metric(
-            "herald_api_key_rejections_total",
-            &["key=\"billing\"", "reason=\"forbidden\""]
-        )
-        .await,
-        3.0
-    );
-    assert_eq!(
-        h.metric(
-            "herald_api_key_rejections_total",
-            &["key=\"billing\"", "reason=\"rate_limited\""]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        h.metric("herald_api_key_rejections_total", &["key=\"ops\""])
-            .await,
-        0.0,
-        "every key's series exists from the start"
-    );
-    assert_eq!(
-        h.metric("herald_limit_rejections_total", &["limit=\"api_key_rate\""])
-            .await,
-        1.0
-    );
+    for (filters, expected) in [
+        (&["key=\"billing\"", "reason=\"forbidden\""][..], 3.0),
+        (&["key=\"billing\"", "reason=\"rate_limited\""][..], 1.0),
+        // Every key's series exists from the start.
+        (&["key=\"ops\""][..], 0.0),
+    ] {
+        let got = h.metric("herald_api_key_rejections_total", filters).await;
+        assert_eq!(got, expected, "{filters:?}");
+    }
+    let limit = ["limit=\"api_key_rate\""];
+    assert_eq!(h.metric("herald_limit_rejections_total", &limit).await, 1.0);
 
     // No key appears in error bodies, metrics or the (debug-level) log.
     let (_, metrics) = h.get("/metrics").await;
@@ -245,13 +186,9 @@ key_env = "HERALD_TEST_OPS_KEY"
         log.contains("connection limits"),
         "the log was captured: {log}"
     );
-    let texts = [
-        bodies.iter().map(Value::to_string).collect::<String>(),
-        metrics,
-        log,
-    ];
+    let bodies: String = bodies.iter().map(Value::to_string).collect();
     for secret in [BILLING, OPS, LIST] {
-        for text in &texts {
+        for text in [&bodies, &metrics, &log] {
             assert!(!text.contains(secret), "a key leaked into: {text}");
         }
     }
@@ -369,38 +306,18 @@ async fn scoped_keys_hold_on_a_redis_backed_pair_of_nodes() {
     let mut on_b = Ws::connect(&b.ws_url("/v1/ws?channel=orders.1")).await;
     on_b.next().await;
     for node in [&a, &b] {
-        let (status, _, v) = post(
-            node,
-            "/v1/publish",
-            Some(BILLING),
-            None,
-            publish_body("users.1", json!(0)),
-        )
-        .await;
+        let refused = publish_as(node, Some(BILLING), "users.1", json!(0)).await;
         assert_eq!(
-            (status, v["error"]["code"].as_str()),
+            refused.refusal(),
             (403, Some("forbidden")),
-            "{v}"
+            "{}",
+            refused.body
         );
-        let (status, _, _) = post(
-            node,
-            "/v1/publish",
-            None,
-            None,
-            publish_body("orders.1", json!(0)),
-        )
-        .await;
-        assert_eq!(status, 401);
+        let anonymous = publish_as(node, None, "orders.1", json!(0)).await;
+        assert_eq!(anonymous.status, 401);
     }
-    let (status, _, v) = post(
-        &a,
-        "/v1/publish",
-        Some(BILLING),
-        None,
-        publish_body("orders.1", json!("via a")),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let a = publish_as(&a, Some(BILLING), "orders.1", json!("via a")).await;
+    assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(on_b.next_message().await["data"], "via a");
     let _ = std::fs::remove_dir_all(dir);
 }
