@@ -221,6 +221,9 @@ async fn handle_op(
     let op = match protocol::parse_client_op(text, &app.limits) {
         Ok(op) => op,
         Err(e) => {
+            if e.rejection.code == ErrorCode::PayloadTooLarge {
+                app.metrics.limits.hit(Limit::MaxMessageBytes);
+            }
             send_error(conn, e.id, e.rejection.code, &e.rejection.message);
             return Ok(());
         }
