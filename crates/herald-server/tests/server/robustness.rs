@@ -127,6 +127,11 @@ async fn bad_http_input_gets_json_errors_and_the_server_stays_healthy() {
         .expect("publish");
     assert_eq!(resp.status(), 200);
     assert_eq!(sse.next_message().await.json(), json!("still fine"));
+    for limit in ["max_body_bytes", "max_message_bytes"] {
+        let filter = format!("limit=\"{limit}\"");
+        let tripped = h.metric("herald_limit_rejections_total", &[&filter]).await;
+        assert_eq!(tripped, 1.0, "{limit}");
+    }
 }
 
 #[tokio::test]
@@ -217,6 +222,14 @@ async fn bad_websocket_input_gets_error_frames_or_documented_closes() {
     h.publish("w", json!("fine")).await;
     assert_eq!(watcher.next_message().await["data"], "fine");
     assert_eq!(h.get("/healthz").await.0, 200);
+    for (limit, tripped) in [
+        ("max_channels_per_connection", 1.0),
+        ("max_ws_frame_bytes", 2.0),
+    ] {
+        let filter = format!("limit=\"{limit}\"");
+        let got = h.metric("herald_limit_rejections_total", &[&filter]).await;
+        assert_eq!(got, tripped, "{limit}");
+    }
 }
 
 #[tokio::test]
