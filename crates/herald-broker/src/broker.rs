@@ -1,6 +1,6 @@
 //! The contract between the server and a message backbone.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use herald_core::{ChannelName, Message, StreamPosition, protocol::Publish};
@@ -12,9 +12,24 @@ pub enum BrokerError {
     /// idempotency key) later.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker reached a configured memory bound (`memory_max_bytes` for the embedded
+    /// broker) and refuses new data until history or idempotency keys expire. Nothing was stored.
+    #[error("broker full: {0}")]
+    Full(String),
     /// Something unexpected, e.g. a reply the broker does not understand.
     #[error("broker error: {0}")]
     Internal(String),
+}
+
+/// How much history one channel keeps. One place where brokers ask, so retention can become a
+/// per-channel (per-namespace) policy without touching the brokers' read and write paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Most messages kept (0: no history, live delivery only).
+    pub size: usize,
+    /// How long a message, an idempotency key and the channel's epoch are kept after the last
+    /// publish.
+    pub ttl: Duration,
 }
 
 /// The result of a publish: where the message sits in its channel.
@@ -26,17 +41,124 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// A read of a channel's retained history.
+/// Where a history read starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The messages after this position. A position in another epoch gets none (the channel's
+    /// history was lost since), except `("", 0)`, the position of a channel seen before its
+    /// first message, which continues at offset 1 of whatever epoch the channel has now.
+    After(StreamPosition),
+    /// The messages after this offset of the channel's current epoch.
+    AfterOffset(u64),
+    /// The newest `limit` messages.
+    Latest,
+}
+
+/// One page of a history read: bounded by count and by bytes, so that no single read holds the
+/// broker (Redis is single-threaded) or the node's memory for long. Longer reads are several
+/// pages, each continuing after the last message of the previous one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub start: Start,
+    /// Most messages in the page; 0 reads only the channel's top.
+    pub limit: usize,
+    /// Most message bytes (data and header) in the page; a page holds at least one message even
+    /// when that one alone is larger.
+    pub max_bytes: usize,
+}
+
+impl HistoryQuery {
+    /// The channel's top position only.
+    pub fn top() -> Self {
+        Self {
+            start: Start::Latest,
+            limit: 0,
+            max_bytes: 0,
+        }
+    }
+
+    /// Up to `limit` messages (and `max_bytes`) after `position`.
+    pub fn after(position: StreamPosition, limit: usize, max_bytes: usize) -> Self {
+        Self {
+            start: Start::After(position),
+            limit,
+            max_bytes,
+        }
+    }
+
+    /// The offset of the channel's current epoch after which this read returns messages, or
+    /// `None` when the read asks about another epoch (it returns nothing).
+    pub fn after_offset(&self, top: &StreamPosition) -> Option<u64> {
+        match &self.start {
+            Start::After(p) if p.epoch == top.epoch => Some(p.offset),
+            Start::After(p) if *p == StreamPosition::start() => Some(0),
+            Start::After(_) => None,
+            Start::AfterOffset(o) => Some(*o),
+            Start::Latest => Some(top.offset.saturating_sub(self.limit as u64)),
+        }
+    }
+
+    /// Applies the page rules every broker shares to messages read after [`Self::after_offset`]
+    /// (ascending, possibly more than the page may hold): drops what does not belong, cuts the
+    /// page by count and bytes, and decides `recovered`.
+    pub fn page(&self, top: StreamPosition, retained: Vec<Arc<Message>>) -> History {
+        let Some(after) = self.after_offset(&top) else {
+            return History {
+                messages: Vec::new(),
+                top,
+                recovered: false,
+            };
+        };
+        let mut bytes = 0;
+        let mut messages = Vec::new();
+        for m in retained {
+            if m.offset <= after || m.epoch != top.epoch {
+                continue;
+            }
+            let size = m.stored_len();
+            if messages.len() >= self.limit || (!messages.is_empty() && bytes + size > self.max_bytes)
+            {
+                break;
+            }
+            bytes += size;
+            messages.push(m);
+        }
+        // A position beyond the top belongs to another incarnation of the channel.
+        let recovered = !matches!(self.start, Start::Latest)
+            && after <= top.offset
+            && messages
+                .first()
+                .map_or(after == top.offset, |m| m.offset == after + 1);
+        History {
+            messages,
+            top,
+            recovered,
+        }
+    }
+}
+
+/// One page of a channel's retained history.
 #[derive(Debug, Clone)]
 pub struct History {
-    /// Retained messages after the requested position, ascending by offset.
+    /// Retained messages, ascending by offset and contiguous, at most the page's bounds.
     pub messages: Vec<Arc<Message>>,
-    /// The channel's current epoch and last assigned offset (0 if nothing was published).
+    /// The channel's epoch and last assigned offset when the page was read: `("", 0)` for a
+    /// channel without history. Messages after the page's last one and up to `top` need another
+    /// read.
     pub top: StreamPosition,
-    /// For a read with a `since` position: true when `messages` continue exactly from it (same
-    /// epoch, nothing missing between `since` and the first message, and not cut by `limit`).
-    /// Always false for a read without `since`.
+    /// For [`Start::After`] and [`Start::AfterOffset`]: the page continues exactly from the
+    /// requested position (same epoch, its next offset is the first message, or nothing came
+    /// after it). Says nothing about where the page ends: a page cut by its bounds is still
+    /// recovered, and the read goes on after its last message. Always false for
+    /// [`Start::Latest`].
     pub recovered: bool,
+}
+
+impl History {
+    /// True when the page reaches the channel's top: nothing more to read.
+    pub fn is_complete(&self) -> bool {
+        self.messages.last().map_or(true, |m| m.offset >= self.top.offset)
+    }
 }
 
 /// Receives a channel's live messages from the broker: the server's local hub.
@@ -56,14 +178,12 @@ pub trait Broker: Send + Sync + 'static {
     /// the history TTL) returns the first result with `duplicate: true` and publishes nothing.
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError>;
 
-    /// Retained messages after `since` (all retained messages when `None`), at most `limit`,
-    /// oldest first; a read with `since` in another epoch returns no messages and
-    /// `recovered: false`.
+    /// One page of retained history (see [`HistoryQuery`]), oldest first. Never creates anything:
+    /// a channel without history reads as top `("", 0)` with no messages.
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<&StreamPosition>,
-        limit: usize,
+        query: HistoryQuery,
     ) -> Result<History, BrokerError>;
 
     /// Starts relaying `channel`'s live messages to `sink`. Resolves once relaying is active: any

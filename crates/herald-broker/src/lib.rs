@@ -9,7 +9,7 @@ mod broker;
 pub mod memory;
 pub mod redis;
 
-pub use broker::{Broker, BrokerError, History, Published, Sink};
+pub use broker::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start};
 pub use memory::{MemoryBroker, MemoryConfig};
 pub use redis::{RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot};
 

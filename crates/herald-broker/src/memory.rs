@@ -1,13 +1,17 @@
-//! The embedded broker: a single node's channels, history and idempotency keys in memory.
+//! The embedded broker: a single node's channels, history and idempotency keys in memory, within
+//! a byte bound (`max_bytes`) that publishes fail loudly against instead of forgetting anything.
 //!
 //! State is sharded by channel so publishes to different channels never contend. A publish
 //! assigns the offset, appends to history and hands the message to the subscribed sink while
 //! holding its channel's lock, which is what keeps delivery in offset order without a queue.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     hash::{BuildHasher, RandomState},
-    sync::{Arc, Weak},
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -16,19 +20,27 @@ use herald_core::{ChannelName, Epoch, Message, StreamPosition, protocol::Publish
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{Broker, BrokerError, History, Published, Sink, now_us};
+use crate::{
+    Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, now_us,
+};
+
+mod channel;
+
+use channel::{ChannelState, message_cost};
 
 const SHARDS: usize = 64;
 
-/// Retention settings.
+/// Retention and memory settings.
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
     /// Most messages kept per channel.
     pub history_size: usize,
-    /// How long a message (and an idempotency key) is kept.
+    /// How long a message, an idempotency key and a channel's epoch are kept after its last
+    /// publish.
     pub history_ttl: Duration,
-    /// Most idempotency keys remembered per channel; the oldest are forgotten first.
-    pub max_idempotency_keys: usize,
+    /// Most bytes of history, idempotency keys and channel state the broker keeps. A publish
+    /// that would go beyond fails with [`BrokerError::Full`] (nothing is stored or forgotten).
+    pub max_bytes: usize,
 }
 
 impl Default for MemoryConfig {
@@ -36,67 +48,18 @@ impl Default for MemoryConfig {
         Self {
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
-            max_idempotency_keys: 10_000,
+            max_bytes: 512 << 20,
         }
     }
 }
 
-struct Retained {
-    msg: Arc<Message>,
-    at: Instant,
-}
-
-struct ChannelState {
-    epoch: Epoch,
-    last_offset: u64,
-    history: VecDeque<Retained>,
-    /// Where live messages go; `None` while no node-local subscriber exists.
-    sink: Option<Arc<dyn Sink>>,
-    /// Idempotency key -> offset, with insertion order for eviction.
-    keys: HashMap<String, u64>,
-    key_order: VecDeque<(String, Instant)>,
-    /// Last publish, read or subscribe: idle channels are swept after the TTL.
-    touched: Instant,
-}
-
-impl ChannelState {
-    fn new(now: Instant) -> Self {
-        Self {
-            epoch: Epoch::from_random(rand::random()),
-            last_offset: 0,
-            history: VecDeque::new(),
-            sink: None,
-            keys: HashMap::new(),
-            key_order: VecDeque::new(),
-            touched: now,
-        }
-    }
-
-    fn expire(&mut self, now: Instant, cfg: &MemoryConfig) {
-        while self
-            .history
-            .front()
-            .is_some_and(|r| now.duration_since(r.at) >= cfg.history_ttl)
-        {
-            self.history.pop_front();
-        }
-        while let Some((key, at)) = self.key_order.front() {
-            if now.duration_since(*at) < cfg.history_ttl
-                && self.key_order.len() <= cfg.max_idempotency_keys
-            {
-                break;
-            }
-            self.keys.remove(key);
-            self.key_order.pop_front();
-        }
-    }
-
-    fn top(&self) -> StreamPosition {
-        StreamPosition {
-            epoch: self.epoch.clone(),
-            offset: self.last_offset,
-        }
-    }
+/// What the broker holds, for metrics.
+#[derive(Debug, Default)]
+pub struct MemoryStats {
+    /// Bytes counted against [`MemoryConfig::max_bytes`].
+    pub bytes: AtomicUsize,
+    /// Channels with an entry (published within the TTL, or subscribed on this node).
+    pub channels: AtomicUsize,
 }
 
 /// The embedded single-node broker.
@@ -104,16 +67,19 @@ pub struct MemoryBroker {
     shards: Box<[Mutex<HashMap<ChannelName, ChannelState>>]>,
     hasher: RandomState,
     config: MemoryConfig,
+    stats: Arc<MemoryStats>,
 }
 
 impl MemoryBroker {
     /// Creates the broker and, when called inside a tokio runtime, a background task that drops
-    /// idle channels (their epoch then changes, as their history is gone).
+    /// expired history and keys and idle channels (their epoch then changes, as their history
+    /// is gone).
     pub fn new(config: MemoryConfig) -> Arc<Self> {
         let broker = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             config,
+            stats: Arc::default(),
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(sweep_loop(Arc::downgrade(&broker)));
@@ -121,41 +87,80 @@ impl MemoryBroker {
         broker
     }
 
+    /// The channel's retention: where a per-channel policy would plug in.
+    fn retention(&self, _channel: &ChannelName) -> Retention {
+        Retention {
+            size: self.config.history_size,
+            ttl: self.config.history_ttl,
+        }
+    }
+
     fn shard(&self, channel: &ChannelName) -> &Mutex<HashMap<ChannelName, ChannelState>> {
         &self.shards[self.hasher.hash_one(channel.as_str()) as usize % SHARDS]
     }
 
-    fn with_channel<R>(
-        &self,
-        channel: &ChannelName,
-        f: impl FnOnce(&mut ChannelState, Instant) -> R,
-    ) -> R {
-        let now = Instant::now();
-        let mut shard = self.shard(channel).lock();
-        let state = shard
-            .entry(channel.clone())
-            .or_insert_with(|| ChannelState::new(now));
-        state.expire(now, &self.config);
-        state.touched = now;
-        f(state, now)
+    fn add_bytes(&self, n: usize) {
+        self.stats.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Drops channels with no subscriber, no retained message and no recent activity.
+    fn sub_bytes(&self, n: usize) {
+        self.stats.bytes.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Drops `channel`'s entry if nothing needs it any more.
+    fn drop_if_idle(
+        &self,
+        shard: &mut HashMap<ChannelName, ChannelState>,
+        channel: &ChannelName,
+        now: Instant,
+    ) {
+        let retention = self.retention(channel);
+        if shard.get(channel).is_some_and(|s| s.is_idle(now, retention))
+            && let Some(state) = shard.remove(channel)
+        {
+            self.sub_bytes(state.bytes);
+            self.stats.channels.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Drops expired messages and keys everywhere, and channels nothing needs any more.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in self.shards.iter() {
-            shard.lock().retain(|_, s| {
-                s.expire(now, &self.config);
-                s.sink.is_some()
-                    || !s.history.is_empty()
-                    || now.duration_since(s.touched) < self.config.history_ttl
+            let mut shard = shard.lock();
+            let mut freed = 0;
+            let mut dropped = 0;
+            shard.retain(|channel, s| {
+                let retention = self.retention(channel);
+                freed += s.expire(now, retention);
+                let keep = !s.is_idle(now, retention);
+                if !keep {
+                    freed += s.bytes;
+                    dropped += 1;
+                }
+                keep
             });
+            self.sub_bytes(freed);
+            self.stats.channels.fetch_sub(dropped, Ordering::Relaxed);
         }
     }
 
     /// Number of channels currently held (for tests and metrics).
     pub fn channel_count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// What the broker holds, for metrics.
+    pub fn stats(&self) -> Arc<MemoryStats> {
+        self.stats.clone()
+    }
+
+    fn full(&self) -> BrokerError {
+        BrokerError::Full(format!(
+            "the embedded broker holds its limit of {} bytes of history and idempotency keys \
+             (memory_max_bytes); retry after older messages expire",
+            self.config.max_bytes
+        ))
     }
 }
 
@@ -178,99 +183,114 @@ async fn sweep_loop(broker: Weak<MemoryBroker>) {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
-        let cfg = &self.config;
-        Ok(self.with_channel(&publish.channel, |state, now| {
-            if let Some(&offset) = publish
-                .idempotency_key
-                .as_ref()
-                .and_then(|k| state.keys.get(k))
-            {
-                return Published {
-                    position: StreamPosition {
-                        epoch: state.epoch.clone(),
-                        offset,
-                    },
-                    duplicate: true,
-                };
-            }
-            state.last_offset += 1;
-            let msg = Arc::new(Message {
-                channel: publish.channel.clone(),
-                offset: state.last_offset,
-                epoch: state.epoch.clone(),
-                event: publish.event,
-                data: publish.data,
-                published_at_us: now_us(),
-            });
-            if cfg.history_size > 0 {
-                if state.history.len() >= cfg.history_size {
-                    state.history.pop_front();
+        let now = Instant::now();
+        let retention = self.retention(&publish.channel);
+        let mut shard = self.shard(&publish.channel).lock();
+        let state = match shard.get_mut(&publish.channel) {
+            Some(state) => state,
+            None => {
+                let state = ChannelState::new(now, publish.channel.as_str().len());
+                if self.stats.bytes.load(Ordering::Relaxed) + state.bytes > self.config.max_bytes
+                {
+                    return Err(self.full());
                 }
-                state.history.push_back(Retained {
-                    msg: msg.clone(),
-                    at: now,
-                });
+                self.add_bytes(state.bytes);
+                self.stats.channels.fetch_add(1, Ordering::Relaxed);
+                shard.entry(publish.channel.clone()).or_insert(state)
             }
-            if let Some(key) = publish.idempotency_key {
-                state.keys.insert(key.clone(), state.last_offset);
-                state.key_order.push_back((key, now));
-                state.expire(now, cfg);
-            }
-            // Delivered under the channel lock: this is what keeps the sink in offset order.
-            if let Some(sink) = &state.sink {
-                sink.deliver(msg);
-            }
-            Published {
-                position: state.top(),
-                duplicate: false,
-            }
-        }))
+        };
+        self.sub_bytes(state.expire(now, retention));
+        if !state.epoch.is_none() && state.is_idle(now, retention) {
+            // Idle past the TTL: its history is gone, so it starts over in a new epoch, as a
+            // Redis channel whose keys expired does.
+            state.epoch = Epoch::none();
+            state.last_offset = 0;
+        }
+        if let Some(offset) = publish.idempotency_key.as_deref().and_then(|k| state.key(k)) {
+            return Ok(Published {
+                position: StreamPosition {
+                    epoch: state.epoch.clone(),
+                    offset,
+                },
+                duplicate: true,
+            });
+        }
+        // The first publish creates the epoch; reads and subscribes never do.
+        let epoch = if state.epoch.is_none() {
+            Epoch::from_random(rand::random())
+        } else {
+            state.epoch.clone()
+        };
+        let msg = Arc::new(Message {
+            channel: publish.channel.clone(),
+            offset: state.last_offset + 1,
+            epoch: epoch.clone(),
+            event: publish.event,
+            data: publish.data,
+            published_at_us: now_us(),
+        });
+        let cost = state.append_cost(
+            message_cost(&msg),
+            publish.idempotency_key.as_deref(),
+            retention,
+        );
+        if cost > 0
+            && self.stats.bytes.load(Ordering::Relaxed) + cost as usize > self.config.max_bytes
+        {
+            let err = self.full();
+            self.drop_if_idle(&mut shard, &publish.channel, now);
+            return Err(err);
+        }
+        let before = state.bytes;
+        state.epoch = epoch;
+        state.last_offset += 1;
+        state.touched = now;
+        state.append(&msg, publish.idempotency_key, now, retention);
+        if state.bytes >= before {
+            self.add_bytes(state.bytes - before);
+        } else {
+            self.sub_bytes(before - state.bytes);
+        }
+        // Delivered under the channel lock: this is what keeps the sink in offset order.
+        if let Some(sink) = &state.sink {
+            sink.deliver(msg);
+        }
+        Ok(Published {
+            position: state.top(),
+            duplicate: false,
+        })
     }
 
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<&StreamPosition>,
-        limit: usize,
+        query: HistoryQuery,
     ) -> Result<History, BrokerError> {
-        Ok(self.with_channel(channel, |state, _| {
-            let top = state.top();
-            let (after, same_epoch) = match since {
-                Some(p) => (
-                    p.offset,
-                    p.epoch == state.epoch && p.offset <= state.last_offset,
-                ),
-                None => (0, true),
-            };
-            if !same_epoch {
-                return History {
-                    messages: Vec::new(),
-                    top,
-                    recovered: false,
-                };
-            }
-            let messages: Vec<Arc<Message>> = state
-                .history
-                .iter()
-                .filter(|r| r.msg.offset > after)
-                .take(limit)
-                .map(|r| r.msg.clone())
-                .collect();
-            let first_needed = after + 1;
-            let complete_start = match messages.first() {
-                Some(m) => m.offset == first_needed,
-                None => after == state.last_offset,
-            };
-            let complete_end = messages
-                .last()
-                .is_none_or(|m| m.offset == state.last_offset);
-            let recovered = since.is_some() && complete_start && complete_end;
-            History {
-                messages,
-                top,
-                recovered,
-            }
-        }))
+        let now = Instant::now();
+        let retention = self.retention(channel);
+        let mut shard = self.shard(channel).lock();
+        // A read of a channel without an entry creates none.
+        let Some(state) = shard.get_mut(channel) else {
+            return Ok(query.page(StreamPosition::start(), Vec::new()));
+        };
+        self.sub_bytes(state.expire(now, retention));
+        if state.is_idle(now, retention) {
+            // Idle past the TTL: gone, as its Redis keys would be.
+            self.drop_if_idle(&mut shard, channel, now);
+            return Ok(query.page(StreamPosition::start(), Vec::new()));
+        }
+        // Like Redis refreshing the meta key's TTL: a read channel keeps its epoch while quiet.
+        state.touched = now;
+        let top = state.top();
+        let retained = match query.after_offset(&top) {
+            Some(after) if query.limit > 0 => state
+                .retained_after(after)
+                .take(query.limit)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(query.page(top, retained))
     }
 
     async fn subscribe(
@@ -278,14 +298,26 @@ impl Broker for MemoryBroker {
         channel: &ChannelName,
         sink: Arc<dyn Sink>,
     ) -> Result<(), BrokerError> {
-        self.with_channel(channel, |state, _| state.sink = Some(sink));
+        // A subscribed channel needs an entry to hold the sink, published or not; it is dropped
+        // again on unsubscribe if nothing was published. Only the hub subscribes (once per
+        // channel with local subscribers), so this is bounded by the node's subscriptions.
+        let mut shard = self.shard(channel).lock();
+        let state = shard.entry(channel.clone()).or_insert_with(|| {
+            let state = ChannelState::new(Instant::now(), channel.as_str().len());
+            self.add_bytes(state.bytes);
+            self.stats.channels.fetch_add(1, Ordering::Relaxed);
+            state
+        });
+        state.sink = Some(sink);
         Ok(())
     }
 
     async fn unsubscribe(&self, channel: &ChannelName) {
-        if let Some(state) = self.shard(channel).lock().get_mut(channel) {
+        let mut shard = self.shard(channel).lock();
+        if let Some(state) = shard.get_mut(channel) {
             state.sink = None;
         }
+        self.drop_if_idle(&mut shard, channel, Instant::now());
     }
 
     async fn ready(&self) -> Result<(), BrokerError> {

@@ -7,14 +7,14 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use herald_broker::{Broker, RedisBroker, RedisConfig};
 use herald_core::StreamPosition;
-use support::{Collect, RedisCluster, ch, eventually, publish};
+use support::{Collect, RedisCluster, after, ch, eventually, latest, publish};
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
         url,
         history_size: 1000,
         history_ttl: Duration::from_secs(60),
-        publish_timeout: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
         probe_interval: Duration::from_millis(200),
         reconnect_min: Duration::from_millis(20),
         reconnect_max: Duration::from_millis(200),
@@ -64,7 +64,7 @@ async fn cluster_relays_between_nodes_and_resumes_from_history() {
     for (name, sink) in names.iter().zip(&sinks) {
         let seen = sink.messages()[14].position();
         let h = publisher
-            .history(&ch(name), Some(&seen), 100)
+            .history(&ch(name), after(&seen, 100))
             .await
             .expect("history");
         assert!(h.recovered);
@@ -142,18 +142,20 @@ async fn cluster_shard_connection_kill_loses_nothing() {
     .await;
     eprintln!("stats: {:?}", node.stats().snapshot());
     let top = publisher
-        .history(&ch(&names[0]), None, 0)
+        .history(&ch(&names[0]), latest(0))
         .await
         .expect("history")
         .top;
     let resumed = publisher
         .history(
             &ch(&names[0]),
-            Some(&StreamPosition {
+            after(
+                &StreamPosition {
                 epoch: top.epoch.clone(),
                 offset: n - 1,
-            }),
-            10,
+                },
+                10,
+            ),
         )
         .await
         .expect("history");

@@ -7,14 +7,14 @@ use std::{sync::Arc, time::Duration};
 
 use herald_broker::{Broker, BrokerError, RedisBroker, RedisConfig};
 use herald_core::StreamPosition;
-use support::{Collect, RedisServer, ch, eventually, publish, until_ok};
+use support::{Collect, RedisServer, after, ch, eventually, latest, publish, until_ok};
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
         url,
         history_size: 10_000,
         history_ttl: Duration::from_secs(60),
-        publish_timeout: Duration::from_millis(500),
+        timeout: Duration::from_millis(500),
         probe_interval: Duration::from_millis(100),
         probe_timeout: Duration::from_millis(500),
         reconnect_min: Duration::from_millis(20),
@@ -128,7 +128,7 @@ async fn aof_restart_keeps_acked_messages_and_the_epoch() {
     };
     let channel = ch("p");
     let h = until_ok("history after the restart", || {
-        b.history(&channel, Some(&since), 100)
+        b.history(&channel, after(&since, 100))
     })
     .await;
     assert!(h.recovered, "same epoch, nothing lost");
@@ -156,19 +156,19 @@ async fn restart_without_persistence_changes_the_epoch() {
         .position;
     sink.wait_for(1).await;
     redis.restart();
-    let after = until_ok("a publish after the restart", || {
+    let published = until_ok("a publish after the restart", || {
         b.publish(publish("v", 2, None))
     })
     .await
     .position;
-    assert_ne!(after.epoch, before.epoch, "history was lost: new epoch");
-    assert_eq!(after.offset, 1);
+    assert_ne!(published.epoch, before.epoch, "history was lost: new epoch");
+    assert_eq!(published.offset, 1);
     sink.wait_for(2).await;
     let got = sink.messages();
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[1].position(), after, "the sink sees the new epoch");
+    assert_eq!(got[1].position(), published, "the sink sees the new epoch");
     let stale = b
-        .history(&ch("v"), Some(&before), 10)
+        .history(&ch("v"), after(&before, 10))
         .await
         .expect("history");
     assert!(!stale.recovered, "the old epoch cannot be resumed");
@@ -196,7 +196,7 @@ async fn redis_down_fails_fast_and_recovers() {
         .await
         .expect("ready must not hang");
     assert!(not_ready.is_err());
-    let history = tokio::time::timeout(Duration::from_secs(10), b.history(&ch("d"), None, 1))
+    let history = tokio::time::timeout(Duration::from_secs(10), b.history(&ch("d"), latest(1)))
         .await
         .expect("history must not hang");
     assert!(matches!(history, Err(BrokerError::Unavailable(_))));

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 
 use herald_broker::{Broker, RedisBroker, RedisConfig};
 use herald_core::{Epoch, EventName, StreamPosition};
-use support::{Collect, RedisServer, ch, eventually, publish};
+use support::{Collect, RedisServer, after, ch, eventually, latest, publish};
 
 fn config(url: String, history_size: usize) -> RedisConfig {
     RedisConfig {
@@ -43,22 +43,93 @@ async fn offsets_are_per_channel_and_start_at_one() {
 }
 
 #[tokio::test]
-async fn a_fresh_channel_has_an_epoch_that_its_first_publish_keeps() {
+async fn reads_create_nothing_and_the_first_publish_creates_the_epoch() {
     let redis = RedisServer::start();
     let b = broker(&redis, 10).await;
-    let h = b.history(&ch("fresh"), None, 100).await.expect("history");
-    assert_eq!(h.top.offset, 0);
-    assert!(h.messages.is_empty() && !h.recovered);
-    let again = b.history(&ch("fresh"), None, 100).await.expect("history");
-    assert_eq!(again.top.epoch, h.top.epoch, "the epoch is created once");
-    let caught_up = b
-        .history(&ch("fresh"), Some(&h.top), 100)
+    for i in 0..50 {
+        let name = format!("fresh-{i}");
+        let h = b.history(&ch(&name), latest(100)).await.expect("history");
+        assert_eq!(h.top, StreamPosition::start(), "no epoch before the first publish");
+        assert!(h.messages.is_empty() && !h.recovered);
+        let caught_up = b
+            .history(&ch(&name), after(&h.top, 100))
+            .await
+            .expect("history");
+        assert!(caught_up.recovered, "nothing missed since before the first message");
+    }
+    // The node's own probe channels are the only keys; reads created none.
+    let sink = Collect::new();
+    b.subscribe(&ch("watched"), sink.clone()).await.expect("subscribe");
+    b.unsubscribe(&ch("watched")).await;
+    assert_eq!(redis.cli(&["--scan", "--pattern", "herald:*"]).trim(), "");
+
+    let p = b.publish(publish("fresh-0", 1, None)).await.expect("publish");
+    assert!(!p.position.epoch.is_none());
+    assert_eq!(p.position.offset, 1);
+    let resumed = b
+        .history(&ch("fresh-0"), after(&StreamPosition::start(), 100))
         .await
         .expect("history");
-    assert!(caught_up.recovered, "nothing missed since offset 0");
-    let p = b.publish(publish("fresh", 1, None)).await.expect("publish");
-    assert_eq!(p.position.epoch, h.top.epoch);
-    assert_eq!(p.position.offset, 1);
+    assert!(resumed.recovered, "the start position continues into the first epoch");
+    assert_eq!(resumed.messages.len(), 1);
+}
+
+#[tokio::test]
+async fn idempotency_holds_after_ten_thousand_other_keys() {
+    let redis = RedisServer::start();
+    let b = broker(&redis, 10).await;
+    let first = b
+        .publish(publish("orders", 0, Some("order-42")))
+        .await
+        .expect("publish");
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in (t..10_001).step_by(8) {
+                b.publish(publish("orders", k, Some(&format!("k{k}"))))
+                    .await
+                    .expect("publish");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    let again = b
+        .publish(publish("orders", 0, Some("order-42")))
+        .await
+        .expect("publish");
+    assert!(again.duplicate, "remembered for the TTL, however many keys came after");
+    assert_eq!(again.position, first.position);
+}
+
+#[tokio::test]
+async fn history_pages_are_bounded_by_bytes() {
+    let redis = RedisServer::start();
+    let b = broker(&redis, 100).await;
+    for i in 1..=20 {
+        b.publish(publish("p", i, None)).await.expect("publish");
+    }
+    let top = b.history(&ch("p"), latest(0)).await.expect("h").top;
+    let start = StreamPosition {
+        epoch: top.epoch.clone(),
+        offset: 0,
+    };
+    let one = b.history(&ch("p"), after(&start, 1)).await.expect("h");
+    let size = one.messages[0].stored_len();
+    let page = b
+        .history(&ch("p"), herald_broker::HistoryQuery::after(start.clone(), 100, size * 5))
+        .await
+        .expect("h");
+    let n = page.messages.len();
+    assert!((1..20).contains(&n), "a page, not everything: {n}");
+    assert!(page.recovered && !page.is_complete());
+    let tiny = b
+        .history(&ch("p"), herald_broker::HistoryQuery::after(start, 100, 1))
+        .await
+        .expect("h");
+    assert_eq!(tiny.messages.len(), 1, "at least one message per page");
 }
 
 #[tokio::test]
@@ -86,7 +157,7 @@ async fn idempotent_publish_returns_the_first_result() {
     assert_eq!(other.position.offset, 2);
     sink.wait_for(2).await;
     assert_eq!(sink.offsets(), vec![1, 2], "a duplicate is not delivered");
-    let h = b.history(&ch("a"), None, 100).await.expect("history");
+    let h = b.history(&ch("a"), latest(100)).await.expect("history");
     assert_eq!(h.messages.len(), 2, "a duplicate is not stored");
     let elsewhere = b
         .publish(publish("b", 1, Some("k")))
@@ -102,7 +173,7 @@ async fn history_resume_reports_recovery() {
     for i in 1..=5 {
         b.publish(publish("a", i, None)).await.expect("publish");
     }
-    let all = b.history(&ch("a"), None, 100).await.expect("history");
+    let all = b.history(&ch("a"), latest(100)).await.expect("history");
     let offsets =
         |h: &herald_broker::History| h.messages.iter().map(|m| m.offset).collect::<Vec<_>>();
     assert_eq!(offsets(&all), [3, 4, 5]);
@@ -114,14 +185,14 @@ async fn history_resume_reports_recovery() {
         offset,
     };
 
-    let ok = b.history(&ch("a"), Some(&at(3)), 100).await.expect("h");
+    let ok = b.history(&ch("a"), after(&at(3), 100)).await.expect("h");
     assert!(ok.recovered);
     assert_eq!(offsets(&ok), [4, 5]);
 
-    let caught_up = b.history(&ch("a"), Some(&at(5)), 100).await.expect("h");
+    let caught_up = b.history(&ch("a"), after(&at(5), 100)).await.expect("h");
     assert!(caught_up.recovered && caught_up.messages.is_empty());
 
-    let too_old = b.history(&ch("a"), Some(&at(1)), 100).await.expect("h");
+    let too_old = b.history(&ch("a"), after(&at(1), 100)).await.expect("h");
     assert!(!too_old.recovered, "offset 2 was trimmed");
     assert_eq!(
         offsets(&too_old),
@@ -129,25 +200,28 @@ async fn history_resume_reports_recovery() {
         "what is retained is still returned"
     );
 
-    let cut = b.history(&ch("a"), Some(&at(2)), 1).await.expect("h");
-    assert!(!cut.recovered, "limit cut the read short");
+    let cut = b.history(&ch("a"), after(&at(2), 1)).await.expect("h");
+    assert!(cut.recovered, "3 follows 2: a page cut by its limit still continues");
+    assert!(!cut.is_complete());
     assert_eq!(offsets(&cut), [3]);
 
     let other = Epoch::parse("ffff").expect("epoch");
     let wrong = b
         .history(
             &ch("a"),
-            Some(&StreamPosition {
+            after(
+                &StreamPosition {
                 epoch: other,
                 offset: 4,
-            }),
-            100,
+                },
+                100,
+            ),
         )
         .await
         .expect("h");
     assert!(!wrong.recovered && wrong.messages.is_empty());
 
-    let future = b.history(&ch("a"), Some(&at(9)), 100).await.expect("h");
+    let future = b.history(&ch("a"), after(&at(9), 100)).await.expect("h");
     assert!(
         !future.recovered,
         "a position beyond the top is from another incarnation"
@@ -170,7 +244,7 @@ async fn messages_keep_event_data_and_timestamp() {
     sink.wait_for(1).await;
     let live = sink.messages()[0].clone();
     let stored = b
-        .history(&ch("e"), None, 10)
+        .history(&ch("e"), latest(10))
         .await
         .expect("history")
         .messages[0]
@@ -196,7 +270,7 @@ async fn history_expires_with_the_ttl() {
         .await
         .expect("publish");
     eventually("the history to expire", || async {
-        b.history(&ch("t"), None, 10)
+        b.history(&ch("t"), latest(10))
             .await
             .is_ok_and(|h| h.messages.is_empty())
     })

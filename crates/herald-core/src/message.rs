@@ -15,16 +15,35 @@ use crate::channel::{ChannelName, EventName};
 pub const MAX_EPOCH_LEN: usize = 32;
 
 /// Identifies one incarnation of a channel's history. Cloning is a refcount increment.
+///
+/// The empty epoch ([`Epoch::none`]) belongs to a channel that has no history yet (never
+/// published, or everything about it expired): reading a channel never creates its epoch, the
+/// first publish does. A position `("", 0)` therefore means "saw the channel before its first
+/// message", and continues into whichever epoch the first publish creates.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Epoch(Arc<str>);
 
+static NONE: std::sync::LazyLock<Epoch> = std::sync::LazyLock::new(|| Epoch(Arc::from("")));
+
 impl Epoch {
-    /// Accepts 1-32 ASCII alphanumerics (what brokers generate; safe in tokens, JSON and keys).
+    /// Accepts 0-32 ASCII alphanumerics (what brokers generate; safe in tokens, JSON and keys).
+    /// The empty string is [`Epoch::none`].
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_EPOCH_LEN
-            && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if s.is_empty() {
+            return Some(Self::none());
+        }
+        let ok = s.len() <= MAX_EPOCH_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric());
         ok.then(|| Self(Arc::from(s)))
+    }
+
+    /// The epoch of a channel that has none yet (one shared allocation).
+    pub fn none() -> Self {
+        NONE.clone()
+    }
+
+    /// True for [`Epoch::none`].
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// A fresh epoch from 64 random bits, rendered as 16 hex digits.
@@ -70,10 +89,34 @@ impl fmt::Display for Epoch {
 
 /// A point in one channel's stream: "I have seen everything up to and including `offset`".
 /// Offset 0 means "nothing yet".
+///
+/// Two positions continue each other across the empty epoch: `("", 0)` is followed by offset 1
+/// of the channel's first epoch (see [`StreamPosition::is_followed_by`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StreamPosition {
     pub epoch: Epoch,
     pub offset: u64,
+}
+
+impl StreamPosition {
+    /// Where a channel without history stands: `("", 0)`.
+    pub fn start() -> Self {
+        Self {
+            epoch: Epoch::none(),
+            offset: 0,
+        }
+    }
+
+    /// True when the message at (`epoch`, `offset`) comes right after this position: the next
+    /// offset of the same epoch, or offset 1 of any epoch after `("", 0)` (the channel's first
+    /// message, whose publish created its epoch).
+    pub fn is_followed_by(&self, epoch: &Epoch, offset: u64) -> bool {
+        if self.epoch == *epoch {
+            offset == self.offset + 1
+        } else {
+            self.epoch.is_none() && self.offset == 0 && offset == 1
+        }
+    }
 }
 
 /// One published message, as stored in history and relayed between nodes.
@@ -98,6 +141,16 @@ impl Message {
         }
     }
 
+    /// About what the message costs where it is kept and sent: its data plus its header
+    /// (offset, epoch, event, channel). Byte bounds on history pages and queues count this.
+    pub fn stored_len(&self) -> usize {
+        const HEADER: usize = 64;
+        self.data.len()
+            + self.channel.as_str().len()
+            + self.event.as_ref().map_or(0, |e| e.as_str().len())
+            + HEADER
+    }
+
     /// The SSE event type this message is delivered as.
     pub fn event_name(&self) -> &str {
         self.event.as_ref().map_or("message", EventName::as_str)
@@ -111,10 +164,26 @@ mod tests {
     #[test]
     fn epoch_parsing_is_strict() {
         assert!(Epoch::parse("abc123").is_some());
-        assert!(Epoch::parse("").is_none());
+        assert!(Epoch::parse("").is_some_and(|e| e.is_none() && e == Epoch::none()));
+        assert!(!Epoch::parse("a").is_some_and(|e| e.is_none()));
         assert!(Epoch::parse("a,b").is_none());
         assert!(Epoch::parse(&"a".repeat(MAX_EPOCH_LEN + 1)).is_none());
         assert_eq!(Epoch::from_random(255).as_str(), "00000000000000ff");
+    }
+
+    #[test]
+    fn the_start_position_continues_into_the_first_epoch() {
+        let e = Epoch::parse("e1").expect("valid");
+        let start = StreamPosition::start();
+        assert!(start.is_followed_by(&e, 1));
+        assert!(!start.is_followed_by(&e, 2));
+        let at = StreamPosition {
+            epoch: e.clone(),
+            offset: 4,
+        };
+        assert!(at.is_followed_by(&e, 5));
+        assert!(!at.is_followed_by(&Epoch::parse("e2").expect("valid"), 1));
+        assert!(!at.is_followed_by(&e, 4));
     }
 
     #[test]

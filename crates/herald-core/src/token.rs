@@ -177,6 +177,13 @@ mod tests {
         assert_eq!(ResumeToken::parse(""), Ok(ResumeToken::default()));
     }
 
+    #[test]
+    fn a_channel_without_history_has_an_empty_epoch() {
+        let t = ResumeToken::parse(",0,news").expect("parses");
+        assert_eq!(t.get("news"), Some(&StreamPosition::start()));
+        assert_eq!(t.to_string(), ",0,news");
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(s in ".{0,200}") {

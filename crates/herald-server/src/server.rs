@@ -39,7 +39,7 @@ pub async fn build_broker(
         url: config.redis_url.clone(),
         history_size: config.history_size,
         history_ttl: config.history_ttl,
-        publish_timeout: config.redis_timeout,
+        timeout: config.redis_timeout,
         probe_interval: config.redis_probe_interval,
         probe_timeout: config.redis_timeout,
         ..RedisConfig::default()

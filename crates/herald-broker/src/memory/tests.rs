@@ -1,12 +1,36 @@
 use super::*;
 use bytes::Bytes;
+use std::sync::atomic::Ordering;
 
 fn cfg(size: usize, ttl_secs: u64) -> MemoryConfig {
     MemoryConfig {
         history_size: size,
         history_ttl: Duration::from_secs(ttl_secs),
-        max_idempotency_keys: 4,
+        ..MemoryConfig::default()
     }
+}
+
+fn latest(limit: usize) -> HistoryQuery {
+    HistoryQuery {
+        start: crate::Start::Latest,
+        limit,
+        max_bytes: usize::MAX,
+    }
+}
+
+fn after(epoch: &Epoch, offset: u64, limit: usize) -> HistoryQuery {
+    HistoryQuery::after(
+        StreamPosition {
+            epoch: epoch.clone(),
+            offset,
+        },
+        limit,
+        usize::MAX,
+    )
+}
+
+fn offsets(h: &History) -> Vec<u64> {
+    h.messages.iter().map(|m| m.offset).collect()
 }
 
 fn publish(channel: &str, n: u64, key: Option<&str>) -> Publish {
@@ -74,97 +98,132 @@ async fn history_resume_reports_recovery() {
     for i in 1..=5 {
         b.publish(publish("a", i, None)).await.expect("publish");
     }
-    let all = b.history(&ch("a"), None, 100).await.expect("history");
-    assert_eq!(
-        all.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
-        [3, 4, 5]
-    );
+    let all = b.history(&ch("a"), latest(100)).await.expect("history");
+    assert_eq!(offsets(&all), [3, 4, 5]);
     assert!(!all.recovered, "no since, nothing to recover");
     let epoch = all.top.epoch.clone();
 
-    let ok = b
-        .history(
-            &ch("a"),
-            Some(&StreamPosition {
-                epoch: epoch.clone(),
-                offset: 3,
-            }),
-            100,
-        )
-        .await
-        .expect("h");
-    assert!(ok.recovered);
-    assert_eq!(
-        ok.messages.iter().map(|m| m.offset).collect::<Vec<_>>(),
-        [4, 5]
-    );
+    let ok = b.history(&ch("a"), after(&epoch, 3, 100)).await.expect("h");
+    assert!(ok.recovered && ok.is_complete());
+    assert_eq!(offsets(&ok), [4, 5]);
 
-    let caught_up = b
-        .history(
-            &ch("a"),
-            Some(&StreamPosition {
-                epoch: epoch.clone(),
-                offset: 5,
-            }),
-            100,
-        )
-        .await
-        .expect("h");
+    let caught_up = b.history(&ch("a"), after(&epoch, 5, 100)).await.expect("h");
     assert!(caught_up.recovered && caught_up.messages.is_empty());
 
-    let too_old = b
-        .history(
-            &ch("a"),
-            Some(&StreamPosition {
-                epoch: epoch.clone(),
-                offset: 1,
-            }),
-            100,
-        )
-        .await
-        .expect("h");
+    let too_old = b.history(&ch("a"), after(&epoch, 1, 100)).await.expect("h");
     assert!(!too_old.recovered, "offset 2 was trimmed");
-    assert_eq!(
-        too_old.messages.len(),
-        3,
-        "what is retained is still returned"
-    );
+    assert_eq!(offsets(&too_old), [3, 4, 5], "what is retained is still returned");
 
-    let cut = b
-        .history(
-            &ch("a"),
-            Some(&StreamPosition {
-                epoch: epoch.clone(),
-                offset: 2,
-            }),
-            1,
-        )
-        .await
-        .expect("h");
-    assert!(!cut.recovered, "limit cut the read short");
+    let cut = b.history(&ch("a"), after(&epoch, 2, 1)).await.expect("h");
+    assert!(cut.recovered, "3 follows 2: a page cut by its limit still continues the position");
+    assert!(!cut.is_complete(), "and says there is more to read");
+    assert_eq!(offsets(&cut), [3]);
 
     let other = Epoch::parse("ffff").expect("epoch");
-    let wrong = b
-        .history(
-            &ch("a"),
-            Some(&StreamPosition {
-                epoch: other,
-                offset: 4,
-            }),
-            100,
-        )
-        .await
-        .expect("h");
+    let wrong = b.history(&ch("a"), after(&other, 4, 100)).await.expect("h");
     assert!(!wrong.recovered && wrong.messages.is_empty());
 
-    let future = b
-        .history(&ch("a"), Some(&StreamPosition { epoch, offset: 9 }), 100)
-        .await
-        .expect("h");
+    let future = b.history(&ch("a"), after(&epoch, 9, 100)).await.expect("h");
     assert!(
         !future.recovered,
         "a position beyond the top is from another incarnation"
     );
+
+    let tail = b.history(&ch("a"), latest(2)).await.expect("h");
+    assert_eq!(offsets(&tail), [4, 5], "latest reads the newest");
+    let in_current = HistoryQuery {
+        start: crate::Start::AfterOffset(4),
+        limit: 10,
+        max_bytes: usize::MAX,
+    };
+    let h = b.history(&ch("a"), in_current).await.expect("h");
+    assert!(h.recovered);
+    assert_eq!(offsets(&h), [5]);
+}
+
+#[tokio::test]
+async fn pages_are_bounded_by_bytes_but_hold_at_least_one_message() {
+    let b = MemoryBroker::new(cfg(100, 60));
+    for i in 1..=10 {
+        b.publish(publish("a", i, None)).await.expect("publish");
+    }
+    let one = b.history(&ch("a"), latest(0)).await.expect("h").top;
+    let size = b.history(&ch("a"), after(&one.epoch, 0, 1)).await.expect("h").messages[0]
+        .stored_len();
+    let start = StreamPosition {
+        epoch: one.epoch.clone(),
+        offset: 0,
+    };
+    let page = |max_bytes| HistoryQuery::after(start.clone(), 100, max_bytes);
+    let h = b.history(&ch("a"), page(size * 3)).await.expect("h");
+    assert_eq!(offsets(&h), [1, 2, 3]);
+    assert!(h.recovered && !h.is_complete());
+    let h = b.history(&ch("a"), page(1)).await.expect("h");
+    assert_eq!(offsets(&h), [1], "one message even when it alone is over the bound");
+}
+
+#[tokio::test]
+async fn reads_and_subscriptions_of_unknown_channels_leave_nothing_behind() {
+    let b = MemoryBroker::new(cfg(10, 60));
+    for i in 0..100 {
+        let h = b.history(&ch(&format!("nobody-{i}")), latest(10)).await.expect("h");
+        assert_eq!(h.top, StreamPosition::start(), "no epoch before the first publish");
+        assert!(h.messages.is_empty());
+        let resume = HistoryQuery::after(StreamPosition::start(), 10, usize::MAX);
+        assert!(b.history(&ch(&format!("nobody-{i}")), resume).await.expect("h").recovered);
+    }
+    let sink = Arc::new(Collect::default());
+    b.subscribe(&ch("watched"), sink.clone()).await.expect("subscribe");
+    b.unsubscribe(&ch("watched")).await;
+    assert_eq!(b.channel_count(), 0);
+    assert_eq!(b.stats().bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(b.stats().channels.load(Ordering::Relaxed), 0);
+
+    // A subscriber from before the first message continues into the epoch that publish creates.
+    b.subscribe(&ch("new"), sink.clone()).await.expect("subscribe");
+    let p = b.publish(publish("new", 1, None)).await.expect("publish");
+    assert!(!p.position.epoch.is_none());
+    assert!(StreamPosition::start().is_followed_by(&p.position.epoch, p.position.offset));
+    let resumed = b
+        .history(
+            &ch("new"),
+            HistoryQuery::after(StreamPosition::start(), 10, usize::MAX),
+        )
+        .await
+        .expect("h");
+    assert!(resumed.recovered, "nothing was missed since before the first message");
+    assert_eq!(offsets(&resumed), [1]);
+}
+
+#[tokio::test]
+async fn the_memory_bound_refuses_publishes_loudly_and_forgets_nothing() {
+    let b = MemoryBroker::new(MemoryConfig {
+        max_bytes: 20_000,
+        ..cfg(1000, 60)
+    });
+    let first = b.publish(publish("a", 0, Some("k0"))).await.expect("publish");
+    let mut refused = None;
+    for k in 1..1000 {
+        match b.publish(publish("a", k, Some(&format!("k{k}")))).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(refused, Some(BrokerError::Full(_))),
+        "{refused:?}"
+    );
+    assert!(b.stats().bytes.load(Ordering::Relaxed) <= 20_000);
+    let again = b.publish(publish("a", 0, Some("k0"))).await.expect("a retry still answers");
+    assert!(again.duplicate && again.position == first.position);
+    assert!(matches!(
+        b.publish(publish("other", 0, None)).await,
+        Err(BrokerError::Full(_))
+    ));
+    assert_eq!(b.channel_count(), 1, "a refused publish leaves no channel behind");
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,9 +233,12 @@ async fn ttl_expires_history_and_idempotency_keys_and_sweeps_idle_channels() {
         .publish(publish("a", 1, Some("k")))
         .await
         .expect("publish");
-    tokio::time::advance(Duration::from_secs(61)).await;
-    let h = b.history(&ch("a"), None, 100).await.expect("history");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    b.history(&ch("a"), latest(100)).await.expect("history"); // a read keeps the epoch alive
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let h = b.history(&ch("a"), latest(100)).await.expect("history");
     assert!(h.messages.is_empty(), "expired");
+    assert_eq!(h.top, first.position, "the epoch outlives its messages while read");
     let again = b
         .publish(publish("a", 1, Some("k")))
         .await
@@ -184,6 +246,11 @@ async fn ttl_expires_history_and_idempotency_keys_and_sweeps_idle_channels() {
     assert!(!again.duplicate, "key expired with the TTL");
     assert_eq!(again.position.offset, 2);
     tokio::time::advance(Duration::from_secs(61)).await;
+    assert_eq!(
+        b.history(&ch("a"), latest(100)).await.expect("h").top,
+        StreamPosition::start(),
+        "idle past the TTL: gone, like a Redis key that expired"
+    );
     b.sweep();
     assert_eq!(b.channel_count(), 0);
     let fresh = b.publish(publish("a", 1, None)).await.expect("publish");
@@ -195,27 +262,17 @@ async fn ttl_expires_history_and_idempotency_keys_and_sweeps_idle_channels() {
 }
 
 #[tokio::test]
-async fn idempotency_keys_are_bounded() {
+async fn idempotency_keys_last_the_ttl_however_many_there_are() {
     let b = MemoryBroker::new(cfg(10, 60));
-    for k in 0..10 {
+    let first = b.publish(publish("a", 0, Some("order-42"))).await.expect("publish");
+    for k in 0..10_001 {
         b.publish(publish("a", k, Some(&format!("k{k}"))))
             .await
             .expect("publish");
     }
-    assert!(
-        !b.publish(publish("a", 0, Some("k0")))
-            .await
-            .expect("publish")
-            .duplicate,
-        "evicted"
-    );
-    assert!(
-        b.publish(publish("a", 9, Some("k9")))
-            .await
-            .expect("publish")
-            .duplicate,
-        "recent kept"
-    );
+    let again = b.publish(publish("a", 0, Some("order-42"))).await.expect("publish");
+    assert!(again.duplicate, "remembered for the TTL, not evicted by count");
+    assert_eq!(again.position, first.position);
 }
 
 #[tokio::test]

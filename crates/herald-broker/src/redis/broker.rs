@@ -11,7 +11,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_core::{ChannelName, Epoch, EventName, StreamPosition, protocol::Publish};
+use herald_core::{ChannelName, Epoch, EventName, protocol::Publish};
 use parking_lot::{Mutex, RwLock};
 use redis::Script;
 use tokio::{
@@ -30,7 +30,9 @@ use super::{
     scripts::{self, ReadReply},
     supervisor,
 };
-use crate::{Broker, BrokerError, History, Published, Sink, now_us};
+use crate::{
+    Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start, now_us,
+};
 
 /// Subscribe/unsubscribe of one channel are serialised (so SUBSCRIBE and UNSUBSCRIBE cannot
 /// overtake each other) by one of this many locks.
@@ -57,6 +59,9 @@ pub(crate) struct Shared {
     pub stats: Arc<RedisStats>,
     /// Some channel owes a history read that failed; the relay retries.
     pub stale: AtomicBool,
+    /// The last attempt to (re)connect the pub/sub connection failed: Redis is known to be
+    /// unreachable, so a subscribe fails at once instead of waiting for a reconnect.
+    pub unreachable: AtomicBool,
     next_sub: AtomicU64,
 }
 
@@ -88,27 +93,41 @@ impl Shared {
         self.pubsub.read().as_ref().map(|c| c.generation)
     }
 
-    /// Runs the read script: `since`'s epoch decides strict vs follow semantics (see
-    /// [`scripts::READ`]); `limit` is capped at the history size.
+    /// The channel's retention: where a per-channel policy would plug in.
+    pub(crate) fn retention(&self, _channel: &ChannelName) -> Retention {
+        Retention {
+            size: self.cfg.history_size,
+            ttl: self.cfg.history_ttl,
+        }
+    }
+
+    /// Runs the read script for one page (see [`scripts::READ`]). `follow` (the relay's gap
+    /// fills): a position in another epoch reads the current epoch from its start.
     pub(crate) async fn read(
         &self,
         channel: &ChannelName,
-        since: Option<&StreamPosition>,
-        limit: usize,
+        query: &HistoryQuery,
         follow: bool,
     ) -> Result<ReadReply, BrokerError> {
+        let retention = self.retention(channel);
+        let (mode, epoch, offset) = match &query.start {
+            Start::After(p) => (if follow { "f" } else { "a" }, p.epoch.as_str(), p.offset),
+            Start::AfterOffset(o) => ("o", "", *o),
+            Start::Latest => ("l", "", 0),
+        };
         let mut inv = self.read_script.prepare_invoke();
         inv.key(keys::meta(channel))
             .key(keys::stream(channel))
-            .arg(Epoch::from_random(rand::random()).as_str())
-            .arg(ttl_ms(self.cfg.history_ttl))
-            .arg(since.map_or("", |p| p.epoch.as_str()))
-            .arg(since.map_or(0, |p| p.offset))
-            .arg(limit.min(self.cfg.history_size))
-            .arg(if follow { "f" } else { "s" });
+            .arg(ttl_ms(retention.ttl))
+            .arg(mode)
+            .arg(epoch)
+            .arg(offset)
+            .arg(query.limit.min(retention.size))
+            .arg(query.max_bytes)
+            .arg(self.cfg.max_entry_bytes);
         let reply = self
             .commands
-            .script(&inv, self.cfg.publish_timeout)
+            .script(&inv, self.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&self.stats.command_errors))?;
         scripts::parse_read(reply)
@@ -136,14 +155,14 @@ impl Drop for RedisBroker {
 impl RedisBroker {
     /// Builds the command pool and starts the pub/sub supervisor, relay and probe tasks (so it
     /// must be called inside a tokio runtime). Fails only on an invalid configuration: when
-    /// Redis is unreachable it waits up to `publish_timeout` for the first connection, then
+    /// Redis is unreachable it waits up to `timeout` for the first connection, then
     /// returns anyway and keeps reconnecting in the background (`ready()` reports it).
     pub async fn connect(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
         let topology = Topology::parse(&config.url)?;
         if config.history_ttl.is_zero() {
             return Err(BrokerError::Internal("history_ttl must be positive".into()));
         }
-        let commands = Commands::new(&topology, config.pool_size, config.publish_timeout)?;
+        let commands = Commands::new(&topology, config.timeout);
         let node_id = match &config.node_id {
             Some(id) => id.clone(),
             None => format!("{:016x}", rand::random::<u64>()),
@@ -167,6 +186,7 @@ impl RedisBroker {
             events,
             stats: Arc::default(),
             stale: AtomicBool::new(false),
+            unreachable: AtomicBool::new(false),
             next_sub: AtomicU64::new(1),
         });
         let tasks = vec![
@@ -195,10 +215,17 @@ impl RedisBroker {
         }
     }
 
-    /// Waits (up to `publish_timeout`) until the pub/sub connection is up.
+    /// Waits (up to `timeout`) until the pub/sub connection is up; fails at once while Redis is
+    /// known to be unreachable (a reconnect attempt failed), so subscribers get their 503 without
+    /// waiting out the timeout.
     async fn wait_connected(&self) -> Result<(), BrokerError> {
         let mut rx = self.shared.connected.subscribe();
-        match tokio::time::timeout(self.shared.cfg.publish_timeout, rx.wait_for(|c| *c)).await {
+        if !*rx.borrow() && self.shared.unreachable.load(Ordering::Relaxed) {
+            return Err(BrokerError::Unavailable(
+                "redis is unreachable (the pub/sub connection is down)".into(),
+            ));
+        }
+        match tokio::time::timeout(self.shared.cfg.timeout, rx.wait_for(|c| *c)).await {
             Ok(Ok(_)) => Ok(()),
             _ => Err(BrokerError::Unavailable(
                 "redis pub/sub connection is down".into(),
@@ -219,9 +246,10 @@ impl Broker for RedisBroker {
         if let Some(k) = &publish.idempotency_key {
             inv.key(keys::idempotency(c, k));
         }
+        let retention = s.retention(c);
         inv.arg(Epoch::from_random(rand::random()).as_str())
-            .arg(s.cfg.history_size)
-            .arg(ttl_ms(s.cfg.history_ttl))
+            .arg(retention.size)
+            .arg(ttl_ms(retention.ttl))
             .arg(now_us())
             .arg(publish.event.as_ref().map_or("", EventName::as_str))
             .arg(c.as_str())
@@ -229,7 +257,7 @@ impl Broker for RedisBroker {
             .arg(if s.commands.is_cluster() { "s" } else { "p" });
         let reply = s
             .commands
-            .script(&inv, s.cfg.publish_timeout)
+            .script(&inv, s.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         let (position, duplicate) = scripts::parse_publish(reply)?;
@@ -242,12 +270,11 @@ impl Broker for RedisBroker {
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<&StreamPosition>,
-        limit: usize,
+        query: HistoryQuery,
     ) -> Result<History, BrokerError> {
         RedisStats::inc(&self.shared.stats.history_reads);
-        let reply = self.shared.read(channel, since, limit, false).await?;
-        Ok(scripts::history(reply, since, limit))
+        let reply = self.shared.read(channel, &query, false).await?;
+        Ok(query.page(reply.top, reply.messages))
     }
 
     async fn subscribe(
@@ -272,7 +299,7 @@ impl Broker for RedisBroker {
             conn.subscribe(std::slice::from_ref(&backbone)).await?;
             // Only now, with the subscription confirmed, is the top a safe baseline: every
             // later publish reaches this node live.
-            let top = s.read(channel, None, 0, false).await?.top;
+            let top = s.read(channel, &HistoryQuery::top(), false).await?.top;
             Ok::<_, BrokerError>((conn, top))
         }
         .await;
@@ -316,7 +343,7 @@ impl Broker for RedisBroker {
                 "redis pub/sub connection is down".into(),
             ));
         }
-        let timeout = s.cfg.publish_timeout.min(Duration::from_secs(1));
+        let timeout = s.cfg.timeout.min(Duration::from_secs(1));
         s.commands
             .query(&redis::cmd("PING"), timeout)
             .await

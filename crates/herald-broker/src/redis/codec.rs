@@ -37,7 +37,9 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
         return Err(DecodeError("unknown version"));
     }
     let offset = next()?.parse().map_err(|_| DecodeError("bad offset"))?;
-    let epoch = Epoch::parse(next()?).ok_or(DecodeError("bad epoch"))?;
+    let epoch = Epoch::parse(next()?)
+        .filter(|e| !e.is_none())
+        .ok_or(DecodeError("bad epoch"))?;
     let published_at_us = next()?.parse().map_err(|_| DecodeError("bad timestamp"))?;
     let event = match next()? {
         "" => None,
@@ -104,6 +106,7 @@ mod tests {
             b"h1 1 e 1  c d\n{}",
             b"h1 1 e 1 herald.x c\n{}",
             b"h1 1 e 1 ",
+            b"h1 1  1  c\n{}",
         ] {
             assert!(decode(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }

@@ -1,40 +1,37 @@
-//! Request/response traffic to Redis (scripts, PING, probe publishes) through a deadpool-redis
-//! pool, standalone or Cluster, every call bounded by a deadline.
+//! Request/response traffic to Redis (scripts, PING, probe publishes), standalone or Cluster,
+//! every call bounded by the configured timeout (`redis_timeout`).
 //!
-//! Callers never wait longer than the configured timeout, whether Redis refuses connections,
-//! blackholes them, or answers slowly: the whole call (pool checkout included) runs under one
-//! `tokio::time::timeout`, and what did not finish in time is reported as `Unavailable`.
+//! The bound holds whether Redis refuses connections, blackholes them, or answers slowly: the
+//! whole call (connecting included) runs under one `tokio::time::timeout`, and the client's own
+//! connection and response timeouts are set to the same value, so it is this setting, not a
+//! library default, that decides when a slow Redis counts as unavailable.
 //!
-//! The pool is used as a connection factory: every connection it makes is multiplexed (many
-//! requests in flight, pipelined on one socket), so one connection taken out of the pool is
-//! shared by all callers. Checking a connection out per call would cost deadpool's recycle check
-//! (an UNWATCH + PING round trip) on every publish. A call that fails for connection reasons, or
-//! times out, drops the shared connection so the next call takes a fresh one.
+//! Every call shares one multiplexed connection (many requests in flight, pipelined on one
+//! socket), made on first use. A call that fails for connection reasons, or times out, drops
+//! it so the next call makes a fresh one; connecting is single-flight, so an unreachable Redis
+//! costs one connection attempt at a time rather than one per waiting call.
 
 use std::time::Duration;
 
-use deadpool_redis::{PoolConfig, Runtime, Timeouts};
-use redis::{ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value};
 
 use super::config::Topology;
 use crate::BrokerError;
 
 pub(crate) struct Commands {
-    pool: Pool,
+    topology: Topology,
+    timeout: Duration,
     /// The connection every call shares; `None` until first use and after a failure.
     shared: parking_lot::Mutex<Option<Shared>>,
-}
-
-enum Pool {
-    Standalone(deadpool_redis::Pool),
-    Cluster(deadpool_redis::cluster::Pool),
+    /// Held while connecting.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 /// A multiplexed connection; cloning is cheap and clones share the socket.
 #[derive(Clone)]
 enum Shared {
     Standalone(redis::aio::MultiplexedConnection),
-    Cluster(deadpool_redis::cluster::ClusterConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 /// Turns a Redis error into the broker's vocabulary: what a retry may fix is `Unavailable`.
@@ -47,69 +44,52 @@ pub(crate) fn classify(e: &RedisError) -> BrokerError {
     }
 }
 
-fn pool_error(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Unavailable(format!("redis connection: {e}"))
-}
-
 impl Commands {
-    pub(crate) fn new(
-        topology: &Topology,
-        size: usize,
-        timeout: Duration,
-    ) -> Result<Self, BrokerError> {
-        let pool = PoolConfig {
-            max_size: size.max(1),
-            timeouts: Timeouts {
-                wait: Some(timeout),
-                create: Some(timeout),
-                recycle: Some(timeout),
-            },
-            ..PoolConfig::default()
-        };
-        let internal =
-            |e: &dyn std::fmt::Display| BrokerError::Internal(format!("redis pool: {e}"));
-        let pool = match topology {
-            Topology::Standalone(url) => {
-                let mut cfg = deadpool_redis::Config::from_url(url.clone());
-                cfg.pool = Some(pool);
-                Pool::Standalone(
-                    cfg.create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| internal(&e))?,
-                )
-            }
-            Topology::Cluster(urls) => {
-                let mut cfg = deadpool_redis::cluster::Config::from_urls(urls.clone());
-                cfg.pool = Some(pool);
-                Pool::Cluster(
-                    cfg.create_pool(Some(Runtime::Tokio1))
-                        .map_err(|e| internal(&e))?,
-                )
-            }
-        };
-        Ok(Self {
-            pool,
+    pub(crate) fn new(topology: &Topology, timeout: Duration) -> Self {
+        Self {
+            topology: topology.clone(),
+            timeout,
             shared: parking_lot::Mutex::new(None),
-        })
+            connecting: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.pool, Pool::Cluster(_))
+        matches!(self.topology, Topology::Cluster(_))
     }
 
-    /// The shared connection, taking one from the pool when there is none.
+    /// The shared connection, connecting when there is none.
     async fn connection(&self) -> Result<Shared, BrokerError> {
         if let Some(conn) = self.shared.lock().clone() {
             return Ok(conn);
         }
-        let conn = match &self.pool {
-            Pool::Standalone(pool) => Shared::Standalone(deadpool_redis::Connection::take(
-                pool.get().await.map_err(pool_error)?,
-            )),
-            Pool::Cluster(pool) => Shared::Cluster(deadpool_redis::cluster::Connection::take(
-                pool.get().await.map_err(pool_error)?,
-            )),
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.shared.lock().clone() {
+            return Ok(conn); // made by the call we waited for
+        }
+        let unavailable = |e: RedisError| BrokerError::Unavailable(format!("redis connection: {e}"));
+        let conn = match &self.topology {
+            Topology::Standalone(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout));
+                Shared::Standalone(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            Topology::Cluster(urls) => {
+                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .build()
+                    .map_err(unavailable)?;
+                Shared::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
         };
-        // Two callers may race here; both connections work, the last one stays shared.
         *self.shared.lock() = Some(conn.clone());
         Ok(conn)
     }

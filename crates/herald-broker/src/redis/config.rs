@@ -18,16 +18,22 @@ pub struct RedisConfig {
     /// How long a message, a channel's epoch and an idempotency key are kept after the
     /// channel's last publish.
     pub history_ttl: Duration,
-    /// Upper bound on one publish or history read, including waiting for a pooled connection.
-    pub publish_timeout: Duration,
+    /// Upper bound on every Redis call: a command or script (connecting included), the pub/sub
+    /// connect and (un)subscribes, a self-probe's round trip. Past it the call fails as
+    /// unavailable (publishes get 503 and are retried by publishers with their idempotency key).
+    pub timeout: Duration,
+    /// Most payload bytes one history read (one script call) returns: long reads are pages,
+    /// so no read holds Redis, which is single-threaded, for long.
+    pub page_bytes: usize,
+    /// The largest stored payload to expect (largest message data plus its header); sizes the
+    /// chunks a history read takes from the stream so a page stays within `page_bytes`.
+    pub max_entry_bytes: usize,
     /// How often the pub/sub connection is checked by publishing to this node's probe channel.
     pub probe_interval: Duration,
     /// How long a probe may take to come back before the pub/sub connection is declared dead.
     pub probe_timeout: Duration,
     /// Names this node's probe channel; random when `None`. Must be unique per node.
     pub node_id: Option<String>,
-    /// Largest number of pooled command connections.
-    pub pool_size: usize,
     /// First delay before reconnecting the pub/sub connection; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
@@ -40,11 +46,12 @@ impl Default for RedisConfig {
             url: String::new(),
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
-            publish_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            page_bytes: 256 << 10,
+            max_entry_bytes: (64 << 10) + 512,
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(2),
             node_id: None,
-            pool_size: 16,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
         }

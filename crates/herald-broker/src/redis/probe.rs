@@ -68,7 +68,7 @@ pub(crate) async fn plan(shared: &Shared) -> Result<Vec<String>, BrokerError> {
             .commands
             .query(
                 &redis::cmd("CLUSTER").arg("SLOTS").to_owned(),
-                shared.cfg.publish_timeout,
+                shared.cfg.timeout,
             )
             .await?;
         per_master(&probes.node_id, &masters(reply))
@@ -165,7 +165,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             let cmd = redis::cmd(verb).arg(channel).arg(nonce).to_owned();
             if let Err(e) = shared
                 .commands
-                .query(&cmd, shared.cfg.publish_timeout)
+                .query(&cmd, shared.cfg.timeout)
                 .await
             {
                 // Redis itself is unreachable: that is the pub/sub connection's to notice.

@@ -23,6 +23,8 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
+
+use crate::HistoryQuery;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -202,7 +204,8 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
             if slot.sub != sub {
                 return;
             }
-            let gap = advance(slot, read_epoch.as_ref(), shared.cfg.history_size, &mut out);
+            let history_size = shared.retention(channel).size;
+            let gap = advance(slot, read_epoch.as_ref(), history_size, &mut out);
             let gap = gap.filter(|_| retry || !slot.read_failed);
             (slot.sink.clone(), gap)
         };
@@ -212,9 +215,8 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
             return; // a second read in one pass could only spin on a stale message
         }
         RedisStats::inc(&shared.stats.gap_fills);
-        let result = shared
-            .read(channel, Some(&gap.cursor), gap.limit, true)
-            .await;
+        let query = HistoryQuery::after(gap.cursor.clone(), gap.limit, shared.cfg.page_bytes);
+        let result = shared.read(channel, &query, true).await;
         let mut out = Vec::new();
         {
             let mut map = shared.channels.lock();
@@ -234,6 +236,13 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
                 }
                 Ok(reply) => {
                     let mut cursor = gap.cursor;
+                    // Fewer messages than asked for, yet not up to the top: the page's byte
+                    // bound cut it.
+                    let cut = reply.messages.len() < gap.limit
+                        && reply
+                            .messages
+                            .last()
+                            .is_some_and(|m| m.offset < reply.top.offset);
                     for m in reply.messages {
                         let newer = if m.epoch == cursor.epoch {
                             m.offset > cursor.offset
@@ -246,9 +255,16 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
                         }
                     }
                     slot.cursor = Some(cursor);
-                    slot.needs_fill = false;
                     slot.read_failed = false;
-                    read_epoch = Some(reply.top.epoch);
+                    if cut {
+                        // The page ended before the history did (reads are bounded pages):
+                        // read on before delivering anything parked.
+                        slot.needs_fill = true;
+                        read_epoch = None;
+                    } else {
+                        slot.needs_fill = false;
+                        read_epoch = Some(reply.top.epoch);
+                    }
                 }
             }
         }
@@ -275,7 +291,8 @@ fn advance(
         if slot.needs_fill {
             break;
         }
-        let next = same_epoch && front.offset == cursor.offset + 1;
+        // Also offset 1 of the first epoch after a baseline taken before the channel had one.
+        let next = cursor.is_followed_by(&front.epoch, front.offset);
         match read_epoch {
             _ if next => {}
             Some(e) if *e == front.epoch => {}

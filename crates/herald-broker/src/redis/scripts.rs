@@ -3,8 +3,8 @@
 //! Publishing is one script so that assigning the offset, appending to history, remembering the
 //! idempotency key and relaying happen atomically: a publish is either fully in history and on
 //! the backbone, or not at all, and two nodes can never hand out the same offset. History reads
-//! are a script too, so `top` and `messages` come from one consistent snapshot and a fresh
-//! channel gets its epoch exactly once whichever node asks first.
+//! are a script too, so `top` and `messages` come from one consistent snapshot; a read never
+//! creates a channel's epoch (the first publish does) and copies at most one bounded page.
 //!
 //! `redis::Script` sends EVALSHA and falls back to SCRIPT LOAD on NOSCRIPT (e.g. after a Redis
 //! restart), so the script bodies travel only when needed.
@@ -16,7 +16,7 @@ use herald_core::{Epoch, Message, StreamPosition};
 use redis::Value;
 
 use super::codec;
-use crate::{BrokerError, History};
+use crate::BrokerError;
 
 /// KEYS: meta, stream, backbone channel, [idempotency key].
 /// ARGV: new epoch, history size, ttl ms, published_at_us, event ('' = default), channel, data,
@@ -57,54 +57,89 @@ return {0, epoch .. ':' .. offset}
 "#;
 
 /// KEYS: meta, stream.
-/// ARGV: new epoch, ttl ms, since epoch ('' = none), since offset, limit, mode: 's' (strict: a
-/// since in another epoch gets nothing) or 'f' (follow: it gets the current epoch from 1).
-/// Returns `{epoch, top, payload...}`.
+/// ARGV: ttl ms, mode, since epoch, since offset, limit, max bytes, max entry bytes.
+/// Modes: 'a' after (epoch, offset): another epoch gets nothing, except ('', 0), the position of
+/// a channel seen before its first message, which reads the current epoch from its start; 'f'
+/// follow: like 'a' but any other epoch reads the current one from its start (the relay); 'o'
+/// after the offset in the current epoch; 'l' latest: the newest `limit`.
+/// Returns `{epoch, top, payload...}`: at most `limit` payloads, and no more payload bytes than
+/// `max bytes` (but at least one payload when there is one).
+///
+/// Never creates anything: a channel without meta reads as `{'', 0}`. An existing meta key's TTL
+/// is refreshed, so a channel that is read (subscribed) keeps its epoch while it is quiet.
+///
+/// Redis runs one script at a time, so this one stays short: it copies at most one page (plus
+/// one entry) out of the stream, in chunks sized by the largest possible entry, and the expired
+/// head of the stream is found by binary search (a few single-entry reads) and trimmed with one
+/// XTRIM, never by walking it.
 pub(crate) const READ: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-local top = 0
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-else
-  top = tonumber(redis.call('HGET', KEYS[1], 'o')) or 0
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
+if not meta[1] then return {'', '0'} end
+local epoch = meta[1]
+local top = tonumber(meta[2]) or 0
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
 local out = {epoch, string.format('%d', top)}
-local after = tonumber(ARGV[4]) or 0
-if ARGV[3] ~= '' and ARGV[3] ~= epoch then
-  if ARGV[6] ~= 'f' then return out end
-  after = 0
-end
+local mode = ARGV[2]
 local limit = tonumber(ARGV[5]) or 0
-if after >= top or limit <= 0 then return out end
--- Streams have no per-entry TTL: drop entries older than the TTL, which are the oldest.
-local now = redis.call('TIME')
-local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[2])
-while true do
-  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 16)
-  local expired = {}
-  local live = false
-  for _, e in ipairs(head) do
-    local f = e[2]
-    local ts = 0
-    for i = 1, #f, 2 do
-      if f[i] == 't' then ts = tonumber(f[i + 1]) or 0 end
-    end
-    if ts >= cutoff then live = true break end
-    expired[#expired + 1] = e[1]
-  end
-  if #expired > 0 then redis.call('XDEL', KEYS[2], unpack(expired)) end
-  if live or #head < 16 then break end
+local after
+if mode == 'o' then
+  after = tonumber(ARGV[4]) or 0
+elseif mode == 'l' then
+  after = math.max(top - limit, 0)
+elseif ARGV[3] == epoch then
+  after = tonumber(ARGV[4]) or 0
+elseif mode == 'f' or (ARGV[3] == '' and ARGV[4] == '0') then
+  after = 0
+else
+  return out
 end
-local entries = redis.call('XRANGE', KEYS[2], string.format('%d', after + 1) .. '-0', '+',
-  'COUNT', limit)
-for _, e in ipairs(entries) do
-  local f = e[2]
+if after >= top or limit <= 0 then return out end
+local function offset_of(id) return tonumber(string.match(id, '^%d+')) end
+local function payload_of(entry, name)
+  local f = entry[2]
   for i = 1, #f, 2 do
-    if f[i] == 'p' then out[#out + 1] = f[i + 1] end
+    if f[i] == name then return f[i + 1] end
   end
+  return nil
+end
+-- The first entry at or after offset `o`: its offset and publish time (ms), or nil.
+local function probe(o)
+  local e = redis.call('XRANGE', KEYS[2], string.format('%d', o) .. '-0', '+', 'COUNT', 1)[1]
+  if not e then return nil end
+  return offset_of(e[1]), tonumber(payload_of(e, 't')) or 0
+end
+-- Streams have no per-entry TTL: entries older than the TTL are the oldest, so the first live
+-- one is found by binary search over offsets (times grow with offsets) and the rest trimmed.
+local now = redis.call('TIME')
+local cutoff = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[1])
+local head, head_t = probe(0)
+if head and head_t < cutoff then
+  local lo, hi = head, top + 1
+  while hi - lo > 1 do
+    local mid = math.floor((lo + hi) / 2)
+    local o, t = probe(mid)
+    if o == nil or t >= cutoff then hi = mid else lo = o end
+  end
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', hi) .. '-0')
+end
+local budget = tonumber(ARGV[6]) or 0
+local entry_max = math.max(tonumber(ARGV[7]) or 1, 1)
+local used, n, next_offset = 0, 0, after + 1
+while n < limit do
+  local chunk = math.min(math.max(math.floor((budget - used) / entry_max), 1), limit - n, 64)
+  local entries = redis.call('XRANGE', KEYS[2], string.format('%d', next_offset) .. '-0', '+',
+    'COUNT', chunk)
+  for _, e in ipairs(entries) do
+    local p = payload_of(e, 'p')
+    if p then
+      if n > 0 and used + #p > budget then return out end
+      out[#out + 1] = p
+      used = used + #p
+      n = n + 1
+    end
+    next_offset = offset_of(e[1]) + 1
+  end
+  if #entries < chunk then break end
 end
 return out
 "#;
@@ -164,6 +199,7 @@ pub(crate) struct ReadReply {
 
 pub(crate) fn parse_read(v: Value) -> Result<ReadReply, BrokerError> {
     let mut it = array(v)?.into_iter();
+    // An empty epoch is a channel without history (see `herald_core::Epoch::none`).
     let epoch = bulk(it.next().ok_or_else(|| bad("short read reply"))?)?;
     let epoch = std::str::from_utf8(&epoch)
         .ok()
@@ -180,35 +216,6 @@ pub(crate) fn parse_read(v: Value) -> Result<ReadReply, BrokerError> {
         top: StreamPosition { epoch, offset },
         messages,
     })
-}
-
-/// Applies the [`History`] rules (the same as `MemoryBroker`'s) to a strict read.
-pub(crate) fn history(reply: ReadReply, since: Option<&StreamPosition>, limit: usize) -> History {
-    let top = reply.top;
-    let (after, same_epoch) = match since {
-        Some(p) => (p.offset, p.epoch == top.epoch && p.offset <= top.offset),
-        None => (0, true),
-    };
-    if !same_epoch {
-        return History {
-            messages: Vec::new(),
-            top,
-            recovered: false,
-        };
-    }
-    let mut messages = reply.messages;
-    messages.retain(|m| m.offset > after && m.epoch == top.epoch);
-    messages.truncate(limit);
-    let complete_start = match messages.first() {
-        Some(m) => m.offset == after + 1,
-        None => after == top.offset,
-    };
-    let complete_end = messages.last().is_none_or(|m| m.offset == top.offset);
-    History {
-        recovered: since.is_some() && complete_start && complete_end,
-        messages,
-        top,
-    }
 }
 
 #[cfg(test)]

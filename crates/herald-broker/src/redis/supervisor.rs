@@ -5,7 +5,10 @@
 //! jitter so that many nodes losing Redis at once do not return in lockstep. Besides a
 //! disconnect, a failed self-probe ([`super::probe`]) also breaks the connection.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use super::{RedisStats, Shared, keys, probe, pubsub::PubSub, relay::Event};
 use crate::BrokerError;
@@ -18,6 +21,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
         generation += 1;
         match establish(&shared, generation).await {
             Ok(()) => {
+                shared.unreachable.store(false, Ordering::Relaxed);
                 if established_before {
                     RedisStats::inc(&shared.stats.reconnects);
                 }
@@ -32,6 +36,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
                 tracing::warn!(generation, "redis pub/sub connection lost; reconnecting");
             }
             Err(e) => {
+                shared.unreachable.store(true, Ordering::Relaxed);
                 shared.disconnected();
                 RedisStats::inc(&shared.stats.connect_failures);
                 tracing::warn!(error = %e, retry_in = ?delay, "redis pub/sub connect failed");
@@ -51,7 +56,7 @@ async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> 
         &shared.topology,
         generation,
         shared.events.clone(),
-        shared.cfg.publish_timeout,
+        shared.cfg.timeout,
     )
     .await?;
     conn.subscribe(&probe::plan(shared).await?).await?;

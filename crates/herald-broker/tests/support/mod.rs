@@ -100,3 +100,17 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The newest `limit` messages, in one unbounded page.
+pub fn latest(limit: usize) -> herald_broker::HistoryQuery {
+    herald_broker::HistoryQuery {
+        start: herald_broker::Start::Latest,
+        limit,
+        max_bytes: usize::MAX,
+    }
+}
+
+/// Up to `limit` messages after `pos`, in one unbounded page.
+pub fn after(pos: &herald_core::StreamPosition, limit: usize) -> herald_broker::HistoryQuery {
+    herald_broker::HistoryQuery::after(pos.clone(), limit, usize::MAX)
+}
