@@ -10,7 +10,7 @@ pub mod memory;
 pub mod redis;
 
 pub use broker::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start};
-pub use memory::{MemoryBroker, MemoryConfig};
+pub use memory::{MemoryBroker, MemoryConfig, MemoryStats};
 pub use redis::{RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot};
 
 /// Unix time in microseconds (for `Message::published_at_us`).

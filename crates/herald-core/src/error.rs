@@ -40,6 +40,9 @@ pub enum ErrorCode {
     OverCapacity,
     /// The broker (e.g. Redis) cannot be reached; retry with the same idempotency key.
     Unavailable,
+    /// The broker holds as much as it may (the embedded broker's `memory_max_bytes`); nothing
+    /// was stored. Retry later with the same idempotency key.
+    StorageFull,
     /// The server is draining; reconnect elsewhere.
     Draining,
     /// The connection could not keep up and its queue overflowed; reconnect and resume.
@@ -67,6 +70,7 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::OverCapacity => "over_capacity",
             Self::Unavailable => "unavailable",
+            Self::StorageFull => "storage_full",
             Self::Draining => "draining",
             Self::SlowConsumer => "slow_consumer",
             Self::Internal => "internal",
@@ -90,7 +94,11 @@ impl ErrorCode {
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
             Self::RateLimited | Self::TooManyConnections => 429,
-            Self::Unavailable | Self::Draining | Self::SlowConsumer | Self::OverCapacity => 503,
+            Self::Unavailable
+            | Self::StorageFull
+            | Self::Draining
+            | Self::SlowConsumer
+            | Self::OverCapacity => 503,
             Self::Internal => 500,
         }
     }

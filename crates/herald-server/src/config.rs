@@ -229,7 +229,7 @@ options! {
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
     /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2; rediss:// is not supported yet). Unset: the embedded in-memory broker. [default: unset]
     redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
-    /// Upper bound on one Redis publish or history read; past it publishes get 503. [default: 2s]
+    /// Upper bound on every Redis call (a publish, a history page, a subscribe, connecting, the pub/sub self-probe); past it the call fails: publishes get 503 unavailable. [default: 2s]
     redis_timeout: Duration = Duration::from_secs(2), env = "HERALD_REDIS_TIMEOUT", parse = parse_duration;
     /// How often each Redis pub/sub connection is checked by publishing to this node's probe channel (a connection that silently stopped delivering is reconnected). [default: 5s]
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
@@ -241,6 +241,12 @@ options! {
     history_size: usize = 1000, env = "HERALD_HISTORY_SIZE", parse = parse_usize;
     /// How long history (and idempotency keys) are kept. [default: 1h]
     history_ttl: Duration = Duration::from_secs(3600), env = "HERALD_HISTORY_TTL", parse = parse_duration;
+    // History and memory bounds (issue 10): how much one history read may carry, and how much
+    // the embedded broker may keep.
+    /// Most message bytes one history read carries (a page of the history endpoint or of a resume; with Redis, what one script copies). Longer reads are several pages, streamed as the client reads. [default: 262144]
+    history_page_bytes: usize = 256 << 10, env = "HERALD_HISTORY_PAGE_BYTES", parse = parse_usize;
+    /// The embedded broker's memory limit: history, idempotency keys and channel state. A publish beyond it gets 503 storage_full (nothing is stored or forgotten). Not used with Redis. [default: 536870912]
+    memory_max_bytes: usize = 512 << 20, env = "HERALD_MEMORY_MAX_BYTES", parse = parse_usize;
     /// Interval of SSE heartbeat comments (they also reap dead SSE connections). [default: 15s]
     sse_heartbeat: Duration = Duration::from_secs(15), env = "HERALD_SSE_HEARTBEAT", parse = parse_duration;
     /// The `retry:` hint sent to EventSource clients. [default: 2s]
@@ -324,6 +330,8 @@ impl Config {
             ("max_broadcast_channels", self.max_broadcast_channels),
             ("queue_max_messages", self.queue_max_messages),
             ("queue_max_bytes", self.queue_max_bytes),
+            ("history_page_bytes", self.history_page_bytes),
+            ("memory_max_bytes", self.memory_max_bytes),
         ] {
             if v == 0 {
                 return invalid(option, "must be greater than 0");

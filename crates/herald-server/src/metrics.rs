@@ -11,7 +11,7 @@ use prometheus::{
 
 use std::sync::Arc;
 
-use herald_broker::RedisStats;
+use herald_broker::{MemoryStats, RedisStats};
 
 use crate::{
     hub::Hub,
@@ -30,8 +30,10 @@ pub struct HubMetrics {
     /// Messages not queued for a subscriber, by reason (`slow_consumer`: its queue overflowed or
     /// it was already cut off).
     pub dropped: IntCounterVec,
-    /// Resumes by outcome: `recovered` (complete), `partial` (same epoch, some messages no longer
-    /// retained), `reset` (other epoch).
+    /// Resumes by outcome, counted when the replay ends: `recovered` (the client was given
+    /// everything it missed, then went live), `partial` (same epoch, some messages no longer
+    /// retained), `reset` (other epoch), `abandoned` (the client left or was cut off before the
+    /// replay finished).
     pub recoveries: IntCounterVec,
     /// History reads made for resumes and the history endpoint.
     pub history_reads: IntCounter,
@@ -85,6 +87,12 @@ impl Default for LimitCounters {
     }
 }
 
+/// The broker's own counters, read at scrape.
+pub enum BrokerStats {
+    Memory(Arc<MemoryStats>),
+    Redis(Arc<RedisStats>),
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Requests, connections and messages refused or closed by a limit, by limit (its option
@@ -123,7 +131,12 @@ pub struct Metrics {
     /// `gap_fill_message`, `command_error`, `decode_error`), copied from the broker's counters at
     /// scrape. Zero with the embedded broker.
     backbone: IntCounterVec,
-    redis: Option<Arc<RedisStats>>,
+    /// The embedded broker's bytes against `memory_max_bytes` and its channels.
+    broker_bytes: IntGauge,
+    broker_channels: IntGauge,
+    /// Bytes of history responses produced and not yet written to their sockets.
+    pub history_response_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    broker: BrokerStats,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: T) -> T {
@@ -150,8 +163,8 @@ fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
 }
 
 impl Metrics {
-    /// The registry; `redis` is the Redis broker's counters, when that broker is in use.
-    pub fn new(redis: Option<Arc<RedisStats>>) -> Self {
+    /// The registry, reading `broker`'s counters at scrape.
+    pub fn new(broker: BrokerStats) -> Self {
         let r = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -250,7 +263,7 @@ impl Metrics {
                 recoveries: counter_vec(
                     &r,
                     "herald_recoveries_total",
-                    "Resumes by outcome (recovered, partial, reset).",
+                    "Resumes by outcome, when their replay ends (recovered, partial, reset, abandoned).",
                     &["outcome"],
                 ),
                 history_duration: histogram(
@@ -277,7 +290,7 @@ impl Metrics {
             queued_bytes: gauge(
                 &r,
                 "herald_queued_bytes",
-                "Bytes queued in connection outboxes, as counted against queue_max_bytes.",
+                "Bytes held for client connections: queued, being written, buffered or paged by resumes in progress (counted against queue_max_bytes), and history responses not yet written.",
             ),
             queued: gauge(
                 &r,
@@ -290,7 +303,18 @@ impl Metrics {
                 "Redis backbone events: reconnects, probe failures, gap fills, errors.",
                 &["event"],
             ),
-            redis,
+            broker_bytes: gauge(
+                &r,
+                "herald_broker_memory_bytes",
+                "Bytes the embedded broker holds (history, idempotency keys, channels), counted against memory_max_bytes; 0 with Redis.",
+            ),
+            broker_channels: gauge(
+                &r,
+                "herald_broker_channels",
+                "Channels the embedded broker holds (published within the TTL, or subscribed); 0 with Redis.",
+            ),
+            history_response_bytes: Arc::default(),
+            broker,
             registry: r,
         }
     }
@@ -303,12 +327,21 @@ impl Metrics {
         self.subscriptions.set(stats.subscriptions as i64);
         self.channels.set(stats.channels as i64);
         self.queued.set(stats.queued as i64);
-        self.queued_bytes.set(stats.queued_bytes as i64);
-        let snap = self
-            .redis
-            .as_ref()
-            .map(|r| r.snapshot())
-            .unwrap_or_default();
+        let responses = self
+            .history_response_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.queued_bytes.set((stats.queued_bytes + responses) as i64);
+        let snap = match &self.broker {
+            BrokerStats::Redis(r) => r.snapshot(),
+            BrokerStats::Memory(m) => {
+                let get = |v: &std::sync::atomic::AtomicUsize| {
+                    v.load(std::sync::atomic::Ordering::Relaxed) as i64
+                };
+                self.broker_bytes.set(get(&m.bytes));
+                self.broker_channels.set(get(&m.channels));
+                Default::default()
+            }
+        };
         for (event, value) in [
             ("reconnect", snap.reconnects),
             ("connect_failure", snap.connect_failures),

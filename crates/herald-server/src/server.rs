@@ -3,7 +3,7 @@
 use std::{future::Future, sync::Arc, time::Duration};
 
 use herald_broker::{
-    Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig, RedisStats,
+    Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
 };
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -18,35 +18,40 @@ use crate::{
     http,
     hub::{Hub, HubConfig},
     limits::{Limit, Permit, timer::HeadTimer},
-    metrics::Metrics,
+    metrics::{BrokerStats, Metrics},
     transport::{self, sse::ConnectionSignal},
 };
 
+/// Most messages in one history page (of the history endpoint and of resumes); pages are also
+/// bounded by `history_page_bytes`.
+pub const PAGE_MESSAGES: usize = 1000;
+
 /// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory. Also
-/// returns the Redis backbone's counters, for metrics.
-pub async fn build_broker(
-    config: &Config,
-) -> Result<(Arc<dyn Broker>, Option<Arc<RedisStats>>), BrokerError> {
+/// returns the broker's counters, for metrics.
+pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerStats), BrokerError> {
     if config.redis_url.is_empty() {
         let broker = MemoryBroker::new(MemoryConfig {
             history_size: config.history_size,
             history_ttl: config.history_ttl,
-            ..MemoryConfig::default()
+            max_bytes: config.memory_max_bytes,
         });
-        return Ok((broker, None));
+        let stats = BrokerStats::Memory(broker.stats());
+        return Ok((broker, stats));
     }
     let redis = RedisBroker::connect(RedisConfig {
         url: config.redis_url.clone(),
         history_size: config.history_size,
         history_ttl: config.history_ttl,
         timeout: config.redis_timeout,
+        page_bytes: config.history_page_bytes,
+        max_entry_bytes: config.max_message_bytes + 1024,
         probe_interval: config.redis_probe_interval,
         probe_timeout: config.redis_timeout,
         ..RedisConfig::default()
     })
     .await?;
-    let stats = redis.stats();
-    Ok((redis, Some(stats)))
+    let stats = BrokerStats::Redis(redis.stats());
+    Ok((redis, stats))
 }
 
 /// Serves Herald on `listener` with `broker` (from [`build_broker`], built before the node says
@@ -58,15 +63,16 @@ pub async fn build_broker(
 pub async fn run(
     listener: TcpListener,
     config: Config,
-    (broker, redis_stats): (Arc<dyn Broker>, Option<Arc<RedisStats>>),
+    (broker, broker_stats): (Arc<dyn Broker>, BrokerStats),
     shutdown: impl Future<Output = ()>,
 ) {
-    let metrics = Metrics::new(redis_stats);
+    let metrics = Metrics::new(broker_stats);
     let hub = Hub::new(
         broker,
         HubConfig {
             linger: config.channel_linger,
-            resume_limit: config.history_size.max(1),
+            page_messages: PAGE_MESSAGES,
+            page_bytes: config.history_page_bytes,
         },
         metrics.hub.clone(),
     );

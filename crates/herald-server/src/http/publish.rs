@@ -143,6 +143,14 @@ fn broker_error(app: &App, e: &BrokerError) -> (ErrorCode, String) {
                 format!("{e}; retry with the same idempotency_key"),
             )
         }
+        BrokerError::Full(_) => {
+            app.metrics.published.with_label_values(&["full"]).inc();
+            tracing::warn!(error = %e, "publish refused");
+            (
+                ErrorCode::StorageFull,
+                format!("{e}; retry later with the same idempotency_key"),
+            )
+        }
         BrokerError::Internal(_) => {
             app.metrics.published.with_label_values(&["error"]).inc();
             tracing::error!(error = %e, "publish failed");

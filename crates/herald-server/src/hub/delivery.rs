@@ -29,6 +29,11 @@ impl Delivery {
         })
     }
 
+    /// What the message counts for against a connection's byte bound.
+    pub fn cost(&self) -> usize {
+        self.msg.stored_len()
+    }
+
     pub fn ws_frame(&self) -> &Bytes {
         self.ws
             .get_or_init(|| protocol::frame(Opcode::Text, &protocol::message_frame(&self.msg)))

@@ -7,10 +7,12 @@
 //!
 //! Subscribing with a resume position closes the seam between history and live messages: the
 //! subscription is registered (buffering live messages) before history is read, then history and
-//! the buffered messages are delivered together under the shard lock, deduplicated by offset.
+//! the buffered messages are delivered, deduplicated by offset. History too long for one go is
+//! replayed page by page as the client reads ([`replay`]).
 
 mod delivery;
 pub mod outbox;
+mod replay;
 mod top;
 
 use std::{
@@ -24,14 +26,18 @@ use std::{
 };
 
 pub use delivery::Delivery;
-use herald_broker::{Broker, BrokerError, History, Sink};
+use herald_broker::{Broker, BrokerError, History, HistoryQuery, Sink};
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
 pub use outbox::{Bounds, CloseReason, Item, Outbox};
+use replay::{Pending, Step};
 
 use crate::metrics::HubMetrics;
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
+/// A replay whose page read failed retries after this, doubling up to the maximum.
+const REPLAY_RETRY_MIN: Duration = Duration::from_millis(100);
+const REPLAY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +49,8 @@ pub enum SubscribeError {
 }
 
 enum SlotState {
-    /// Waiting for history: live messages are held here, bounded by the outbox's item bound.
-    Buffering(Vec<Arc<Delivery>>),
+    /// Not live yet: history is being read or replayed, live messages wait (see [`replay`]).
+    Pending(Box<Pending>),
     /// Delivering; `last` drops duplicates at the seam, `epoch` detects a stream reset.
     Live { epoch: Epoch, last: u64 },
 }
@@ -71,8 +77,11 @@ struct Entry {
 pub struct HubConfig {
     /// How long the backbone subscription outlives the last local subscriber.
     pub linger: Duration,
-    /// Most history messages delivered on a resume.
-    pub resume_limit: usize,
+    /// Most messages in one history page of a resume.
+    pub page_messages: usize,
+    /// Most message bytes in one history page of a resume (and at most half the connection's
+    /// byte bound).
+    pub page_bytes: usize,
 }
 
 pub struct Hub {
@@ -93,7 +102,8 @@ pub struct HubStats {
     pub subscriptions: usize,
     /// Items queued in the subscribers' outboxes (each connection counted once).
     pub queued: usize,
-    /// Bytes those items account for against the outboxes' byte bounds.
+    /// Every byte held for those connections: queued, being written, and held by resumes in
+    /// progress (buffered live messages and history pages).
     pub queued_bytes: usize,
 }
 
@@ -158,7 +168,7 @@ impl Hub {
             entry.slots.push(Slot {
                 conn,
                 outbox: outbox.clone(),
-                state: SlotState::Buffering(Vec::new()),
+                state: SlotState::Pending(Pending::new(self.next_conn.fetch_add(1, Ordering::Relaxed))),
             });
             (entry.backbone.clone(), entry.top.clone())
         };
@@ -169,6 +179,12 @@ impl Hub {
                 Err(e.into())
             }
         }
+    }
+
+    /// One page of history after `from`, sized for `outbox`.
+    fn page(&self, from: StreamPosition, outbox: &Outbox) -> HistoryQuery {
+        let bytes = self.config.page_bytes.min(outbox.bounds().max_bytes / 2);
+        HistoryQuery::after(from, self.config.page_messages, bytes)
     }
 
     async fn go_live(
@@ -188,10 +204,13 @@ impl Hub {
         }
         // Read after the backbone subscription is live: whatever history misses, the buffer has.
         let timer = self.metrics.history_duration.start_timer();
-        let history = match &since {
+        let first = match &since {
             Some(pos) => {
-                let limit = self.config.resume_limit;
-                self.broker.history(channel, Some(pos), limit).await?
+                let Some(outbox) = self.outbox_of(conn, channel) else {
+                    return Ok(()); // the connection went away meanwhile
+                };
+                let query = self.page(pos.clone(), &outbox);
+                self.broker.history(channel, query).await?
             }
             // Starting from now needs only the top, and concurrent subscribers share that read.
             None => History {
@@ -202,23 +221,24 @@ impl Hub {
         };
         timer.observe_duration();
         self.metrics.history_reads.inc();
-        if let Some(pos) = &since {
-            let outcome = match (history.recovered, pos.epoch == history.top.epoch) {
+        let recovered = since.is_some() && first.recovered;
+        let outcome = since.as_ref().map(|pos| {
+            let same_epoch = pos.epoch == first.top.epoch || *pos == StreamPosition::start();
+            match (recovered, same_epoch) {
                 (true, _) => "recovered",
                 (false, true) => "partial",
                 (false, false) => "reset",
-            };
-            self.metrics.recoveries.with_label_values(&[outcome]).inc();
-        }
-        let epoch = history.top.epoch.clone();
-        // Where this subscription continues from: the client's position when resuming in the same
-        // epoch (or just before the first retained message if some were lost), else the top.
-        let start = match (&since, history.messages.first()) {
-            (Some(_), Some(first)) => first.offset - 1,
-            (Some(pos), None) if history.recovered => pos.offset,
-            _ => history.top.offset,
+            }
+        });
+        // Where this subscription continues from: just before the first message history returned
+        // for a resume (the client's position when nothing is missing), else the channel's top.
+        let start = match (&since, first.messages.first()) {
+            (Some(_), Some(m)) => StreamPosition {
+                epoch: first.top.epoch.clone(),
+                offset: m.offset - 1,
+            },
+            _ => first.top.clone(),
         };
-        let replay: Vec<Arc<Delivery>> = history.messages.into_iter().map(Delivery::new).collect();
 
         let mut shard = self.shard(channel.as_str()).lock();
         let Some(slot) = shard
@@ -227,34 +247,143 @@ impl Hub {
         else {
             return Ok(()); // the connection went away meanwhile
         };
-        let buffered = match std::mem::replace(
-            &mut slot.state,
-            SlotState::Live {
-                epoch: epoch.clone(),
-                last: start,
-            },
-        ) {
-            SlotState::Buffering(b) => b,
-            SlotState::Live { .. } => Vec::new(),
+        let SlotState::Pending(pending) = &mut slot.state else {
+            return Ok(());
         };
-        let position = StreamPosition {
-            epoch,
-            offset: start,
-        };
-        let recovered = since.is_some() && history.recovered;
         slot.outbox.push(Item::subscribed(
             request_id,
             channel.clone(),
-            position,
+            start.clone(),
             recovered,
         ));
-        for d in replay.into_iter().chain(buffered) {
-            if !offer(slot, d) {
-                break; // cut off as a slow consumer: nothing more will be queued
-            }
+        pending.start(&slot.outbox, start, first, outcome);
+        let id = pending.id;
+        let step = self.step(slot, channel);
+        if !matches!(step, Step::Live(_)) {
+            // The rest at the client's pace, in a task of its own: the caller (an SSE stream
+            // that has not sent its headers yet, a WebSocket's op loop) must not wait for it.
+            let outbox = slot.outbox.clone();
+            drop(shard);
+            tokio::spawn(self.clone().replay(conn, channel.clone(), outbox, id, step));
         }
         Ok(())
     }
+
+    /// The outbox of `conn`'s subscription to `channel`, if it is still there.
+    fn outbox_of(&self, conn: u64, channel: &ChannelName) -> Option<Arc<Outbox>> {
+        let shard = self.shard(channel.as_str()).lock();
+        let entry = shard.get(channel)?;
+        let slot = entry.slots.iter().find(|s| s.conn == conn)?;
+        Some(slot.outbox.clone())
+    }
+
+    /// Runs `f` on replay `id` of `conn`'s subscription to `channel`, under the shard lock;
+    /// `None` when that replay is over (unsubscribed, or live).
+    fn with_pending<R>(
+        &self,
+        conn: u64,
+        channel: &ChannelName,
+        id: u64,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Option<R> {
+        let mut shard = self.shard(channel.as_str()).lock();
+        let slot = shard
+            .get_mut(channel)?
+            .slots
+            .iter_mut()
+            .find(|s| s.conn == conn)?;
+        match &slot.state {
+            SlotState::Pending(p) if p.id == id => Some(f(slot)),
+            _ => None,
+        }
+    }
+
+    /// Moves a pending subscription on; switches it to live when it has caught up.
+    fn step(&self, slot: &mut Slot, channel: &ChannelName) -> Step {
+        let SlotState::Pending(pending) = &mut slot.state else {
+            return Step::Wait(0);
+        };
+        let step = pending.step(&slot.outbox, channel);
+        if let Step::Live(position) = &step {
+            if let Some(outcome) = pending.outcome {
+                self.metrics.recoveries.with_label_values(&[outcome]).inc();
+            }
+            slot.state = SlotState::Live {
+                epoch: position.epoch.clone(),
+                last: position.offset,
+            };
+        }
+        step
+    }
+
+    /// Replays history for a pending subscription until it is live, the subscription goes or
+    /// the connection closes. Reads one page at a time per connection and queues only what the
+    /// outbox has room for, so it runs at the pace the client reads.
+    async fn replay(
+        self: Arc<Self>,
+        conn: u64,
+        channel: ChannelName,
+        outbox: Arc<Outbox>,
+        id: u64,
+        mut step: Step,
+    ) {
+        let mut backoff = REPLAY_RETRY_MIN;
+        loop {
+            match step {
+                Step::Live(_) => return,
+                Step::Wait(room) => outbox.room(room).await,
+                Step::Read(from) => {
+                    let Some(turn) = outbox.page_turn().await else {
+                        return; // the connection is closing
+                    };
+                    // Before the read's snapshot: a live message lost from the buffer from now
+                    // on is newer than the read, and must be read again.
+                    let ok = self.with_pending(conn, &channel, id, |slot| {
+                        if let SlotState::Pending(p) = &mut slot.state {
+                            p.hole = false;
+                        }
+                    });
+                    if ok.is_none() {
+                        return;
+                    }
+                    let timer = self.metrics.history_duration.start_timer();
+                    let read = self
+                        .broker
+                        .history(&channel, self.page(from.clone(), &outbox))
+                        .await;
+                    timer.observe_duration();
+                    drop(turn);
+                    match read {
+                        Ok(page) => {
+                            backoff = REPLAY_RETRY_MIN;
+                            let ok = self.with_pending(conn, &channel, id, |slot| {
+                                if let SlotState::Pending(p) = &mut slot.state {
+                                    p.accept(&slot.outbox, &channel, &from, page);
+                                }
+                            });
+                            if ok.is_none() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // The client stays connected and its buffer bounded; retry.
+                            tracing::debug!(%channel, error = %e, "replay page read failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
+                        }
+                    }
+                }
+            }
+            if outbox.reason().is_some() {
+                return;
+            }
+            step = match self.with_pending(conn, &channel, id, |slot| self.step(slot, &channel)) {
+                Some(step) => step,
+                None => return,
+            };
+        }
+    }
+
 
     /// Removes `conn`'s subscription to `channel`. When the channel has no local subscriber left,
     /// the backbone subscription is dropped after the linger period unless someone resubscribes.
@@ -263,9 +392,18 @@ impl Hub {
         let Some(entry) = shard.get_mut(channel) else {
             return false;
         };
-        let before = entry.slots.len();
-        entry.slots.retain(|s| s.conn != conn);
-        let removed = entry.slots.len() != before;
+        let Some(i) = entry.slots.iter().position(|s| s.conn == conn) else {
+            return false;
+        };
+        let mut slot = entry.slots.swap_remove(i);
+        if let SlotState::Pending(pending) = &mut slot.state {
+            pending.release(&slot.outbox);
+            slot.outbox.nudge(); // its replay task, if any, looks again and ends
+            if let Some(_) = pending.outcome.filter(|_| pending.position.is_some()) {
+                self.metrics.recoveries.with_label_values(&["abandoned"]).inc();
+            }
+        }
+        let removed = true;
         if entry.slots.is_empty() {
             let generation = entry.generation;
             let hub = self.clone();
@@ -362,33 +500,31 @@ impl Hub {
 /// stream reset first when the epoch changed). False when the subscriber's outbox refused it.
 fn offer(slot: &mut Slot, d: Arc<Delivery>) -> bool {
     match &mut slot.state {
-        SlotState::Buffering(buf) => {
-            if buf.len() >= slot.outbox.bounds().max_items {
-                // The same bound as the live queue: a resume that cannot keep up is a slow consumer.
-                buf.clear();
-                slot.outbox.close(CloseReason::SlowConsumer);
-                false
-            } else {
-                buf.push(d);
-                true
-            }
+        SlotState::Pending(pending) => {
+            pending.buffer(&slot.outbox, d);
+            true
         }
         SlotState::Live { epoch, last } => {
             // `adopt`: after the first message of a channel the check is a pointer compare.
             if !epoch.adopt(&d.msg.epoch) {
-                // The channel's history was lost (e.g. Redis restarted empty): tell the client
-                // explicitly instead of silently continuing in a new stream.
-                *epoch = d.msg.epoch.clone();
-                *last = d.msg.offset.saturating_sub(1);
-                slot.outbox.push(Item::subscribed(
-                    None,
-                    d.msg.channel.clone(),
-                    StreamPosition {
-                        epoch: epoch.clone(),
-                        offset: *last,
-                    },
-                    false,
-                ));
+                if epoch.is_none() && *last == 0 && d.msg.offset == 1 {
+                    // The channel's first message: its publish created the epoch.
+                    *epoch = d.msg.epoch.clone();
+                } else {
+                    // The channel's history was lost (e.g. Redis restarted empty): tell the
+                    // client explicitly instead of silently continuing in a new stream.
+                    *epoch = d.msg.epoch.clone();
+                    *last = d.msg.offset.saturating_sub(1);
+                    slot.outbox.push(Item::subscribed(
+                        None,
+                        d.msg.channel.clone(),
+                        StreamPosition {
+                            epoch: epoch.clone(),
+                            offset: *last,
+                        },
+                        false,
+                    ));
+                }
             } else if d.msg.offset <= *last {
                 return true; // already delivered (the resume seam)
             }

@@ -1,9 +1,17 @@
-//! A connection's bounded outbound queue.
+//! A connection's bounded outbound queue, and the account of every byte the node holds for it.
 //!
 //! The hub pushes into it from the broker's delivery path (never blocking, never awaiting); the
-//! connection's writer takes everything queued at once and writes it in one go. When a push would
-//! exceed the bounds the outbox closes itself as a slow consumer and frees what it held: one slow
-//! client costs at most its bound and never slows the fan-out to others.
+//! connection's writer takes everything queued at once and writes it in one go. When a live push
+//! would exceed the bounds (counting the batch the writer is still writing) the outbox closes
+//! itself as a slow consumer and frees what it held: one slow client costs at most its bound and
+//! never slows the fan-out to others.
+//!
+//! History replays (resumes) are paced instead: a replay pushes only while the queue is under
+//! half its bounds, and otherwise waits for the writer to take ([`Outbox::room`]), so a resume of
+//! any length completes for a client that reads, at the speed it reads, and never trips the
+//! slow-consumer rule meant for clients that fall behind live traffic. What the hub holds for a
+//! connection outside the queue (live messages buffered while a replay runs, the replay's page)
+//! is counted as `held`, bounded by the same byte bound, and reported with the queue.
 
 use std::{
     collections::VecDeque,
@@ -57,9 +65,9 @@ impl Item {
     }
 
     /// What the item costs against the byte bound.
-    fn cost(&self) -> usize {
+    pub fn cost(&self) -> usize {
         match self {
-            Item::Message(d) => d.msg.data.len() + 64,
+            Item::Message(d) => d.cost(),
             Item::Subscribed(_) => 128,
             Item::Raw(b) => b.len(),
         }
@@ -88,9 +96,30 @@ pub struct Bounds {
 struct Inner {
     items: VecDeque<Item>,
     bytes: usize,
+    /// Cost of the batch the writer took and is writing (0 once it asks for more and finds
+    /// nothing): still in memory, so it counts against the bound.
+    writing: usize,
+    /// Bytes the hub holds for this connection outside the queue (see the module docs).
+    held: usize,
     closed: Option<CloseReason>,
     /// The writer waiting for items, if it is parked.
     waker: Option<Waker>,
+    /// Replays waiting for room (or for their turn to read a page).
+    room: Vec<Waker>,
+    /// Bumped whenever room may have appeared; a replay that found none waits for a change.
+    room_gen: u64,
+    /// A replay of this connection is reading a history page: one at a time per connection,
+    /// so a stream resuming many channels holds one page, not one per channel.
+    page_busy: bool,
+}
+
+impl Inner {
+    fn wake_room(&mut self) {
+        self.room_gen += 1;
+        for w in self.room.drain(..) {
+            w.wake();
+        }
+    }
 }
 
 /// Queue capacity (items) a connection keeps between batches; more was a burst.
@@ -119,8 +148,13 @@ impl Outbox {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
                 bytes: 0,
+                writing: 0,
+                held: 0,
                 closed: None,
                 waker: None,
+                room: Vec::new(),
+                room_gen: 0,
+                page_busy: false,
             }),
             bounds,
             signal,
@@ -134,13 +168,15 @@ impl Outbox {
             return false;
         }
         let cost = item.cost();
-        if inner.items.len() >= self.bounds.max_items || inner.bytes + cost > self.bounds.max_bytes
+        if inner.items.len() >= self.bounds.max_items
+            || inner.writing + inner.bytes + cost > self.bounds.max_bytes
         {
             // Drop what is queued now rather than when the connection ends: the client will
             // resume from history anyway, and this is what bounds memory under a slow reader.
             inner.items = VecDeque::new();
             inner.bytes = 0;
             inner.closed = Some(CloseReason::SlowConsumer);
+            inner.wake_room();
         } else {
             inner.items.push_back(item);
             inner.bytes += cost;
@@ -156,12 +192,100 @@ impl Outbox {
         ok
     }
 
+    /// Queues a replayed history item if the queue is under half its bounds (or empty, with
+    /// nothing being written: a replay always makes progress). Otherwise hands the item back with
+    /// the room generation to wait on ([`Outbox::room`]); never closes the outbox.
+    pub fn push_replay(&self, item: Item) -> Result<(), (Item, u64)> {
+        let mut inner = self.inner.lock();
+        if inner.closed.is_some() {
+            return Err((item, inner.room_gen));
+        }
+        let cost = item.cost();
+        let idle = inner.items.is_empty() && inner.writing == 0;
+        let fits = inner.items.len() < self.bounds.max_items / 2
+            && inner.writing + inner.bytes + cost <= self.bounds.max_bytes / 2;
+        if !(idle || fits) {
+            return Err((item, inner.room_gen));
+        }
+        inner.items.push_back(item);
+        inner.bytes += cost;
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Resolves once room may have appeared since generation `seen` (the writer took a batch or
+    /// finished writing one, a page turn ended), or the outbox closed.
+    pub async fn room(&self, seen: u64) {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.lock();
+            if inner.room_gen != seen || inner.closed.is_some() {
+                return Poll::Ready(());
+            }
+            if !inner.room.iter().any(|w| w.will_wake(cx.waker())) {
+                inner.room.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Waits for this connection's turn to read a history page; `None` if the outbox closed.
+    /// The turn ends when the returned guard drops.
+    pub async fn page_turn(self: &Arc<Self>) -> Option<PageTurn> {
+        loop {
+            let seen = {
+                let mut inner = self.inner.lock();
+                if inner.closed.is_some() {
+                    return None;
+                }
+                if !inner.page_busy {
+                    inner.page_busy = true;
+                    return Some(PageTurn(self.clone()));
+                }
+                inner.room_gen
+            };
+            self.room(seen).await;
+        }
+    }
+
+    /// Counts `bytes` the hub keeps for this connection outside the queue, if the total stays
+    /// within the byte bound; false (nothing counted) otherwise.
+    pub fn try_hold(&self, bytes: usize) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.held + bytes > self.bounds.max_bytes {
+            return false;
+        }
+        inner.held += bytes;
+        true
+    }
+
+    /// Counts `bytes` held outside the queue whatever the bound (a replay page: bounded by its
+    /// read, and needed for progress).
+    pub fn hold(&self, bytes: usize) {
+        self.inner.lock().held += bytes;
+    }
+
+    /// Stops counting `bytes` held outside the queue.
+    pub fn release(&self, bytes: usize) {
+        let mut inner = self.inner.lock();
+        inner.held = inner.held.saturating_sub(bytes);
+    }
+
+    /// Wakes replays waiting on this outbox so they look at their subscription again (it was
+    /// removed).
+    pub fn nudge(&self) {
+        self.inner.lock().wake_room();
+    }
+
     /// Stops accepting items; the writer sees `reason` after draining what is queued.
     pub fn close(&self, reason: CloseReason) {
         let mut inner = self.inner.lock();
         if inner.closed.is_none() {
             inner.closed = Some(reason);
         }
+        inner.wake_room();
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
@@ -203,10 +327,17 @@ impl Outbox {
             {
                 inner.waker = Some(cx.waker().clone());
             }
+            // The writer asks for more: the previous batch is written.
+            if inner.writing != 0 {
+                inner.writing = 0;
+                inner.wake_room();
+            }
             return Poll::Pending;
         }
+        inner.writing = inner.bytes;
         inner.bytes = 0;
         std::mem::swap(&mut inner.items, into);
+        inner.wake_room();
         Poll::Ready(inner.closed)
     }
 
@@ -226,10 +357,30 @@ impl Outbox {
         self.bounds
     }
 
-    /// Items currently queued and the bytes they count for (for metrics and tests).
+    /// Items currently queued, and every byte the node holds for this connection: the queue,
+    /// the batch being written, and what the hub holds outside the queue (for metrics and tests).
     pub fn queued(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        (inner.items.len(), inner.bytes)
+        (inner.items.len(), inner.bytes + inner.writing + inner.held)
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    /// Bytes held outside the queue.
+    pub fn held(&self) -> usize {
+        self.inner.lock().held
+    }
+}
+
+/// A connection's turn to read one history page (see [`Outbox::page_turn`]).
+pub struct PageTurn(Arc<Outbox>);
+
+impl Drop for PageTurn {
+    fn drop(&mut self) {
+        let mut inner = self.0.inner.lock();
+        inner.page_busy = false;
+        inner.wake_room();
     }
 }
 

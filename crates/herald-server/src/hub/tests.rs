@@ -1,6 +1,6 @@
 use super::*;
 use bytes::Bytes;
-use herald_broker::{MemoryBroker, MemoryConfig};
+use herald_broker::{HistoryQuery, MemoryBroker, MemoryConfig};
 use herald_core::protocol::Publish;
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +13,8 @@ fn hub_with_history(history_size: usize) -> Arc<Hub> {
         broker,
         HubConfig {
             linger: Duration::from_millis(10),
-            resume_limit: history_size,
+            page_messages: 1000,
+            page_bytes: 256 << 10,
         },
         Default::default(),
     )
@@ -177,6 +178,133 @@ async fn a_slow_consumer_is_cut_off_without_affecting_others() {
     assert_eq!(drain(&fast).await.1, (1..=20).collect::<Vec<_>>());
 }
 
+/// Drains `o` as a reading client would until `n` messages came (or the outbox closed):
+/// (subscribed frames as (offset, recovered), message offsets, close reason).
+async fn read_all(o: &Outbox, n: usize) -> (Vec<(u64, bool)>, Vec<u64>, Option<CloseReason>) {
+    let mut subs = Vec::new();
+    let mut msgs = Vec::new();
+    loop {
+        let batch = o.take().await;
+        for item in batch.items {
+            match item {
+                Item::Subscribed(s) => subs.push((s.position.offset, s.recovered)),
+                Item::Message(d) => msgs.push(d.msg.offset),
+                Item::Raw(_) => {}
+            }
+        }
+        if batch.closed.is_some() || msgs.len() >= n {
+            return (subs, msgs, batch.closed);
+        }
+    }
+}
+
+fn small_outbox(max_bytes: usize) -> Arc<Outbox> {
+    Outbox::new(
+        Bounds {
+            max_items: 10_000,
+            max_bytes,
+        },
+        CancellationToken::default(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_many_times_the_queue_bound_completes_at_the_readers_pace() {
+    let hub = hub_with_history(1000);
+    let start = StreamPosition {
+        epoch: publish(&hub, "big", 0).await.epoch,
+        offset: 0,
+    };
+    for i in 1..300 {
+        publish(&hub, "big", i).await;
+    }
+    // Room for a few messages at a time: the replay must be paced, never a slow consumer.
+    let o = small_outbox(1000);
+    hub.subscribe(1, &o, &ch("big"), Some(start), None)
+        .await
+        .expect("sub");
+    let mut offsets = Vec::new();
+    let mut subs = Vec::new();
+    let mut live_sent = false;
+    while offsets.len() < 300 {
+        let batch = o.take().await;
+        assert_eq!(batch.closed, None, "a reading client is never cut off by a replay");
+        assert!(batch.items.len() < 300, "paced, not all at once");
+        for item in batch.items {
+            match item {
+                Item::Subscribed(s) => subs.push((s.position.offset, s.recovered)),
+                Item::Message(d) => offsets.push(d.msg.offset),
+                Item::Raw(_) => {}
+            }
+        }
+        if offsets.len() >= 150 && !live_sent {
+            live_sent = true;
+            // Live messages arrive meanwhile; they follow the history, once each.
+            for i in 300..310 {
+                publish(&hub, "big", i).await;
+            }
+        }
+    }
+    while offsets.len() < 310 {
+        offsets.extend(drain(&o).await.1);
+    }
+    assert_eq!(subs, vec![(0, true)]);
+    assert_eq!(offsets, (1..=310).collect::<Vec<_>>());
+    publish(&hub, "big", 310).await;
+    assert_eq!(drain(&o).await.1, vec![311], "live afterwards");
+    assert_eq!(
+        hub.metrics.recoveries.with_label_values(&["recovered"]).get(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_messages_that_overflow_a_replays_buffer_are_read_from_history() {
+    let hub = hub_with_history(5000);
+    let start = StreamPosition {
+        epoch: publish(&hub, "hot", 0).await.epoch,
+        offset: 0,
+    };
+    for i in 1..50 {
+        publish(&hub, "hot", i).await;
+    }
+    let o = small_outbox(2000);
+    hub.subscribe(1, &o, &ch("hot"), Some(start), None)
+        .await
+        .expect("sub");
+    // Far more live traffic than the buffer holds while the client is not reading.
+    for i in 50..1000 {
+        publish(&hub, "hot", i).await;
+    }
+    let (subs, offsets, closed) = read_all(&o, 1000).await;
+    assert_eq!(closed, None);
+    assert_eq!(subs, vec![(0, true)]);
+    assert_eq!(offsets, (1..=1000).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    assert_eq!(o.held(), 0, "nothing left held once live");
+}
+
+#[tokio::test]
+async fn a_subscriber_from_before_the_first_message_continues_without_a_reset() {
+    let hub = hub();
+    let o = outbox();
+    hub.subscribe(1, &o, &ch("empty"), None, None)
+        .await
+        .expect("sub");
+    let batch = o.take().await;
+    match &batch.items[0] {
+        Item::Subscribed(s) => assert_eq!(s.position, StreamPosition::start()),
+        _ => panic!("subscribed first"),
+    }
+    publish(&hub, "empty", 1).await;
+    assert_eq!(drain(&o).await, (vec![], vec![1]), "no spurious reset");
+    // And a resume from that position gets the first message, recovered.
+    let o2 = outbox();
+    hub.subscribe(2, &o2, &ch("empty"), Some(StreamPosition::start()), None)
+        .await
+        .expect("sub");
+    assert_eq!(drain(&o2).await, (vec![(0, true)], vec![1]));
+}
+
 #[tokio::test]
 async fn the_backbone_subscription_lingers_then_goes() {
     let hub = hub();
@@ -243,10 +371,9 @@ impl Broker for HeldReads {
     async fn history(
         &self,
         channel: &ChannelName,
-        since: Option<&StreamPosition>,
-        limit: usize,
+        query: HistoryQuery,
     ) -> Result<History, BrokerError> {
-        let snapshot = self.inner.history(channel, since, limit).await;
+        let snapshot = self.inner.history(channel, query).await;
         self.reads.fetch_add(1, Ordering::SeqCst);
         self.entered.notify_one();
         self.permits.acquire().await.expect("open").forget();
@@ -275,7 +402,8 @@ fn hub_over(broker: Arc<HeldReads>) -> Arc<Hub> {
         broker,
         HubConfig {
             linger: Duration::from_millis(10),
-            resume_limit: 100,
+            page_messages: 1000,
+            page_bytes: 256 << 10,
         },
         Default::default(),
     )

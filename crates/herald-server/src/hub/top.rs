@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use herald_broker::{Broker, BrokerError};
+use herald_broker::{Broker, BrokerError, HistoryQuery};
 use herald_core::{ChannelName, StreamPosition};
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -70,7 +70,10 @@ impl TopReads {
                 }
                 std::mem::take(&mut state.waiting)
             };
-            let result = broker.history(&channel, None, 0).await.map(|h| h.top);
+            let result = broker
+                .history(&channel, HistoryQuery::top())
+                .await
+                .map(|h| h.top);
             for waiter in batch {
                 // A waiter that went away needs nothing.
                 let _ = waiter.send(result.clone());
