@@ -241,9 +241,9 @@ async fn serve(
         // streams: publishers keep working meanwhile and closes do not all land at once.
         () = app.drained(), if !draining => {}
         () = kill.cancelled() => {
-            // The SSE stream on this connection closed: give its final event a moment to go out,
-            // then drop the connection even if the peer is not reading.
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
+            // The SSE stream on this connection closed: give its final event the notice deadline
+            // to go out, then drop the connection even if the peer is not reading.
+            let _ = tokio::time::timeout(transport::FINAL_NOTICE_DEADLINE, conn.as_mut()).await;
             return;
         }
     }

@@ -5,7 +5,7 @@ pub mod sse;
 pub mod sse_direct;
 pub mod ws;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use herald_core::{
     ChannelName,
@@ -37,6 +37,12 @@ pub fn query_channels(app: &App, query: Option<&str>) -> Result<Vec<ChannelName>
         }
     })
 }
+
+/// How long a connection that is closing gets to write what it owes the client: the rest of a
+/// write in flight, then the final notice (WebSocket close frame, SSE closing event). A client
+/// that reads within this time gets the notice (slow consumer, drain, protocol error) before the
+/// connection closes; one that reads nothing cannot be told, and is dropped when it runs out.
+pub const FINAL_NOTICE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// One client connection's identity, queue and subscriptions. Dropping it unsubscribes
 /// everything, so a connection that vanishes mid-write leaves nothing behind in the hub.

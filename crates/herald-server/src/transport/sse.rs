@@ -195,10 +195,6 @@ pub struct SseBody {
 }
 
 impl SseBody {
-    pub fn outbox(&self) -> &Arc<crate::hub::Outbox> {
-        &self.conn.outbox
-    }
-
     /// Keeps the stream's connection-limit permit for as long as it runs.
     pub fn hold(&mut self, permit: Option<Permit>) {
         self.conn.hold(permit);

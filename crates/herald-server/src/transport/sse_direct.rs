@@ -6,13 +6,15 @@
 //! plain `GET /v1/sse` head ([`crate::http::head`] says which heads qualify: none that hyper
 //! could read differently), it is validated and subscribed exactly like the hyper route
 //! ([`super::sse::open`]); then the head is consumed and the same [`SseBody`] is written straight
-//! to the socket, delimited by closing the connection. Anything else, including every error, is
-//! left untouched in the socket for hyper to serve, except a head hyper would refuse outright,
-//! which is answered here with a JSON error (hyper's own answer has no body).
+//! to the socket, delimited by closing the connection; an error `open` returns is written here
+//! too (hyper would run the same `open` again). Anything else is left untouched in the socket for
+//! hyper to serve, except a head hyper would refuse outright, which is answered here with a JSON
+//! error (hyper's own answer has no body).
 
 use std::{pin::pin, sync::Arc, time::Duration};
 
 use http_body_util::BodyExt;
+use hyper::Response;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -20,14 +22,17 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::sse::{self, SseBody};
+use super::{
+    FINAL_NOTICE_DEADLINE,
+    sse::{self, SseBody},
+};
 use crate::{
     app::App,
     http::{
+        Body,
         cors::Verdict,
         head::{self, Head},
     },
-    hub::CloseReason,
     limits::{Limit, Peer, refuse},
 };
 
@@ -79,8 +84,7 @@ pub async fn try_serve(
         }
         Head::Other => return Some(stream),
     };
-    // A refused origin and every error are left to hyper, which reads the same request again
-    // and answers it.
+    // A refused origin is left to hyper, which reads the same request again and answers it.
     let listing = !app.config.allowed_origins.is_any();
     let cors = app
         .config
@@ -108,8 +112,14 @@ pub async fn try_serve(
     let mut body =
         match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
             Ok(body) => body,
-            // hyper reads the same request again and answers with the error.
-            Err(_) => return Some(stream),
+            // Answered here, not by handing the request to hyper: hyper would run the same
+            // `open` again, and an error that took time (a broker timeout) would be waited for
+            // twice.
+            Err(mut resp) => {
+                cors.decorate(resp.headers_mut(), listing);
+                Box::pin(answer(app, stream, req.head_len, resp)).await;
+                return None;
+            }
         };
     body.hold(permit);
     app.metrics
@@ -119,6 +129,36 @@ pub async fn try_serve(
     let head = format!("{RESPONSE_HEAD}{}\r\n", cors.head_lines(listing));
     stream_to(stream, req.head_len, head.into_bytes(), body, signal).await;
     None
+}
+
+/// Writes `resp` (an error `open` produced: a small JSON body) after consuming the request
+/// head, and closes the connection.
+async fn answer(app: &Arc<App>, mut stream: TcpStream, head_len: usize, resp: Response<Body>) {
+    let status = resp.status();
+    app.metrics
+        .http_requests
+        .with_label_values(&["sse", status.as_str()])
+        .inc();
+    let (parts, body) = resp.into_parts();
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes());
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-length: {}\r\nconnection: close\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    for (name, value) in &parts.headers {
+        if let Ok(value) = value.to_str() {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    let mut request = vec![0u8; head_len];
+    if stream.read_exact(&mut request).await.is_ok() {
+        refuse::write_and_close(stream, &out).await;
+    }
 }
 
 async fn idle_until_drained(app: &Arc<App>) {
@@ -151,7 +191,6 @@ async fn stream_to(
     }
     drop(head);
     drop(response_head);
-    let outbox = body.outbox().clone();
     let (mut read, mut write) = stream.split();
     // The client sends nothing more; EOF means it hung up (as hyper would notice by reading),
     // found at once instead of at the next heartbeat.
@@ -173,18 +212,19 @@ async fn stream_to(
             res = &mut pending => if res.is_err() { return },
             () = &mut gone => return,
             () = signal.cancelled() => {
-                // A peer that stopped reading blocks the write: cut it off once it overflowed.
-                if outbox.reason() == Some(CloseReason::SlowConsumer) {
-                    return;
-                }
-                // Shutdown: finish this write (bounded) so the client sees whole events.
-                if !matches!(tokio::time::timeout(Duration::from_secs(1), pending).await, Ok(Ok(()))) {
+                // The stream is closing (it overflowed, or the server drains) while a peer that
+                // stopped reading may block this write: it gets the notice deadline to finish
+                // (whole events), then the closing event follows under the same deadline.
+                if !matches!(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending).await, Ok(Ok(()))) {
                     return;
                 }
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), write.shutdown()).await;
+    let _ = tokio::time::timeout(FINAL_NOTICE_DEADLINE, write.shutdown()).await;
+    // Wait for the client to hang up (or the deadline): closing with its bytes unread would
+    // reset the connection, and a reset can destroy the closing event before it is read.
+    let _ = tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone).await;
 }
 
 /// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.

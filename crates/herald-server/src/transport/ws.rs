@@ -16,7 +16,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -142,20 +141,23 @@ async fn serve(
 
     let mut reader = reader;
     write_loop(&app, &conn, &mut write, &last_heard, clock).await;
-    // A close the reader asked for (a protocol error, a flood) lets it drop what the client
-    // still sends before the socket closes (see `reader::CLOSE_LINGER`); any other close ends it.
-    if matches!(conn.outbox.reason(), Some(CloseReason::Closed { code, .. }) if code != close::PING_TIMEOUT)
-    {
-        let _ = Box::pin(tokio::time::timeout(reader::CLOSE_LINGER, &mut reader)).await;
-    }
-    reader.abort();
     // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every idle
     // connection's task would carry the space for each of them (serve's future: 920 -> 808 B).
     let _ = Box::pin(tokio::time::timeout(
-        Duration::from_secs(1),
+        super::FINAL_NOTICE_DEADLINE,
         write.shutdown(),
     ))
     .await;
+    // Keep reading until the client answers the close (or the deadline): a socket closed with
+    // unread input is reset, and a reset can destroy the close frame before the client reads it.
+    // (A close the reader asked for ends with the reader dropping what the client still sends,
+    // see `reader::CLOSE_LINGER`.)
+    if Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, &mut reader))
+        .await
+        .is_err()
+    {
+        reader.abort();
+    }
 }
 
 /// Subscribes and reports failures to the client as error frames.
@@ -275,17 +277,18 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 CloseReason::Closed { code, reason } => (code, reason),
             };
             batch.push_back(Item::raw(protocol::close_frame(code, text)));
-            // A close is best effort: the peer may be gone or not reading.
+            // The final notice gets a deadline: a client that reads gets it, one that does not
+            // cannot hold the connection open.
             let _ = Box::pin(tokio::time::timeout(
-                Duration::from_secs(1),
+                super::FINAL_NOTICE_DEADLINE,
                 write_all(write, &batch),
             ))
             .await;
             return;
         }
-        // A peer that stops reading blocks this write, so the outbox overflowing meanwhile must
-        // still end the connection. Any other close (shutdown) lets a write in flight finish, so
-        // a healthy client never sees a torn frame.
+        // A peer that stops reading blocks this write, so the outbox closing meanwhile (it
+        // overflowed, or the server drains) must still end the connection: the write in flight
+        // gets the notice deadline to finish (no torn frame), then the close frame follows.
         let pending = write_all(write, &batch);
         tokio::pin!(pending);
         tokio::select! {
@@ -294,10 +297,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(_) => return,
             },
             () = conn.outbox.signal().cancelled() => {
-                if conn.outbox.reason() == Some(CloseReason::SlowConsumer) {
-                    return;
-                }
-                if !matches!(Box::pin(tokio::time::timeout(Duration::from_secs(1), pending)).await, Ok(Ok(()))) {
+                if !matches!(Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, pending)).await, Ok(Ok(()))) {
                     return;
                 }
             }

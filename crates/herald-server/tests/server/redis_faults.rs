@@ -46,6 +46,8 @@ impl Resumer {
                 };
                 if frame["type"] == "message" {
                     let offset = frame["offset"].as_u64().expect("offset");
+                    // A position is the last message's epoch and offset.
+                    self.epoch = frame["epoch"].as_str().expect("epoch").to_owned();
                     self.seen.push(offset);
                     self.last = self.last.max(offset);
                 }

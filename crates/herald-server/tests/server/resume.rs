@@ -86,10 +86,12 @@ fn urlencode(s: &str) -> String {
 async fn ws_since_delivers_exactly_the_missed_messages() {
     let h = Herald::start(&[]).await;
     let mut ws = Ws::connect(&h.ws_url("/v1/ws")).await;
-    let sub = ws.subscribe("c", None).await;
-    let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+    ws.subscribe("c", None).await;
     h.publish("c", json!(1)).await;
     let m = ws.next_message().await;
+    // A position is the epoch and offset of the last message seen (the channel had no epoch
+    // before its first message).
+    let epoch = m["epoch"].as_str().expect("epoch").to_owned();
     drop(ws);
     for i in 2..=4 {
         h.publish("c", json!(i)).await;
@@ -114,13 +116,14 @@ async fn ws_since_delivers_exactly_the_missed_messages() {
 async fn a_resume_older_than_history_is_reported_not_silent() {
     let h = Herald::start(&["--history-size", "2"]).await;
     let mut ws = Ws::connect(&h.ws_url("/v1/ws")).await;
-    let epoch = ws.subscribe("c", None).await["epoch"]
-        .as_str()
-        .expect("epoch")
-        .to_owned();
+    ws.subscribe("c", None).await;
     for i in 1..=5 {
         h.publish("c", json!(i)).await;
     }
+    let epoch = ws.next_message().await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
     let mut late = Ws::connect(&h.ws_url("/v1/ws")).await;
     let sub = late.subscribe("c", Some((1, &epoch))).await;
     assert_eq!(
