@@ -20,7 +20,8 @@ pub fn entries(token: &str) -> impl Iterator<Item = Option<Entry<'_>>> {
         let epoch = parts.next()?;
         let offset = parts.next()?.parse().ok()?;
         let channel = parts.next()?;
-        if epoch.is_empty() || channel.is_empty() {
+        // An empty epoch is a channel without history yet (before its first message).
+        if channel.is_empty() {
             return None;
         }
         Some(Entry {
@@ -119,10 +120,16 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_without_history_has_an_empty_epoch() {
+        let e = entries(",0,news").next().flatten().expect("valid");
+        assert_eq!((e.epoch, e.offset, e.channel), ("", 0, "news"));
+    }
+
+    #[test]
     fn malformed_entries_are_reported() {
         assert_eq!(entries("e,x,news").next(), Some(None));
         assert_eq!(entries("e,1").next(), Some(None));
-        assert_eq!(entries(",1,news").next(), Some(None));
+        assert_eq!(entries("e,1,").next(), Some(None));
         assert_eq!(entries("").count(), 0);
         assert_eq!(entries(";;").count(), 0);
     }

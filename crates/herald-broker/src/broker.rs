@@ -116,7 +116,8 @@ impl HistoryQuery {
                 continue;
             }
             let size = m.stored_len();
-            if messages.len() >= self.limit || (!messages.is_empty() && bytes + size > self.max_bytes)
+            if messages.len() >= self.limit
+                || (!messages.is_empty() && bytes + size > self.max_bytes)
             {
                 break;
             }
@@ -157,7 +158,9 @@ pub struct History {
 impl History {
     /// True when the page reaches the channel's top: nothing more to read.
     pub fn is_complete(&self) -> bool {
-        self.messages.last().map_or(true, |m| m.offset >= self.top.offset)
+        self.messages
+            .last()
+            .map_or(true, |m| m.offset >= self.top.offset)
     }
 }
 

@@ -20,9 +20,7 @@ use herald_core::{ChannelName, Epoch, Message, StreamPosition, protocol::Publish
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{
-    Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, now_us,
-};
+use crate::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, now_us};
 
 mod channel;
 
@@ -115,7 +113,9 @@ impl MemoryBroker {
         now: Instant,
     ) {
         let retention = self.retention(channel);
-        if shard.get(channel).is_some_and(|s| s.is_idle(now, retention))
+        if shard
+            .get(channel)
+            .is_some_and(|s| s.is_idle(now, retention))
             && let Some(state) = shard.remove(channel)
         {
             self.sub_bytes(state.bytes);
@@ -190,8 +190,7 @@ impl Broker for MemoryBroker {
             Some(state) => state,
             None => {
                 let state = ChannelState::new(now, publish.channel.as_str().len());
-                if self.stats.bytes.load(Ordering::Relaxed) + state.bytes > self.config.max_bytes
-                {
+                if self.stats.bytes.load(Ordering::Relaxed) + state.bytes > self.config.max_bytes {
                     return Err(self.full());
                 }
                 self.add_bytes(state.bytes);
@@ -206,7 +205,11 @@ impl Broker for MemoryBroker {
             state.epoch = Epoch::none();
             state.last_offset = 0;
         }
-        if let Some(offset) = publish.idempotency_key.as_deref().and_then(|k| state.key(k)) {
+        if let Some(offset) = publish
+            .idempotency_key
+            .as_deref()
+            .and_then(|k| state.key(k))
+        {
             return Ok(Published {
                 position: StreamPosition {
                     epoch: state.epoch.clone(),

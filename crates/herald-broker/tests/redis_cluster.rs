@@ -151,8 +151,8 @@ async fn cluster_shard_connection_kill_loses_nothing() {
             &ch(&names[0]),
             after(
                 &StreamPosition {
-                epoch: top.epoch.clone(),
-                offset: n - 1,
+                    epoch: top.epoch.clone(),
+                    offset: n - 1,
                 },
                 10,
             ),

@@ -49,28 +49,43 @@ async fn reads_create_nothing_and_the_first_publish_creates_the_epoch() {
     for i in 0..50 {
         let name = format!("fresh-{i}");
         let h = b.history(&ch(&name), latest(100)).await.expect("history");
-        assert_eq!(h.top, StreamPosition::start(), "no epoch before the first publish");
+        assert_eq!(
+            h.top,
+            StreamPosition::start(),
+            "no epoch before the first publish"
+        );
         assert!(h.messages.is_empty() && !h.recovered);
         let caught_up = b
             .history(&ch(&name), after(&h.top, 100))
             .await
             .expect("history");
-        assert!(caught_up.recovered, "nothing missed since before the first message");
+        assert!(
+            caught_up.recovered,
+            "nothing missed since before the first message"
+        );
     }
     // The node's own probe channels are the only keys; reads created none.
     let sink = Collect::new();
-    b.subscribe(&ch("watched"), sink.clone()).await.expect("subscribe");
+    b.subscribe(&ch("watched"), sink.clone())
+        .await
+        .expect("subscribe");
     b.unsubscribe(&ch("watched")).await;
     assert_eq!(redis.cli(&["--scan", "--pattern", "herald:*"]).trim(), "");
 
-    let p = b.publish(publish("fresh-0", 1, None)).await.expect("publish");
+    let p = b
+        .publish(publish("fresh-0", 1, None))
+        .await
+        .expect("publish");
     assert!(!p.position.epoch.is_none());
     assert_eq!(p.position.offset, 1);
     let resumed = b
         .history(&ch("fresh-0"), after(&StreamPosition::start(), 100))
         .await
         .expect("history");
-    assert!(resumed.recovered, "the start position continues into the first epoch");
+    assert!(
+        resumed.recovered,
+        "the start position continues into the first epoch"
+    );
     assert_eq!(resumed.messages.len(), 1);
 }
 
@@ -100,7 +115,10 @@ async fn idempotency_holds_after_ten_thousand_other_keys() {
         .publish(publish("orders", 0, Some("order-42")))
         .await
         .expect("publish");
-    assert!(again.duplicate, "remembered for the TTL, however many keys came after");
+    assert!(
+        again.duplicate,
+        "remembered for the TTL, however many keys came after"
+    );
     assert_eq!(again.position, first.position);
 }
 
@@ -119,7 +137,10 @@ async fn history_pages_are_bounded_by_bytes() {
     let one = b.history(&ch("p"), after(&start, 1)).await.expect("h");
     let size = one.messages[0].stored_len();
     let page = b
-        .history(&ch("p"), herald_broker::HistoryQuery::after(start.clone(), 100, size * 5))
+        .history(
+            &ch("p"),
+            herald_broker::HistoryQuery::after(start.clone(), 100, size * 5),
+        )
         .await
         .expect("h");
     let n = page.messages.len();
@@ -201,7 +222,10 @@ async fn history_resume_reports_recovery() {
     );
 
     let cut = b.history(&ch("a"), after(&at(2), 1)).await.expect("h");
-    assert!(cut.recovered, "3 follows 2: a page cut by its limit still continues");
+    assert!(
+        cut.recovered,
+        "3 follows 2: a page cut by its limit still continues"
+    );
     assert!(!cut.is_complete());
     assert_eq!(offsets(&cut), [3]);
 
@@ -211,8 +235,8 @@ async fn history_resume_reports_recovery() {
             &ch("a"),
             after(
                 &StreamPosition {
-                epoch: other,
-                offset: 4,
+                    epoch: other,
+                    offset: 4,
                 },
                 100,
             ),

@@ -330,7 +330,8 @@ impl Metrics {
         let responses = self
             .history_response_bytes
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.queued_bytes.set((stats.queued_bytes + responses) as i64);
+        self.queued_bytes
+            .set((stats.queued_bytes + responses) as i64);
         let snap = match &self.broker {
             BrokerStats::Redis(r) => r.snapshot(),
             BrokerStats::Memory(m) => {

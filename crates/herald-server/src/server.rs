@@ -2,9 +2,7 @@
 
 use std::{future::Future, sync::Arc, time::Duration};
 
-use herald_broker::{
-    Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig,
-};
+use herald_broker::{Broker, BrokerError, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::{

@@ -216,7 +216,12 @@ pub struct RawWs {
 
 impl RawWs {
     pub async fn connect(addr: &str, path: &str) -> Self {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::handshake(stream, addr, path).await
+    }
+
+    /// Performs the upgrade on a stream the caller connected (e.g. with a small receive buffer).
+    pub async fn handshake(mut stream: TcpStream, addr: &str, path: &str) -> Self {
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -148,7 +148,8 @@ impl ChannelState {
     pub fn retained_after(&self, after: u64) -> impl Iterator<Item = &Arc<Message>> {
         // Offsets are contiguous in the deque, so the start is found by arithmetic.
         let first = self.history.front().map_or(0, |r| r.msg.offset);
-        let skip = usize::try_from(after.saturating_sub(first.saturating_sub(1))).unwrap_or(usize::MAX);
+        let skip =
+            usize::try_from(after.saturating_sub(first.saturating_sub(1))).unwrap_or(usize::MAX);
         self.history.iter().skip(skip).map(|r| &r.msg)
     }
 }

@@ -112,10 +112,17 @@ async fn history_resume_reports_recovery() {
 
     let too_old = b.history(&ch("a"), after(&epoch, 1, 100)).await.expect("h");
     assert!(!too_old.recovered, "offset 2 was trimmed");
-    assert_eq!(offsets(&too_old), [3, 4, 5], "what is retained is still returned");
+    assert_eq!(
+        offsets(&too_old),
+        [3, 4, 5],
+        "what is retained is still returned"
+    );
 
     let cut = b.history(&ch("a"), after(&epoch, 2, 1)).await.expect("h");
-    assert!(cut.recovered, "3 follows 2: a page cut by its limit still continues the position");
+    assert!(
+        cut.recovered,
+        "3 follows 2: a page cut by its limit still continues the position"
+    );
     assert!(!cut.is_complete(), "and says there is more to read");
     assert_eq!(offsets(&cut), [3]);
 
@@ -148,7 +155,11 @@ async fn pages_are_bounded_by_bytes_but_hold_at_least_one_message() {
         b.publish(publish("a", i, None)).await.expect("publish");
     }
     let one = b.history(&ch("a"), latest(0)).await.expect("h").top;
-    let size = b.history(&ch("a"), after(&one.epoch, 0, 1)).await.expect("h").messages[0]
+    let size = b
+        .history(&ch("a"), after(&one.epoch, 0, 1))
+        .await
+        .expect("h")
+        .messages[0]
         .stored_len();
     let start = StreamPosition {
         epoch: one.epoch.clone(),
@@ -159,28 +170,48 @@ async fn pages_are_bounded_by_bytes_but_hold_at_least_one_message() {
     assert_eq!(offsets(&h), [1, 2, 3]);
     assert!(h.recovered && !h.is_complete());
     let h = b.history(&ch("a"), page(1)).await.expect("h");
-    assert_eq!(offsets(&h), [1], "one message even when it alone is over the bound");
+    assert_eq!(
+        offsets(&h),
+        [1],
+        "one message even when it alone is over the bound"
+    );
 }
 
 #[tokio::test]
 async fn reads_and_subscriptions_of_unknown_channels_leave_nothing_behind() {
     let b = MemoryBroker::new(cfg(10, 60));
     for i in 0..100 {
-        let h = b.history(&ch(&format!("nobody-{i}")), latest(10)).await.expect("h");
-        assert_eq!(h.top, StreamPosition::start(), "no epoch before the first publish");
+        let h = b
+            .history(&ch(&format!("nobody-{i}")), latest(10))
+            .await
+            .expect("h");
+        assert_eq!(
+            h.top,
+            StreamPosition::start(),
+            "no epoch before the first publish"
+        );
         assert!(h.messages.is_empty());
         let resume = HistoryQuery::after(StreamPosition::start(), 10, usize::MAX);
-        assert!(b.history(&ch(&format!("nobody-{i}")), resume).await.expect("h").recovered);
+        assert!(
+            b.history(&ch(&format!("nobody-{i}")), resume)
+                .await
+                .expect("h")
+                .recovered
+        );
     }
     let sink = Arc::new(Collect::default());
-    b.subscribe(&ch("watched"), sink.clone()).await.expect("subscribe");
+    b.subscribe(&ch("watched"), sink.clone())
+        .await
+        .expect("subscribe");
     b.unsubscribe(&ch("watched")).await;
     assert_eq!(b.channel_count(), 0);
     assert_eq!(b.stats().bytes.load(Ordering::Relaxed), 0);
     assert_eq!(b.stats().channels.load(Ordering::Relaxed), 0);
 
     // A subscriber from before the first message continues into the epoch that publish creates.
-    b.subscribe(&ch("new"), sink.clone()).await.expect("subscribe");
+    b.subscribe(&ch("new"), sink.clone())
+        .await
+        .expect("subscribe");
     let p = b.publish(publish("new", 1, None)).await.expect("publish");
     assert!(!p.position.epoch.is_none());
     assert!(StreamPosition::start().is_followed_by(&p.position.epoch, p.position.offset));
@@ -191,7 +222,10 @@ async fn reads_and_subscriptions_of_unknown_channels_leave_nothing_behind() {
         )
         .await
         .expect("h");
-    assert!(resumed.recovered, "nothing was missed since before the first message");
+    assert!(
+        resumed.recovered,
+        "nothing was missed since before the first message"
+    );
     assert_eq!(offsets(&resumed), [1]);
 }
 
@@ -201,7 +235,10 @@ async fn the_memory_bound_refuses_publishes_loudly_and_forgets_nothing() {
         max_bytes: 20_000,
         ..cfg(1000, 60)
     });
-    let first = b.publish(publish("a", 0, Some("k0"))).await.expect("publish");
+    let first = b
+        .publish(publish("a", 0, Some("k0")))
+        .await
+        .expect("publish");
     let mut refused = None;
     for k in 1..1000 {
         match b.publish(publish("a", k, Some(&format!("k{k}")))).await {
@@ -212,18 +249,22 @@ async fn the_memory_bound_refuses_publishes_loudly_and_forgets_nothing() {
             }
         }
     }
-    assert!(
-        matches!(refused, Some(BrokerError::Full(_))),
-        "{refused:?}"
-    );
+    assert!(matches!(refused, Some(BrokerError::Full(_))), "{refused:?}");
     assert!(b.stats().bytes.load(Ordering::Relaxed) <= 20_000);
-    let again = b.publish(publish("a", 0, Some("k0"))).await.expect("a retry still answers");
+    let again = b
+        .publish(publish("a", 0, Some("k0")))
+        .await
+        .expect("a retry still answers");
     assert!(again.duplicate && again.position == first.position);
     assert!(matches!(
         b.publish(publish("other", 0, None)).await,
         Err(BrokerError::Full(_))
     ));
-    assert_eq!(b.channel_count(), 1, "a refused publish leaves no channel behind");
+    assert_eq!(
+        b.channel_count(),
+        1,
+        "a refused publish leaves no channel behind"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,7 +279,10 @@ async fn ttl_expires_history_and_idempotency_keys_and_sweeps_idle_channels() {
     tokio::time::advance(Duration::from_secs(31)).await;
     let h = b.history(&ch("a"), latest(100)).await.expect("history");
     assert!(h.messages.is_empty(), "expired");
-    assert_eq!(h.top, first.position, "the epoch outlives its messages while read");
+    assert_eq!(
+        h.top, first.position,
+        "the epoch outlives its messages while read"
+    );
     let again = b
         .publish(publish("a", 1, Some("k")))
         .await
@@ -264,14 +308,23 @@ async fn ttl_expires_history_and_idempotency_keys_and_sweeps_idle_channels() {
 #[tokio::test]
 async fn idempotency_keys_last_the_ttl_however_many_there_are() {
     let b = MemoryBroker::new(cfg(10, 60));
-    let first = b.publish(publish("a", 0, Some("order-42"))).await.expect("publish");
+    let first = b
+        .publish(publish("a", 0, Some("order-42")))
+        .await
+        .expect("publish");
     for k in 0..10_001 {
         b.publish(publish("a", k, Some(&format!("k{k}"))))
             .await
             .expect("publish");
     }
-    let again = b.publish(publish("a", 0, Some("order-42"))).await.expect("publish");
-    assert!(again.duplicate, "remembered for the TTL, not evicted by count");
+    let again = b
+        .publish(publish("a", 0, Some("order-42")))
+        .await
+        .expect("publish");
+    assert!(
+        again.duplicate,
+        "remembered for the TTL, not evicted by count"
+    );
     assert_eq!(again.position, first.position);
 }
 

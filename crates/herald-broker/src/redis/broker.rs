@@ -195,7 +195,7 @@ impl RedisBroker {
             tokio::spawn(probe::run(shared.clone())),
         ];
         let broker = Arc::new(Self { shared, tasks });
-        if broker.wait_connected().await.is_err() {
+        if broker.wait_connected(false).await.is_err() {
             tracing::warn!("redis is not reachable yet; retrying in the background");
         }
         Ok(broker)
@@ -215,12 +215,12 @@ impl RedisBroker {
         }
     }
 
-    /// Waits (up to `timeout`) until the pub/sub connection is up; fails at once while Redis is
-    /// known to be unreachable (a reconnect attempt failed), so subscribers get their 503 without
-    /// waiting out the timeout.
-    async fn wait_connected(&self) -> Result<(), BrokerError> {
+    /// Waits (up to `timeout`) until the pub/sub connection is up. With `fail_fast` (subscribes)
+    /// it fails at once while Redis is known to be unreachable (a reconnect attempt failed), so
+    /// subscribers get their 503 without waiting out the timeout.
+    async fn wait_connected(&self, fail_fast: bool) -> Result<(), BrokerError> {
         let mut rx = self.shared.connected.subscribe();
-        if !*rx.borrow() && self.shared.unreachable.load(Ordering::Relaxed) {
+        if fail_fast && !*rx.borrow() && self.shared.unreachable.load(Ordering::Relaxed) {
             return Err(BrokerError::Unavailable(
                 "redis is unreachable (the pub/sub connection is down)".into(),
             ));
@@ -284,7 +284,7 @@ impl Broker for RedisBroker {
     ) -> Result<(), BrokerError> {
         let s = &self.shared;
         // Before the shard lock: the supervisor takes the shard locks while resubscribing.
-        self.wait_connected().await?;
+        self.wait_connected(true).await?;
         let _guard = s.sub_locks[s.shard_of(channel)].lock().await;
         let sub = s.next_sub.fetch_add(1, Ordering::Relaxed);
         s.channels

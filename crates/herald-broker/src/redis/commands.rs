@@ -13,7 +13,9 @@
 
 use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value};
+use redis::{
+    AsyncConnectionConfig, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value,
+};
 
 use super::config::Topology;
 use crate::BrokerError;
@@ -67,7 +69,8 @@ impl Commands {
         if let Some(conn) = self.shared.lock().clone() {
             return Ok(conn); // made by the call we waited for
         }
-        let unavailable = |e: RedisError| BrokerError::Unavailable(format!("redis connection: {e}"));
+        let unavailable =
+            |e: RedisError| BrokerError::Unavailable(format!("redis connection: {e}"));
         let conn = match &self.topology {
             Topology::Standalone(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(unavailable)?;

@@ -163,11 +163,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let mut published = true;
         for channel in &channels {
             let cmd = redis::cmd(verb).arg(channel).arg(nonce).to_owned();
-            if let Err(e) = shared
-                .commands
-                .query(&cmd, shared.cfg.timeout)
-                .await
-            {
+            if let Err(e) = shared.commands.query(&cmd, shared.cfg.timeout).await {
                 // Redis itself is unreachable: that is the pub/sub connection's to notice.
                 RedisStats::inc(&shared.stats.command_errors);
                 tracing::debug!(error = %e, "probe publish failed");

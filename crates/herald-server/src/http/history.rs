@@ -79,9 +79,10 @@ fn parse(app: &App, path: &str, q: Option<&str>) -> Result<Request, Response<Bod
     };
     let epoch = match query::first(q, "epoch") {
         None => None,
-        Some(e) => Some(Epoch::parse(&e).ok_or_else(|| {
-            error(ErrorCode::InvalidPosition, "`epoch` is not a valid epoch")
-        })?),
+        Some(e) => Some(
+            Epoch::parse(&e)
+                .ok_or_else(|| error(ErrorCode::InvalidPosition, "`epoch` is not a valid epoch"))?,
+        ),
     };
     let after = |offset: u64| match &epoch {
         Some(epoch) => Start::After(StreamPosition {

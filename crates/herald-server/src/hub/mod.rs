@@ -168,7 +168,9 @@ impl Hub {
             entry.slots.push(Slot {
                 conn,
                 outbox: outbox.clone(),
-                state: SlotState::Pending(Pending::new(self.next_conn.fetch_add(1, Ordering::Relaxed))),
+                state: SlotState::Pending(Pending::new(
+                    self.next_conn.fetch_add(1, Ordering::Relaxed),
+                )),
             });
             (entry.backbone.clone(), entry.top.clone())
         };
@@ -384,7 +386,6 @@ impl Hub {
         }
     }
 
-
     /// Removes `conn`'s subscription to `channel`. When the channel has no local subscriber left,
     /// the backbone subscription is dropped after the linger period unless someone resubscribes.
     pub fn unsubscribe(self: &Arc<Self>, conn: u64, channel: &ChannelName) -> bool {
@@ -400,7 +401,10 @@ impl Hub {
             pending.release(&slot.outbox);
             slot.outbox.nudge(); // its replay task, if any, looks again and ends
             if let Some(_) = pending.outcome.filter(|_| pending.position.is_some()) {
-                self.metrics.recoveries.with_label_values(&["abandoned"]).inc();
+                self.metrics
+                    .recoveries
+                    .with_label_values(&["abandoned"])
+                    .inc();
             }
         }
         let removed = true;

@@ -228,7 +228,10 @@ async fn a_resume_many_times_the_queue_bound_completes_at_the_readers_pace() {
     let mut live_sent = false;
     while offsets.len() < 300 {
         let batch = o.take().await;
-        assert_eq!(batch.closed, None, "a reading client is never cut off by a replay");
+        assert_eq!(
+            batch.closed, None,
+            "a reading client is never cut off by a replay"
+        );
         assert!(batch.items.len() < 300, "paced, not all at once");
         for item in batch.items {
             match item {
@@ -253,7 +256,10 @@ async fn a_resume_many_times_the_queue_bound_completes_at_the_readers_pace() {
     publish(&hub, "big", 310).await;
     assert_eq!(drain(&o).await.1, vec![311], "live afterwards");
     assert_eq!(
-        hub.metrics.recoveries.with_label_values(&["recovered"]).get(),
+        hub.metrics
+            .recoveries
+            .with_label_values(&["recovered"])
+            .get(),
         1
     );
 }
@@ -279,7 +285,11 @@ async fn live_messages_that_overflow_a_replays_buffer_are_read_from_history() {
     let (subs, offsets, closed) = read_all(&o, 1000).await;
     assert_eq!(closed, None);
     assert_eq!(subs, vec![(0, true)]);
-    assert_eq!(offsets, (1..=1000).collect::<Vec<_>>(), "nothing lost, nothing twice");
+    assert_eq!(
+        offsets,
+        (1..=1000).collect::<Vec<_>>(),
+        "nothing lost, nothing twice"
+    );
     assert_eq!(o.held(), 0, "nothing left held once live");
 }
 

@@ -38,7 +38,9 @@ pub struct Launch<'a> {
 }
 
 impl Herald {
-    /// Starts `herald --listen 127.0.0.1:0 <args>` and waits for its "listening" line.
+    /// Starts `herald --listen 127.0.0.1:0 <args>` and waits for its "listening" line. The
+    /// binary is this build's, or `$HERALD_TEST_BIN` (to run the suite against another build,
+    /// e.g. to see a regression test fail on an older one).
     pub async fn start(args: &[&str]) -> Self {
         Self::launch(Launch {
             args,
@@ -48,7 +50,9 @@ impl Herald {
     }
 
     pub async fn launch(how: Launch<'_>) -> Self {
-        let bin = env!("CARGO_BIN_EXE_herald");
+        let bin = std::env::var("HERALD_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_herald").to_owned());
+        let bin = bin.as_str();
         let mut cmd = match how.open_files {
             None => Command::new(bin),
             Some(n) => {
