@@ -197,8 +197,54 @@ impl RedisBroker {
         let broker = Arc::new(Self { shared, tasks });
         if broker.wait_connected(false).await.is_err() {
             tracing::warn!("redis is not reachable yet; retrying in the background");
+        } else {
+            broker.check_eviction().await;
         }
         Ok(broker)
+    }
+
+    /// Warns when Redis may evict keys: every Herald key has a TTL, so any eviction policy can
+    /// drop idempotency keys (a retried publish would then be a duplicate) or history before its
+    /// time. With `noeviction` a full Redis fails publishes instead (loudly). Managed Redis
+    /// services that refuse CONFIG are skipped.
+    async fn check_eviction(&self) {
+        let cmd = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory*")
+            .to_owned();
+        let Ok(redis::Value::Array(v)) = self
+            .shared
+            .commands
+            .query(&cmd, self.shared.cfg.timeout)
+            .await
+            .map(|v| match v {
+                redis::Value::Map(pairs) => redis::Value::Array(
+                    pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                ),
+                other => other,
+            })
+        else {
+            return;
+        };
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            _ => String::new(),
+        };
+        let get = |name: &str| {
+            v.chunks(2)
+                .find(|kv| kv.len() == 2 && text(&kv[0]) == name)
+                .map(|kv| text(&kv[1]))
+        };
+        let limited = get("maxmemory").is_some_and(|m| m != "0");
+        let policy = get("maxmemory-policy").unwrap_or_default();
+        if limited && policy != "noeviction" {
+            tracing::warn!(
+                policy,
+                "redis may evict keys under memory pressure: idempotency keys and history can \
+                 be lost early (set maxmemory-policy noeviction)"
+            );
+        }
     }
 
     /// Counters for metrics.
