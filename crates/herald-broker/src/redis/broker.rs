@@ -208,19 +208,16 @@ impl RedisBroker {
     /// time. With `noeviction` a full Redis fails publishes instead (loudly). Managed Redis
     /// services that refuse CONFIG are skipped.
     async fn check_eviction(&self) {
-        let cmd = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory*")
-            .to_owned();
+        let cmd = redis::cmd("CONFIG").arg("GET").arg("maxmemory*").to_owned();
         let Ok(redis::Value::Array(v)) = self
             .shared
             .commands
             .query(&cmd, self.shared.cfg.timeout)
             .await
             .map(|v| match v {
-                redis::Value::Map(pairs) => redis::Value::Array(
-                    pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-                ),
+                redis::Value::Map(pairs) => {
+                    redis::Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect())
+                }
                 other => other,
             })
         else {

@@ -94,17 +94,8 @@ async fn clients_that_do_not_read_pin_a_bounded_amount_and_it_is_counted() {
     let before = h.rss_kib();
     let mut held = Vec::new();
     for _ in 0..10 {
-        held.push(
-            get_unread(
-                &h.addr(),
-                "/v1/channels/fat/history?since=0&limit=1000 HTTP/1.1",
-            )
-            .await,
-        );
-    }
-    for _ in 0..5 {
-        let head = format!("/v1/sse?channel=fat HTTP/1.1\r\nLast-Event-ID: {epoch},0,fat");
-        held.push(get_unread(&h.addr(), &head).await);
+        let path = "/v1/channels/fat/history?since=0&limit=1000 HTTP/1.1";
+        held.push(get_unread(&h.addr(), path).await);
     }
     h.wait_metric(
         "herald_http_requests_total",
@@ -112,19 +103,28 @@ async fn clients_that_do_not_read_pin_a_bounded_amount_and_it_is_counted() {
         |v| v >= 11.0,
     )
     .await;
+    let grown_mb = h.rss_kib().saturating_sub(before) / 1024;
+    eprintln!("10 stuck history responses: RSS +{grown_mb} MB");
+    assert!(
+        grown_mb < 48,
+        "10 non-reading clients of an 18 MB history grew RSS by {grown_mb} MB"
+    );
+    for _ in 0..5 {
+        let head = format!("/v1/sse?channel=fat HTTP/1.1\r\nLast-Event-ID: {epoch},0,fat");
+        held.push(get_unread(&h.addr(), &head).await);
+    }
     h.wait_metric("herald_connections", &["transport=\"sse\""], |v| v >= 5.0)
         .await;
     // What the stuck connections hold is counted.
     let queued = h.wait_metric("herald_queued_bytes", &[], |v| v > 0.0).await;
-    let after = h.rss_kib();
-    let grown_mb = after.saturating_sub(before) / 1024;
-    eprintln!("RSS {before} -> {after} KiB (+{grown_mb} MB), herald_queued_bytes {queued}");
+    let grown_mb = h.rss_kib().saturating_sub(before) / 1024;
+    eprintln!("and 5 stuck SSE resumes: RSS +{grown_mb} MB, herald_queued_bytes {queued}");
     assert!(
         grown_mb < 64,
         "15 non-reading clients of an 18 MB history grew RSS by {grown_mb} MB"
     );
     assert!(
-        queued < (64 << 20) as f64,
+        queued < (32 << 20) as f64,
         "counted bytes stay bounded: {queued}"
     );
     drop(held);
