@@ -160,7 +160,7 @@ impl History {
     pub fn is_complete(&self) -> bool {
         self.messages
             .last()
-            .map_or(true, |m| m.offset >= self.top.offset)
+            .is_none_or(|m| m.offset >= self.top.offset)
     }
 }
 

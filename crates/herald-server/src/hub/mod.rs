@@ -400,14 +400,14 @@ impl Hub {
         if let SlotState::Pending(pending) = &mut slot.state {
             pending.release(&slot.outbox);
             slot.outbox.nudge(); // its replay task, if any, looks again and ends
-            if let Some(_) = pending.outcome.filter(|_| pending.position.is_some()) {
+            if pending.outcome.is_some() {
+                // A resume whose replay did not finish: the client did not get everything.
                 self.metrics
                     .recoveries
                     .with_label_values(&["abandoned"])
                     .inc();
             }
         }
-        let removed = true;
         if entry.slots.is_empty() {
             let generation = entry.generation;
             let hub = self.clone();
@@ -416,7 +416,7 @@ impl Hub {
                 tokio::spawn(async move { hub.linger(channel, generation).await });
             }
         }
-        removed
+        true
     }
 
     async fn linger(self: Arc<Self>, channel: ChannelName, generation: u64) {
