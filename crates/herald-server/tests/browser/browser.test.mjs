@@ -461,7 +461,9 @@ test('drain (close 1012) and restart with a new epoch: clients come back and rep
     for (const reset of [d.wsResets[0], d.sseResets[0]]) {
       assert.equal(reset.recovered, false);
       assert.equal(reset.previous.epoch, before.epoch);
-      assert.equal(reset.epoch, after.epoch);
+      // The restarted node has no history for the channel: no epoch until the next publish
+      // creates one, whose first message then follows without another reset.
+      assert.equal(reset.epoch, '');
     }
     assert.deepEqual(d.ws.map((m) => [m.epoch === after.epoch, m.offset]), [[false, 1], [false, 2], [true, 1]]);
     assert.deepEqual(d.sse.map((m) => [m.epoch === after.epoch, m.offset]), [[false, 1], [false, 2], [true, 1]]);
