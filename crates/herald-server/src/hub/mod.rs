@@ -35,9 +35,6 @@ use crate::metrics::HubMetrics;
 use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
-/// A replay whose page read failed retries after this, doubling up to the maximum.
-const REPLAY_RETRY_MIN: Duration = Duration::from_millis(100);
-const REPLAY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +171,10 @@ impl Hub {
             });
             (entry.backbone.clone(), entry.top.clone())
         };
-        match self.go_live(conn, channel, since, request_id, reads).await {
+        match self
+            .go_live(conn, outbox, channel, since, request_id, reads)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.unsubscribe(conn, channel);
@@ -192,6 +192,7 @@ impl Hub {
     async fn go_live(
         self: &Arc<Self>,
         conn: u64,
+        outbox: &Arc<Outbox>,
         channel: &ChannelName,
         since: Option<StreamPosition>,
         request_id: Option<u64>,
@@ -208,10 +209,7 @@ impl Hub {
         let timer = self.metrics.history_duration.start_timer();
         let first = match &since {
             Some(pos) => {
-                let Some(outbox) = self.outbox_of(conn, channel) else {
-                    return Ok(()); // the connection went away meanwhile
-                };
-                let query = self.page(pos.clone(), &outbox);
+                let query = self.page(pos.clone(), outbox);
                 self.broker.history(channel, query).await?
             }
             // Starting from now needs only the top, and concurrent subscribers share that read.
@@ -269,121 +267,6 @@ impl Hub {
             tokio::spawn(self.clone().replay(conn, channel.clone(), outbox, id, step));
         }
         Ok(())
-    }
-
-    /// The outbox of `conn`'s subscription to `channel`, if it is still there.
-    fn outbox_of(&self, conn: u64, channel: &ChannelName) -> Option<Arc<Outbox>> {
-        let shard = self.shard(channel.as_str()).lock();
-        let entry = shard.get(channel)?;
-        let slot = entry.slots.iter().find(|s| s.conn == conn)?;
-        Some(slot.outbox.clone())
-    }
-
-    /// Runs `f` on replay `id` of `conn`'s subscription to `channel`, under the shard lock;
-    /// `None` when that replay is over (unsubscribed, or live).
-    fn with_pending<R>(
-        &self,
-        conn: u64,
-        channel: &ChannelName,
-        id: u64,
-        f: impl FnOnce(&mut Slot) -> R,
-    ) -> Option<R> {
-        let mut shard = self.shard(channel.as_str()).lock();
-        let slot = shard
-            .get_mut(channel)?
-            .slots
-            .iter_mut()
-            .find(|s| s.conn == conn)?;
-        match &slot.state {
-            SlotState::Pending(p) if p.id == id => Some(f(slot)),
-            _ => None,
-        }
-    }
-
-    /// Moves a pending subscription on; switches it to live when it has caught up.
-    fn step(&self, slot: &mut Slot, channel: &ChannelName) -> Step {
-        let SlotState::Pending(pending) = &mut slot.state else {
-            return Step::Wait(0);
-        };
-        let step = pending.step(&slot.outbox, channel);
-        if let Step::Live(position) = &step {
-            if let Some(outcome) = pending.outcome {
-                self.metrics.recoveries.with_label_values(&[outcome]).inc();
-            }
-            slot.state = SlotState::Live {
-                epoch: position.epoch.clone(),
-                last: position.offset,
-            };
-        }
-        step
-    }
-
-    /// Replays history for a pending subscription until it is live, the subscription goes or
-    /// the connection closes. Reads one page at a time per connection and queues only what the
-    /// outbox has room for, so it runs at the pace the client reads.
-    async fn replay(
-        self: Arc<Self>,
-        conn: u64,
-        channel: ChannelName,
-        outbox: Arc<Outbox>,
-        id: u64,
-        mut step: Step,
-    ) {
-        let mut backoff = REPLAY_RETRY_MIN;
-        loop {
-            match step {
-                Step::Live(_) => return,
-                Step::Wait(room) => outbox.room(room).await,
-                Step::Read(from) => {
-                    let Some(turn) = outbox.page_turn().await else {
-                        return; // the connection is closing
-                    };
-                    // Before the read's snapshot: a live message lost from the buffer from now
-                    // on is newer than the read, and must be read again.
-                    let ok = self.with_pending(conn, &channel, id, |slot| {
-                        if let SlotState::Pending(p) = &mut slot.state {
-                            p.hole = false;
-                        }
-                    });
-                    if ok.is_none() {
-                        return;
-                    }
-                    let timer = self.metrics.history_duration.start_timer();
-                    let read = self
-                        .broker
-                        .history(&channel, self.page(from.clone(), &outbox))
-                        .await;
-                    timer.observe_duration();
-                    drop(turn);
-                    match read {
-                        Ok(page) => {
-                            backoff = REPLAY_RETRY_MIN;
-                            let ok = self.with_pending(conn, &channel, id, |slot| {
-                                if let SlotState::Pending(p) = &mut slot.state {
-                                    p.accept(&slot.outbox, &channel, &from, page);
-                                }
-                            });
-                            if ok.is_none() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            // The client stays connected and its buffer bounded; retry.
-                            tracing::debug!(%channel, error = %e, "replay page read failed; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
-                        }
-                    }
-                }
-            }
-            if outbox.reason().is_some() {
-                return;
-            }
-            step = match self.with_pending(conn, &channel, id, |slot| self.step(slot, &channel)) {
-                Some(step) => step,
-                None => return,
-            };
-        }
     }
 
     /// Removes `conn`'s subscription to `channel`. When the channel has no local subscriber left,

@@ -15,12 +15,16 @@
 //! page holds one read. The slow-consumer rule stays with live traffic: a replay waits for room
 //! instead of overflowing the queue.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use herald_broker::History;
 use herald_core::{ChannelName, StreamPosition};
 
-use super::{Delivery, Item, Outbox};
+use super::{Delivery, Hub, Item, Outbox, Slot, SlotState};
+
+/// A replay whose page read failed retries after this, doubling up to the maximum.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// What a pending subscription needs next.
 #[derive(Debug)]
@@ -240,6 +244,115 @@ impl Pending {
             self.paged += self.buffered;
             self.buffered = 0;
             self.page.extend(moved.into_iter().map(Item::Message));
+        }
+    }
+}
+
+impl Hub {
+    /// Runs `f` on replay `id` of `conn`'s subscription to `channel`, under the shard lock;
+    /// `None` when that replay is over (unsubscribed, or live).
+    fn with_pending<R>(
+        &self,
+        conn: u64,
+        channel: &ChannelName,
+        id: u64,
+        f: impl FnOnce(&mut Slot) -> R,
+    ) -> Option<R> {
+        let mut shard = self.shard(channel.as_str()).lock();
+        let slot = shard
+            .get_mut(channel)?
+            .slots
+            .iter_mut()
+            .find(|s| s.conn == conn)?;
+        match &slot.state {
+            SlotState::Pending(p) if p.id == id => Some(f(slot)),
+            _ => None,
+        }
+    }
+
+    /// Moves a pending subscription on; switches it to live when it has caught up.
+    pub(super) fn step(&self, slot: &mut Slot, channel: &ChannelName) -> Step {
+        let SlotState::Pending(pending) = &mut slot.state else {
+            return Step::Wait(0);
+        };
+        let step = pending.step(&slot.outbox, channel);
+        if let Step::Live(position) = &step {
+            if let Some(outcome) = pending.outcome {
+                self.metrics.recoveries.with_label_values(&[outcome]).inc();
+            }
+            slot.state = SlotState::Live {
+                epoch: position.epoch.clone(),
+                last: position.offset,
+            };
+        }
+        step
+    }
+
+    /// Replays history for a pending subscription until it is live, the subscription goes or
+    /// the connection closes. Reads one page at a time per connection and queues only what the
+    /// outbox has room for, so it runs at the pace the client reads.
+    pub(super) async fn replay(
+        self: Arc<Self>,
+        conn: u64,
+        channel: ChannelName,
+        outbox: Arc<Outbox>,
+        id: u64,
+        mut step: Step,
+    ) {
+        let mut backoff = RETRY_MIN;
+        loop {
+            match step {
+                Step::Live(_) => return,
+                Step::Wait(room) => outbox.room(room).await,
+                Step::Read(from) => {
+                    let Some(turn) = outbox.page_turn().await else {
+                        return; // the connection is closing
+                    };
+                    // Before the read's snapshot: a live message lost from the buffer from now
+                    // on is newer than the read, and must be read again.
+                    let ok = self.with_pending(conn, &channel, id, |slot| {
+                        if let SlotState::Pending(p) = &mut slot.state {
+                            p.hole = false;
+                        }
+                    });
+                    if ok.is_none() {
+                        return;
+                    }
+                    let timer = self.metrics.history_duration.start_timer();
+                    let read = self
+                        .broker
+                        .history(&channel, self.page(from.clone(), &outbox))
+                        .await;
+                    timer.observe_duration();
+                    drop(turn);
+                    match read {
+                        Ok(page) => {
+                            backoff = RETRY_MIN;
+                            let ok = self.with_pending(conn, &channel, id, |slot| {
+                                if let SlotState::Pending(p) = &mut slot.state {
+                                    p.accept(&slot.outbox, &channel, &from, page);
+                                }
+                            });
+                            if ok.is_none() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // The client stays connected and its buffer bounded; retry.
+                            tracing::debug!(%channel, error = %e, "replay page read failed; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(RETRY_MAX);
+                        }
+                    }
+                }
+            }
+            if outbox.reason().is_some() {
+                return;
+            }
+            step = match self.with_pending(conn, &channel, id, |slot| self.step(slot, &channel)) {
+                Some(step) => step,
+                None => return,
+            };
         }
     }
 }
