@@ -99,11 +99,18 @@ struct Inner {
     /// Cost of the batch the writer took and is writing (0 once it asks for more and finds
     /// nothing): still in memory, so it counts against the bound.
     writing: usize,
-    /// Bytes the hub holds for this connection outside the queue (see the module docs).
-    held: usize,
     closed: Option<CloseReason>,
     /// The writer waiting for items, if it is parked.
     waker: Option<Waker>,
+    /// What history replays need; made on first use, so connections that only ever start from
+    /// now (most of them, mostly idle) do not carry it.
+    replay: Option<Box<Replay>>,
+}
+
+#[derive(Default)]
+struct Replay {
+    /// Bytes the hub holds for this connection outside the queue (see the module docs).
+    held: usize,
     /// Replays waiting for room (or for their turn to read a page).
     room: Vec<Waker>,
     /// Bumped whenever room may have appeared; a replay that found none waits for a change.
@@ -114,11 +121,21 @@ struct Inner {
 }
 
 impl Inner {
+    fn replay(&mut self) -> &mut Replay {
+        self.replay.get_or_insert_with(Box::default)
+    }
+
     fn wake_room(&mut self) {
-        self.room_gen += 1;
-        for w in self.room.drain(..) {
-            w.wake();
+        if let Some(r) = &mut self.replay {
+            r.room_gen += 1;
+            for w in r.room.drain(..) {
+                w.wake();
+            }
         }
+    }
+
+    fn held(&self) -> usize {
+        self.replay.as_ref().map_or(0, |r| r.held)
     }
 }
 
@@ -149,12 +166,9 @@ impl Outbox {
                 items: VecDeque::new(),
                 bytes: 0,
                 writing: 0,
-                held: 0,
                 closed: None,
                 waker: None,
-                room: Vec::new(),
-                room_gen: 0,
-                page_busy: false,
+                replay: None,
             }),
             bounds,
             signal,
@@ -198,14 +212,14 @@ impl Outbox {
     pub fn push_replay(&self, item: Item) -> Result<(), (Item, u64)> {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
-            return Err((item, inner.room_gen));
+            return Err((item, inner.replay().room_gen));
         }
         let cost = item.cost();
         let idle = inner.items.is_empty() && inner.writing == 0;
         let fits = inner.items.len() < self.bounds.max_items / 2
             && inner.writing + inner.bytes + cost <= self.bounds.max_bytes / 2;
         if !(idle || fits) {
-            return Err((item, inner.room_gen));
+            return Err((item, inner.replay().room_gen));
         }
         inner.items.push_back(item);
         inner.bytes += cost;
@@ -220,11 +234,15 @@ impl Outbox {
     pub async fn room(&self, seen: u64) {
         std::future::poll_fn(|cx| {
             let mut inner = self.inner.lock();
-            if inner.room_gen != seen || inner.closed.is_some() {
+            if inner.closed.is_some() {
                 return Poll::Ready(());
             }
-            if !inner.room.iter().any(|w| w.will_wake(cx.waker())) {
-                inner.room.push(cx.waker().clone());
+            let replay = inner.replay();
+            if replay.room_gen != seen {
+                return Poll::Ready(());
+            }
+            if !replay.room.iter().any(|w| w.will_wake(cx.waker())) {
+                replay.room.push(cx.waker().clone());
             }
             Poll::Pending
         })
@@ -240,11 +258,12 @@ impl Outbox {
                 if inner.closed.is_some() {
                     return None;
                 }
-                if !inner.page_busy {
-                    inner.page_busy = true;
+                let replay = inner.replay();
+                if !replay.page_busy {
+                    replay.page_busy = true;
                     return Some(PageTurn(self.clone()));
                 }
-                inner.room_gen
+                replay.room_gen
             };
             self.room(seen).await;
         }
@@ -254,23 +273,25 @@ impl Outbox {
     /// within the byte bound; false (nothing counted) otherwise.
     pub fn try_hold(&self, bytes: usize) -> bool {
         let mut inner = self.inner.lock();
-        if inner.held + bytes > self.bounds.max_bytes {
+        let replay = inner.replay();
+        if replay.held + bytes > self.bounds.max_bytes {
             return false;
         }
-        inner.held += bytes;
+        replay.held += bytes;
         true
     }
 
     /// Counts `bytes` held outside the queue whatever the bound (a replay page: bounded by its
     /// read, and needed for progress).
     pub fn hold(&self, bytes: usize) {
-        self.inner.lock().held += bytes;
+        self.inner.lock().replay().held += bytes;
     }
 
     /// Stops counting `bytes` held outside the queue.
     pub fn release(&self, bytes: usize) {
-        let mut inner = self.inner.lock();
-        inner.held = inner.held.saturating_sub(bytes);
+        if let Some(r) = &mut self.inner.lock().replay {
+            r.held = r.held.saturating_sub(bytes);
+        }
     }
 
     /// Wakes replays waiting on this outbox so they look at their subscription again (it was
@@ -361,7 +382,10 @@ impl Outbox {
     /// the batch being written, and what the hub holds outside the queue (for metrics and tests).
     pub fn queued(&self) -> (usize, usize) {
         let inner = self.inner.lock();
-        (inner.items.len(), inner.bytes + inner.writing + inner.held)
+        (
+            inner.items.len(),
+            inner.bytes + inner.writing + inner.held(),
+        )
     }
 }
 
@@ -369,7 +393,7 @@ impl Outbox {
 impl Outbox {
     /// Bytes held outside the queue.
     pub fn held(&self) -> usize {
-        self.inner.lock().held
+        self.inner.lock().held()
     }
 }
 
@@ -379,7 +403,7 @@ pub struct PageTurn(Arc<Outbox>);
 impl Drop for PageTurn {
     fn drop(&mut self) {
         let mut inner = self.0.inner.lock();
-        inner.page_busy = false;
+        inner.replay().page_busy = false;
         inner.wake_room();
     }
 }

@@ -219,6 +219,7 @@ async fn the_memory_broker_refuses_publishes_past_its_bound_and_forgets_nothing(
 async fn with_redis_down_an_sse_subscribe_gets_its_503_without_waiting() {
     let mut redis = RedisServer::start();
     let h = Herald::start(&["--redis-url", &redis.url(), "--redis-timeout", "20s"]).await;
+    h.wait_for_ready(true).await;
     redis.kill();
     h.wait_metric(
         "herald_backbone_events_total",
