@@ -79,6 +79,40 @@ async fn killed_pubsub_connections_lose_nothing() {
     node.ready().await.expect("ready again");
 }
 
+/// Gap fills read history in bounded pages like every read: a gap of many pages is filled page by
+/// page, in order, nothing lost.
+#[tokio::test]
+async fn gap_fills_read_many_small_pages_and_lose_nothing() {
+    let redis = RedisServer::start();
+    let publisher = broker(redis.url()).await;
+    let node = RedisBroker::connect(RedisConfig {
+        page_bytes: 100, // two or three messages per read
+        ..config(redis.url())
+    })
+    .await
+    .expect("connect");
+    let sink = Collect::new();
+    node.subscribe(&ch("g"), sink.clone())
+        .await
+        .expect("subscribe");
+    publisher
+        .publish(publish("g", 1, None))
+        .await
+        .expect("publish");
+    sink.wait_for(1).await;
+    node.debug_mute_pubsub();
+    for i in 2..=60 {
+        publisher
+            .publish(publish("g", i, None))
+            .await
+            .expect("publish");
+    }
+    sink.wait_for(60).await;
+    assert_eq!(sink.offsets(), (1..=60).collect::<Vec<_>>());
+    let stats = node.stats().snapshot();
+    assert!(stats.gap_fills >= 10, "read in many pages: {stats:?}");
+}
+
 #[tokio::test]
 async fn a_silent_pubsub_connection_is_detected_by_the_probe() {
     let redis = RedisServer::start();
