@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn keys_are_identified_scoped_and_rate_limited_separately() {
-        let metrics = Metrics::new(None);
+        let metrics = Metrics::new(crate::metrics::BrokerStats::Memory(Default::default()));
         let keys = ApiKeys(vec![
             key(
                 "billing",

@@ -145,6 +145,7 @@ fn broker_error(app: &App, e: &BrokerError) -> (ErrorCode, String) {
         }
         BrokerError::Full(_) => {
             app.metrics.published.with_label_values(&["full"]).inc();
+            app.metrics.limits.hit(crate::limits::Limit::MemoryMaxBytes);
             tracing::warn!(error = %e, "publish refused");
             (
                 ErrorCode::StorageFull,

@@ -52,10 +52,12 @@ pub enum Limit {
     MaxMessageBytes,
     MaxWsFrameBytes,
     MaxChannelsPerConnection,
+    /// The embedded broker's bound: a publish refused with `storage_full`.
+    MemoryMaxBytes,
 }
 
 impl Limit {
-    pub const ALL: [Limit; 13] = [
+    pub const ALL: [Limit; 14] = [
         Self::HeaderReadTimeout,
         Self::KeepAliveTimeout,
         Self::MaxConnections,
@@ -69,6 +71,7 @@ impl Limit {
         Self::MaxMessageBytes,
         Self::MaxWsFrameBytes,
         Self::MaxChannelsPerConnection,
+        Self::MemoryMaxBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -86,6 +89,7 @@ impl Limit {
             Self::MaxMessageBytes => "max_message_bytes",
             Self::MaxWsFrameBytes => "max_ws_frame_bytes",
             Self::MaxChannelsPerConnection => "max_channels_per_connection",
+            Self::MemoryMaxBytes => "memory_max_bytes",
         }
     }
 }

@@ -152,9 +152,12 @@ async fn serve(
     // unread input is reset, and a reset can destroy the close frame before the client reads it.
     // (A close the reader asked for ends with the reader dropping what the client still sends,
     // see `reader::CLOSE_LINGER`.)
-    if Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, &mut reader))
-        .await
-        .is_err()
+    if Box::pin(tokio::time::timeout(
+        super::FINAL_NOTICE_DEADLINE,
+        &mut reader,
+    ))
+    .await
+    .is_err()
     {
         reader.abort();
     }
