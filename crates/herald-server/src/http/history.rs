@@ -137,7 +137,7 @@ pub async fn handle(app: &App, path: &str, q: Option<&str>) -> Response<Body> {
         Ok(h) => h,
         Err(e) => return error(ErrorCode::Unavailable, &e.to_string()),
     };
-    let stream = Pages {
+    let mut pages = Pages {
         broker,
         channel: req.channel,
         page_bytes,
@@ -147,8 +147,20 @@ pub async fn handle(app: &App, path: &str, q: Option<&str>) -> Response<Body> {
         sent_any: false,
         held: app.metrics.history_response_bytes.clone(),
     };
-    let body = StreamBody::new(futures_util::stream::unfold(stream, Pages::next_chunk));
-    let mut resp = Response::new(body.boxed_unsync());
+    // A response of one page (the usual case) is sent whole, with a content-length; a longer one
+    // is streamed (chunked) as the client reads it.
+    let Some((Ok(chunk), pages_left)) = pages.next_chunk().await else {
+        return error(ErrorCode::Internal, "history response without a body");
+    };
+    pages = pages_left;
+    let body = if pages.next.is_none() {
+        super::full(chunk.into_data().unwrap_or_default())
+    } else {
+        let first = futures_util::stream::once(std::future::ready(Ok(chunk)));
+        let rest = futures_util::stream::unfold(pages, Pages::next_chunk);
+        StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed_unsync()
+    };
+    let mut resp = Response::new(body);
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),

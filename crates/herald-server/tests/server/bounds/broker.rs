@@ -71,7 +71,15 @@ async fn publish_keys(h: &Herald, channel: &str, keys: impl Iterator<Item = Stri
 /// return the first result. On main the embedded broker had forgotten it (a duplicate at offset
 /// 10,002).
 async fn idempotency_outlives_ten_thousand_other_keys(extra: &[&str]) {
-    let mut args = vec!["--allow-client-publish", "true"];
+    // Pipelined publishes over one WebSocket: no per-connection rate limit for this test.
+    let mut args = vec![
+        "--allow-client-publish",
+        "true",
+        "--ws-message-rate",
+        "0",
+        "--ws-publish-rate",
+        "0",
+    ];
     args.extend_from_slice(extra);
     let h = Herald::start(&args).await;
     let body = r#"{"channel":"orders","data":1,"idempotency_key":"order-42"}"#;
@@ -208,6 +216,14 @@ async fn the_memory_broker_refuses_publishes_past_its_bound_and_forgets_nothing(
     assert_eq!(
         h.metric("herald_messages_published_total", &["outcome=\"full\""])
             .await,
+        1.0
+    );
+    assert_eq!(
+        h.metric(
+            "herald_limit_rejections_total",
+            &["limit=\"memory_max_bytes\""]
+        )
+        .await,
         1.0
     );
 }
