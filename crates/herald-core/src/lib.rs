@@ -3,6 +3,7 @@
 //! Nothing in this crate performs IO or depends on a runtime, so the encodings can be unit
 //! tested and fuzzed in isolation and reused by the server, the brokers and the load tester.
 
+pub mod auth;
 pub mod channel;
 pub mod error;
 pub mod json;
