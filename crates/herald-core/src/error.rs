@@ -20,6 +20,8 @@ pub enum ErrorCode {
     UnknownOp,
     /// Missing or wrong credentials.
     Unauthorized,
+    /// The subscriber token has expired: get a fresh one and reconnect (or refresh).
+    TokenExpired,
     /// Credentials are valid but do not allow this.
     Forbidden,
     NotFound,
@@ -60,6 +62,7 @@ impl ErrorCode {
             Self::InvalidPosition => "invalid_position",
             Self::UnknownOp => "unknown_op",
             Self::Unauthorized => "unauthorized",
+            Self::TokenExpired => "token_expired",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -87,7 +90,7 @@ impl ErrorCode {
             | Self::InvalidPosition
             | Self::UnknownOp
             | Self::LimitExceeded => 400,
-            Self::Unauthorized => 401,
+            Self::Unauthorized | Self::TokenExpired => 401,
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::MethodNotAllowed => 405,

@@ -183,6 +183,31 @@ pub enum ClientOp {
     Ping {
         id: Option<u64>,
     },
+    /// Authenticates an anonymous connection with a subscriber token.
+    Auth {
+        id: Option<u64>,
+        token: String,
+    },
+    /// Replaces the connection's token with a fresh one (same `sub`).
+    Refresh {
+        id: Option<u64>,
+        token: String,
+    },
+}
+
+/// Longest subscriber token accepted in an `auth` or `refresh` op.
+pub const MAX_AUTH_TOKEN_LEN: usize = 16 * 1024;
+
+/// The `token` of an `auth` or `refresh` op (never echoed in an error).
+fn auth_token(raw: Option<&RawValue>) -> Result<String, Rejection> {
+    let token = fields::text(raw, "token", ErrorCode::Unauthorized)?;
+    match fields::required(token, "token")? {
+        t if !t.is_empty() && t.len() <= MAX_AUTH_TOKEN_LEN => Ok(t.into_owned()),
+        _ => Err(Rejection::new(
+            ErrorCode::Unauthorized,
+            format!("token must be 1-{MAX_AUTH_TOKEN_LEN} bytes"),
+        )),
+    }
 }
 
 /// A rejected op, with the client's correlation id when it could be read.
@@ -223,11 +248,19 @@ pub fn parse_client_op(frame: &[u8], limits: &Limits) -> Result<ClientOp, OpReje
                 },
             },
             "ping" => ClientOp::Ping { id },
+            "auth" => ClientOp::Auth {
+                id,
+                token: auth_token(f.token)?,
+            },
+            "refresh" => ClientOp::Refresh {
+                id,
+                token: auth_token(f.token)?,
+            },
             other => {
                 return Err(Rejection::new(
                     ErrorCode::UnknownOp,
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe, publish or ping",
+                        "unknown op {:?}; expected subscribe, unsubscribe, publish, ping, auth or refresh",
                         truncate(other)
                     ),
                 ));
@@ -304,6 +337,27 @@ pub fn unsubscribed_frame(id: Option<u64>, channel: &ChannelName) -> Bytes {
     put_id(&mut out, id);
     out.put_slice(b"}");
     out.freeze()
+}
+
+/// `{"type":"unsubscribed","channel","reason"}`: the server ended a subscription by itself
+/// (e.g. `forbidden`: a refreshed token no longer grants the channel).
+pub fn unsubscribed_by_server_frame(channel: &ChannelName, reason: ErrorCode) -> Bytes {
+    Bytes::from(format!(
+        "{{\"type\":\"unsubscribed\",\"channel\":\"{channel}\",\"reason\":\"{}\"}}",
+        reason.as_str()
+    ))
+}
+
+/// `{"type":"authenticated","sub"?,"exp","id"?}`: the reply to `auth` and `refresh`.
+pub fn authenticated_frame(id: Option<u64>, sub: Option<&str>, exp: u64) -> Bytes {
+    let mut v = serde_json::json!({"type": "authenticated", "exp": exp});
+    if let Some(sub) = sub {
+        v["sub"] = sub.into();
+    }
+    if let Some(id) = id {
+        v["id"] = id.into();
+    }
+    Bytes::from(v.to_string())
 }
 
 /// `{"type":"published","channel","offset","epoch","id"?}`: the ack of a WebSocket publish.

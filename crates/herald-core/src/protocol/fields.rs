@@ -42,6 +42,9 @@ pub(super) struct Fields<'a> {
     pub event: Option<&'a RawValue>,
     #[serde(borrow)]
     pub idempotency_key: Option<&'a RawValue>,
+    /// The subscriber token of an `auth` or `refresh` op.
+    #[serde(borrow)]
+    pub token: Option<&'a RawValue>,
 }
 
 /// `data` is any JSON value, `null` included: present means `Some`.

@@ -359,3 +359,59 @@ proptest! {
         let _ = parse_client_op(v.to_string().as_bytes(), &LIMITS);
     }
 }
+
+#[test]
+fn auth_and_refresh_ops_carry_a_token() {
+    assert_eq!(
+        parse_client_op(br#"{"op":"auth","token":"a.b.c","id":1}"#, &LIMITS),
+        Ok(ClientOp::Auth {
+            id: Some(1),
+            token: "a.b.c".into()
+        })
+    );
+    assert_eq!(
+        parse_client_op(br#"{"op":"refresh","token":"x.y.z"}"#, &LIMITS),
+        Ok(ClientOp::Refresh {
+            id: None,
+            token: "x.y.z".into()
+        })
+    );
+    let missing = parse_client_op(br#"{"op":"auth","id":2}"#, &LIMITS).expect_err("no token");
+    assert_eq!(
+        (missing.id, missing.rejection.code),
+        (Some(2), ErrorCode::InvalidJson)
+    );
+    let long = format!(
+        r#"{{"op":"refresh","token":"{}"}}"#,
+        "a".repeat(MAX_AUTH_TOKEN_LEN + 1)
+    );
+    let too_long = parse_client_op(long.as_bytes(), &LIMITS).expect_err("too long");
+    assert_eq!(too_long.rejection.code, ErrorCode::Unauthorized);
+    assert!(
+        !too_long.rejection.message.contains("aaaa"),
+        "the token is not echoed"
+    );
+}
+
+#[test]
+fn auth_frames_are_valid_json() {
+    let channel = ChannelName::parse("news.a").expect("name");
+    let v: serde_json::Value = serde_json::from_slice(&unsubscribed_by_server_frame(
+        &channel,
+        ErrorCode::Forbidden,
+    ))
+    .expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"unsubscribed","channel":"news.a","reason":"forbidden"})
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&authenticated_frame(Some(4), Some("al\"ice"), 99)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"authenticated","sub":"al\"ice","exp":99,"id":4})
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&authenticated_frame(None, None, 1)).expect("json");
+    assert_eq!(v, serde_json::json!({"type":"authenticated","exp":1}));
+}
