@@ -1,9 +1,9 @@
 //! The contract between the server and a message backbone.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use herald_core::{ChannelName, Message, StreamPosition, protocol::Publish};
+use herald_core::{ChannelName, Message, StreamPosition, auth::namespace_of, protocol::Publish};
 
 /// Failures a broker reports. The server maps them to 503 (retryable) or 500.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -21,8 +21,10 @@ pub enum BrokerError {
     Internal(String),
 }
 
-/// How much history one channel keeps. One place where brokers ask, so retention can become a
-/// per-channel (per-namespace) policy without touching the brokers' read and write paths.
+/// How much history one channel keeps. Brokers ask for it in one place, their
+/// `retention(channel)`, on every publish, read and gap fill: a broker-wide default
+/// (`history_size`, `history_ttl`) unless the channel's namespace has its own (see
+/// [`Retention::of`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Most messages kept (0: no history, live delivery only).
@@ -30,6 +32,34 @@ pub struct Retention {
     /// How long a message, an idempotency key and the channel's epoch are kept after the last
     /// publish.
     pub ttl: Duration,
+}
+
+impl Retention {
+    /// `channel`'s retention: the entry of its namespace (what precedes the first `:`, see
+    /// [`namespace_of`]) in `by_namespace`, else `default`. The server fills `by_namespace` from
+    /// its `[namespaces.NAME]` tables; a channel's answer never changes while the process runs,
+    /// so asking again on every call is consistent.
+    pub fn of(
+        channel: &ChannelName,
+        default: Retention,
+        by_namespace: &HashMap<String, Retention>,
+    ) -> Retention {
+        if by_namespace.is_empty() {
+            return default;
+        }
+        by_namespace
+            .get(namespace_of(channel.as_str()))
+            .copied()
+            .unwrap_or(default)
+    }
+
+    /// The shortest TTL of `default` and every namespace's (what expiry sweeps are paced by).
+    pub fn shortest_ttl(default: Retention, by_namespace: &HashMap<String, Retention>) -> Duration {
+        by_namespace
+            .values()
+            .map(|r| r.ttl)
+            .fold(default.ttl, Duration::min)
+    }
 }
 
 /// The result of a publish: where the message sits in its channel.

@@ -36,6 +36,9 @@ pub struct MemoryConfig {
     /// How long a message, an idempotency key and a channel's epoch are kept after its last
     /// publish.
     pub history_ttl: Duration,
+    /// Namespaces whose channels keep their own size and TTL instead (the server's
+    /// `[namespaces.NAME]` tables; see [`Retention::of`]).
+    pub retention_by_namespace: HashMap<String, Retention>,
     /// Most bytes of history, idempotency keys and channel state the broker keeps. A publish
     /// that would go beyond fails with [`BrokerError::Full`] (nothing is stored or forgotten).
     pub max_bytes: usize,
@@ -46,6 +49,7 @@ impl Default for MemoryConfig {
         Self {
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
+            retention_by_namespace: HashMap::new(),
             max_bytes: 512 << 20,
         }
     }
@@ -85,8 +89,16 @@ impl MemoryBroker {
         broker
     }
 
-    /// The channel's retention: where a per-channel policy would plug in.
-    fn retention(&self, _channel: &ChannelName) -> Retention {
+    /// The channel's retention: its namespace's, else the configured default.
+    fn retention(&self, channel: &ChannelName) -> Retention {
+        Retention::of(
+            channel,
+            self.default_retention(),
+            &self.config.retention_by_namespace,
+        )
+    }
+
+    fn default_retention(&self) -> Retention {
         Retention {
             size: self.config.history_size,
             ttl: self.config.history_ttl,
@@ -166,8 +178,12 @@ impl MemoryBroker {
 
 async fn sweep_loop(broker: Weak<MemoryBroker>) {
     let period = match broker.upgrade() {
+        // Paced by the shortest TTL, so that a namespace with a short one frees its memory (and
+        // lets refused publishes through) about as soon as its messages expire.
         Some(b) => {
-            (b.config.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+            let ttl =
+                Retention::shortest_ttl(b.default_retention(), &b.config.retention_by_namespace);
+            (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
         }
         None => return,
     };

@@ -3,9 +3,9 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use herald_broker::{Broker, RedisBroker, RedisConfig};
+use herald_broker::{Broker, History, RedisBroker, RedisConfig, Retention};
 use herald_core::{Epoch, EventName, StreamPosition};
 use support::{Collect, RedisServer, after, ch, eventually, latest, publish};
 
@@ -386,4 +386,67 @@ async fn resubscribing_starts_from_the_current_top() {
         "what was acked before subscribe is history's job"
     );
     assert_eq!(first.offsets(), vec![1]);
+}
+
+#[tokio::test]
+async fn retention_is_decided_per_namespace() {
+    let redis = RedisServer::start();
+    let short = Retention {
+        size: 2,
+        ttl: Duration::from_secs(1),
+    };
+    let b = RedisBroker::connect(RedisConfig {
+        retention_by_namespace: HashMap::from([("short".to_owned(), short)]),
+        ..config(redis.url(), 10)
+    })
+    .await
+    .expect("connect");
+    for i in 1..=5 {
+        b.publish(publish("short:a", i, None))
+            .await
+            .expect("publish");
+        b.publish(publish("long", i, None)).await.expect("publish");
+    }
+    let offsets = |h: History| h.messages.iter().map(|m| m.offset).collect::<Vec<_>>();
+    let long = b.history(&ch("long"), latest(100)).await.expect("history");
+    assert_eq!(offsets(long), [1, 2, 3, 4, 5]);
+    // The short TTL may already have trimmed some of the two kept: never more than two.
+    let short = b
+        .history(&ch("short:a"), latest(100))
+        .await
+        .expect("history");
+    assert!(
+        offsets(short).iter().all(|o| [4, 5].contains(o)),
+        "MAXLEN 2 in the short namespace"
+    );
+    // A read from the start returns no more than the channel keeps either.
+    let from_start = b
+        .history(&ch("short:a"), after(&StreamPosition::start(), 100))
+        .await
+        .expect("history");
+    assert!(from_start.messages.len() <= 2);
+    eventually("the short namespace's history to expire", || async {
+        b.history(&ch("short:a"), latest(10))
+            .await
+            .is_ok_and(|h| h.messages.is_empty())
+    })
+    .await;
+    let long = b.history(&ch("long"), latest(100)).await.expect("history");
+    assert_eq!(long.messages.len(), 5, "the long TTL is untouched");
+}
+
+#[tokio::test]
+async fn a_zero_namespace_ttl_is_refused() {
+    let zero = Retention {
+        size: 10,
+        ttl: Duration::ZERO,
+    };
+    let err = RedisBroker::connect(RedisConfig {
+        retention_by_namespace: HashMap::from([("x".to_owned(), zero)]),
+        ..config("redis://127.0.0.1:1".to_owned(), 10)
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("history_ttl"), "{err}");
 }

@@ -355,3 +355,76 @@ async fn concurrent_publishes_reach_the_sink_in_offset_order() {
     b.publish(publish("a", 0, None)).await.expect("publish");
     assert_eq!(sink.0.lock().len(), 800, "unsubscribed");
 }
+
+/// Channels of the `short` namespace keep 2 messages for 10 s; every other channel the
+/// configured 10 for 60 s.
+fn per_namespace() -> MemoryConfig {
+    let short = Retention {
+        size: 2,
+        ttl: Duration::from_secs(10),
+    };
+    MemoryConfig {
+        retention_by_namespace: HashMap::from([("short".to_owned(), short)]),
+        ..cfg(10, 60)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_is_decided_per_namespace() {
+    let b = MemoryBroker::new(per_namespace());
+    for i in 1..=5 {
+        b.publish(publish("short:a", i, Some(&format!("k{i}"))))
+            .await
+            .expect("publish");
+        b.publish(publish("long", i, None)).await.expect("publish");
+        b.publish(publish("shorter:a", i, None))
+            .await
+            .expect("publish");
+    }
+    let short = b
+        .history(&ch("short:a"), latest(100))
+        .await
+        .expect("history");
+    assert_eq!(offsets(&short), [4, 5], "size 2 in the short namespace");
+    let long = b.history(&ch("long"), latest(100)).await.expect("history");
+    assert_eq!(offsets(&long), [1, 2, 3, 4, 5]);
+    let other = b
+        .history(&ch("shorter:a"), latest(100))
+        .await
+        .expect("history");
+    assert_eq!(
+        offsets(&other),
+        [1, 2, 3, 4, 5],
+        "a namespace, not a prefix"
+    );
+
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let short = b
+        .history(&ch("short:a"), latest(100))
+        .await
+        .expect("history");
+    assert!(short.messages.is_empty(), "10 s TTL in the short namespace");
+    let again = b
+        .publish(publish("short:a", 5, Some("k5")))
+        .await
+        .expect("publish");
+    assert!(
+        !again.duplicate,
+        "idempotency keys expire with the channel's TTL"
+    );
+    let long = b.history(&ch("long"), latest(100)).await.expect("history");
+    assert_eq!(long.messages.len(), 5, "60 s TTL elsewhere");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_short_namespace_ttl_frees_memory_without_a_read() {
+    let b = MemoryBroker::new(per_namespace());
+    b.publish(publish("short:a", 1, Some("k")))
+        .await
+        .expect("publish");
+    assert_eq!(b.channel_count(), 1);
+    // The sweep is paced by the shortest TTL (10 s / 4), not the default 60 s one.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(b.channel_count(), 0, "swept after the namespace's TTL");
+    assert_eq!(b.stats().bytes.load(Ordering::Relaxed), 0);
+}

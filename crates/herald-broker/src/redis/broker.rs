@@ -93,12 +93,13 @@ impl Shared {
         self.pubsub.read().as_ref().map(|c| c.generation)
     }
 
-    /// The channel's retention: where a per-channel policy would plug in.
-    pub(crate) fn retention(&self, _channel: &ChannelName) -> Retention {
-        Retention {
+    /// The channel's retention: its namespace's, else the configured default.
+    pub(crate) fn retention(&self, channel: &ChannelName) -> Retention {
+        let default = Retention {
             size: self.cfg.history_size,
             ttl: self.cfg.history_ttl,
-        }
+        };
+        Retention::of(channel, default, &self.cfg.retention_by_namespace)
     }
 
     /// Runs the read script for one page (see [`scripts::READ`]). `follow` (the relay's gap
@@ -159,8 +160,14 @@ impl RedisBroker {
     /// returns anyway and keeps reconnecting in the background (`ready()` reports it).
     pub async fn connect(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
         let topology = Topology::parse(&config.url)?;
-        if config.history_ttl.is_zero() {
-            return Err(BrokerError::Internal("history_ttl must be positive".into()));
+        let default = Retention {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        };
+        if Retention::shortest_ttl(default, &config.retention_by_namespace).is_zero() {
+            return Err(BrokerError::Internal(
+                "history_ttl (and every namespace's) must be positive".into(),
+            ));
         }
         let commands = Commands::new(&topology, config.timeout);
         let node_id = match &config.node_id {

@@ -4,9 +4,9 @@
 //! option: `redis://host:port[/db]` is a standalone server, `redis+cluster://h1:p1,h2:p2` lists
 //! Cluster seed nodes (any reachable node is enough; the client discovers the rest).
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
-use crate::BrokerError;
+use crate::{BrokerError, Retention};
 
 /// Settings for [`super::RedisBroker`].
 #[derive(Debug, Clone)]
@@ -18,6 +18,9 @@ pub struct RedisConfig {
     /// How long a message, a channel's epoch and an idempotency key are kept after the
     /// channel's last publish.
     pub history_ttl: Duration,
+    /// Namespaces whose channels keep their own size and TTL instead (the server's
+    /// `[namespaces.NAME]` tables; see [`Retention::of`]).
+    pub retention_by_namespace: HashMap<String, Retention>,
     /// Upper bound on every Redis call: a command or script (connecting included), the pub/sub
     /// connect and (un)subscribes, a self-probe's round trip. Past it the call fails as
     /// unavailable (publishes get 503 and are retried by publishers with their idempotency key).
@@ -46,6 +49,7 @@ impl Default for RedisConfig {
             url: String::new(),
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
+            retention_by_namespace: HashMap::new(),
             timeout: Duration::from_secs(2),
             page_bytes: 256 << 10,
             max_entry_bytes: (64 << 10) + 512,
