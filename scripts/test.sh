@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust: installs what the tests need
-# (redis-server for the Redis broker tests, chromium + node for the browser test), then runs
+# (redis-server for the Redis broker tests, chromium + node for the browser test, openssl for the
+# RSA/EC/Ed25519 keys of the auth tests), then runs
 # formatting, lints, every Rust test (unit, integration against real processes) and the
 # headless-browser test. Usage: bash scripts/test.sh
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   sudo_cmd=""

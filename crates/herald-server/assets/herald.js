@@ -8,14 +8,21 @@
  *
  *   const stream = Herald.sse('', ['news'], { onMessage: (msg) => console.log(msg.data) });
  *
+ *   // With subscriber tokens (docs/security.md): a function is called for every (re)connect,
+ *   // so a token that expired (close 4401) is replaced by a fresh one and the channels resume.
+ *   Herald.connect(undefined, { token: () => fetch('/my-app/herald-token').then((r) => r.text()) });
+ *
  * Delivery is at least once across reconnects, so both clients remember each channel's position
  * ({epoch, offset}), resume from it, and drop anything they have already seen.
  */
 (function (root) {
   'use strict';
 
-  // Close codes (docs/api.md). Only a policy close is final: retrying would be refused again.
+  // Close codes (docs/api.md). A policy close and an invalid token are final: retrying would be
+  // refused again. An expired token (or none) means "reconnect with a new token".
   var CLOSE_POLICY = 1008;
+  var CLOSE_UNAUTHORIZED = 4401;
+  var CLOSE_FORBIDDEN = 4403;
 
   function noop() {}
 
@@ -66,9 +73,11 @@
   /**
    * options: minDelay (ms, backoff base, default 500), maxDelay (ms, cap, default 30000),
    * heartbeat (ms between liveness checks, default 30000, 0 = off), params (extra query
-   * parameters for /v1/ws, e.g. a token), WebSocket (constructor, for tests and polyfills),
-   * and the callbacks onState(state, info), onReset(channel, info), onError(err).
-   * Events via client.on(): 'state', 'reset', 'subscribed', 'error'.
+   * parameters for /v1/ws), token (a subscriber token, or a function returning one or a
+   * promise of one, called on every connect: sent as the first frame, {op:'auth'}, never in
+   * the URL), WebSocket (constructor, for tests and polyfills), and the callbacks
+   * onState(state, info), onReset(channel, info), onError(err).
+   * Events via client.on(): 'state', 'reset', 'subscribed', 'unsubscribed', 'error'.
    */
   function Client(baseUrl, options) {
     Emitter.call(this);
@@ -78,6 +87,7 @@
     this.maxDelay = o.maxDelay != null ? o.maxDelay : 30000;
     this.heartbeat = o.heartbeat != null ? o.heartbeat : 30000;
     this.WebSocket = o.WebSocket || root.WebSocket;
+    this.token = o.token || null;
     this.state = 'idle';
     this.attempt = 0;          // consecutive failed connections, drives the backoff
     this.subs = new Map();     // channel -> { handlers: Set, pos: {epoch, offset} | null, pending }
@@ -107,6 +117,18 @@
   Client.prototype._open = function () {
     clearTimeout(this.timer);
     if (this.attempt === 0) this._setState('connecting'); // else already 'reconnecting'
+    if (typeof this.token !== 'function') return this._connect(this.token);
+    // A fresh token for every connection: the last one may be what expired.
+    var self = this;
+    Promise.resolve()
+      .then(function () { return self.token(); })
+      .then(function (token) { if (!self.closed) self._connect(token); }, function (e) {
+        self._emit('error', e);
+        if (!self.closed) self._scheduleReconnect({ reason: 'token' });
+      });
+  };
+
+  Client.prototype._connect = function (token) {
     var ws;
     try {
       ws = new this.WebSocket(this.url);
@@ -119,6 +141,8 @@
     var lastHeard = Date.now();
     ws.onopen = function () {
       lastHeard = Date.now();
+      // Authenticate first: the server handles ops in order, so what follows runs as us.
+      if (token) self._request({ op: 'auth', token: String(token) }).catch(noop);
       self._setState('open', {});
       // Resubscribe everything, with our position so the server replays what we missed.
       self.subs.forEach(function (sub, channel) { self._sendSubscribe(channel, sub); });
@@ -165,10 +189,14 @@
     });
     this.subs.forEach(function (sub) { sub.pending = null; });
     if (this.closed) return this._setState('closed', info);
-    if (info.code === CLOSE_POLICY) {
+    // 4401 with a token function: reconnect with a fresh token. A fixed token cannot improve.
+    var final = info.code === CLOSE_POLICY || info.code === CLOSE_FORBIDDEN ||
+      (info.code === CLOSE_UNAUTHORIZED && typeof this.token !== 'function');
+    if (final) {
+      var why = 'closed by the server (' + info.code + ')';
       this.closed = true;
-      this._rejectQueued('closed by server policy (1008)');
-      this._emit('error', new Error('closed by server policy (1008): ' + info.reason));
+      this._rejectQueued(why);
+      this._emit('error', new Error(why + ': ' + info.reason));
       return this._setState('closed', info);
     }
     // 1012 (drain/restart), 4000 (slow consumer), 4001 (ping timeout), 4029 (rate limited),
@@ -255,8 +283,16 @@
         if (reset) this._emit('reset', f.channel, info);
         if (waiter) waiter.resolve(info);
         return;
-      case 'published':
       case 'unsubscribed':
+        // With a reason, the server ended the subscription (e.g. forbidden after a refresh).
+        if (f.reason) {
+          this.subs.delete(f.channel);
+          this._emit('unsubscribed', f.channel, f.reason);
+        }
+        if (waiter) waiter.resolve(f);
+        return;
+      case 'published':
+      case 'authenticated':
       case 'pong':
         if (waiter) waiter.resolve(f);
         return;
@@ -318,6 +354,25 @@
     if (opts && opts.event) frame.event = opts.event;
     if (opts && opts.idempotencyKey) frame.idempotency_key = opts.idempotencyKey;
     return this._request(frame, true);
+  };
+
+  /**
+   * Replaces the connection's token before it expires (same `sub`): with no argument the token
+   * option (a function) is asked for a new one. Resolves with {type:'authenticated', sub, exp};
+   * subscriptions the new token no longer grants end with an 'unsubscribed' event.
+   */
+  Client.prototype.refresh = function (token) {
+    var self = this;
+    return Promise.resolve()
+      .then(function () {
+        if (token) return token;
+        if (typeof self.token === 'function') return self.token();
+        throw new Error('refresh needs a token (or a token function in the options)');
+      })
+      .then(function (t) {
+        if (typeof self.token !== 'function') self.token = t;
+        return self._request({ op: 'refresh', token: String(t) });
+      });
   };
 
   /** Drops the current connection and reconnects now, resuming every channel. */

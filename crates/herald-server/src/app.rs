@@ -9,12 +9,15 @@ use herald_core::protocol::Limits;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Config, hub::Hub, limits::ConnectionLimits, metrics::Metrics, publishers::Publishers,
+    auth::Auth, config::Config, hub::Hub, limits::ConnectionLimits, metrics::Metrics,
+    publishers::Publishers,
 };
 
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Subscriber tokens and namespace rules: who may read and publish what.
+    pub auth: Auth,
     pub limits: Limits,
     /// Who may publish over HTTP.
     pub publishers: Publishers,
@@ -31,8 +34,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, hub: Arc<Hub>, metrics: Metrics) -> Arc<Self> {
+    pub fn new(config: Config, hub: Arc<Hub>, metrics: Metrics, auth: Auth) -> Arc<Self> {
         Arc::new(Self {
+            auth,
             limits: config.limits(),
             publishers: Publishers::new(&config.api_keys, &metrics),
             connections: ConnectionLimits::new(&config, metrics.limits.clone()),

@@ -10,8 +10,13 @@ use clap::Parser;
 use serde::Deserialize;
 
 mod api_keys;
+mod auth;
+mod namespaces;
 
 pub use api_keys::{ApiKey, ApiKeys, KeyRate, Secret};
+pub use auth::MIN_SECRET_BYTES;
+use auth::parse_secret;
+pub use namespaces::{NamespaceSettings, Namespaces};
 
 use crate::{http::cors::AllowedOrigins, limits::TrustedProxies};
 
@@ -42,22 +47,32 @@ macro_rules! options {
         /// Every option can also be set as HERALD_<NAME> in the environment or as <name> in the
         /// TOML file given by --config. Precedence: flag > environment > file > default.
         #[derive(Debug, Parser)]
-        #[command(name = "herald", version, about, long_about = None)]
+        #[command(name = "herald", version, about, long_about = None,
+            after_help = "Subcommands:\n  herald token --help   mint a development subscriber token (docs/security.md)")]
         pub struct Cli {
             /// TOML file with any of the options below (snake_case keys).
             #[arg(long, env = "HERALD_CONFIG")]
             pub config: Option<PathBuf>,
             // `bare`: the flag alone means that value (`--allow-client-publish` is `true`).
-            $( $(#[doc = $doc])* #[arg(long, env = $env, value_parser = $parse $(, num_args = 0..=1, default_missing_value = $bare)?)] pub $name: Option<$ty>, )*
+            // `hide_env_values`: `--help` must never print a secret taken from the environment.
+            $( $(#[doc = $doc])* #[arg(long, env = $env, hide_env_values = true, value_parser = $parse $(, num_args = 0..=1, default_missing_value = $bare)?)] pub $name: Option<$ty>, )*
         }
 
         #[derive(Debug, Default, Deserialize)]
         #[serde(deny_unknown_fields)]
-        struct FileConfig { $( $name: Option<toml::Value>, )* }
+        struct FileConfig {
+            $( $name: Option<toml::Value>, )*
+            /// `[namespaces.NAME]` tables (TOML only).
+            namespaces: Option<toml::Value>,
+        }
 
         /// The effective configuration.
         #[derive(Debug, Clone)]
-        pub struct Config { $( $(#[doc = $doc])* pub $name: $ty, )* }
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $name: $ty, )*
+            /// Per-namespace settings from the `[namespaces.NAME]` tables of the config file.
+            pub namespaces: Namespaces,
+        }
 
         impl Config {
             /// Merges flags/env over the file over the defaults.
@@ -78,6 +93,11 @@ macro_rules! options {
                             .map_err(|reason| ConfigError::Invalid { option: stringify!($name), reason })?,
                         (None, None) => $default,
                     }, )*
+                    namespaces: match file.namespaces {
+                        Some(v) => Namespaces::from_toml(v)
+                            .map_err(|reason| ConfigError::Invalid { option: "namespaces", reason })?,
+                        None => Namespaces::default(),
+                    },
                 };
                 config.validate()?;
                 Ok(config)
@@ -86,7 +106,7 @@ macro_rules! options {
 
         impl Default for Config {
             fn default() -> Self {
-                Self { $( $name: $default, )* }
+                Self { $( $name: $default, )* namespaces: Namespaces::default() }
             }
         }
     };
@@ -120,7 +140,7 @@ fn file_text(value: toml::Value) -> String {
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -235,7 +255,7 @@ options! {
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
     /// API keys allowed to publish (comma-separated; each may publish to every channel). Named keys scoped to channels and rate-limited: [[api_keys]] tables in the config file (docs/security.md). Empty: publishing needs no key. [default: none]
     api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = api_keys::parse_list, file = api_keys::from_toml;
-    /// Let WebSocket clients publish with the `publish` op (the flag alone means true). [default: false]
+    /// Let WebSocket clients publish with the `publish` op (the flag alone means true): the default `client_publish` of every namespace becomes `token` when a subscriber key is configured, `anonymous` when none is (a namespace's own `client_publish` wins). [default: false]
     allow_client_publish: bool = false, env = "HERALD_ALLOW_CLIENT_PUBLISH", parse = parse_bool, bare = "true";
     /// Messages kept per channel for resume and the history endpoint. [default: 1000]
     history_size: usize = 1000, env = "HERALD_HISTORY_SIZE", parse = parse_usize;
@@ -301,6 +321,26 @@ options! {
     /// Burst of WebSocket publishes above ws_publish_rate. [default: 40]
     ws_publish_burst: usize = 40, env = "HERALD_WS_PUBLISH_BURST", parse = parse_usize;
     // --- end of publishers, origins and connection limits ---
+    // ---- subscriber auth and namespaces (docs/security.md) ----
+    /// HMAC secret (HS256/HS384/HS512) that subscriber tokens are signed with, at least 32 bytes. Prefer jwt_secret_file or the environment: flags show in process listings. Any subscriber key makes reading deny-by-default. [default: unset]
+    jwt_secret: Secret = Secret::default(), env = "HERALD_JWT_SECRET", parse = parse_secret;
+    /// File holding the HMAC secret (a trailing newline is ignored). [default: unset]
+    jwt_secret_file: String = String::new(), env = "HERALD_JWT_SECRET_FILE", parse = parse_string;
+    /// PEM public key that subscriber tokens are verified with: RSA (RS256/384/512, PS256/384/512), EC (ES256/ES384) or Ed25519 (EdDSA). [default: unset]
+    jwt_public_key_file: String = String::new(), env = "HERALD_JWT_PUBLIC_KEY_FILE", parse = parse_string;
+    /// JWKS file (JSON Web Key Set) whose keys verify subscriber tokens, chosen by the token's `kid`. [default: unset]
+    jwks_file: String = String::new(), env = "HERALD_JWKS_FILE", parse = parse_string;
+    /// Required `aud` of subscriber tokens (comma-separated: any of them). Empty: `aud` is not checked. [default: unset]
+    jwt_audience: String = String::new(), env = "HERALD_JWT_AUDIENCE", parse = parse_string;
+    /// Required `iss` of subscriber tokens (comma-separated: any of them). Empty: `iss` is not checked. [default: unset]
+    jwt_issuer: String = String::new(), env = "HERALD_JWT_ISSUER", parse = parse_string;
+    /// Clock skew allowed when checking `exp`, `nbf` and `iat`. [default: 5s]
+    jwt_leeway: Duration = Duration::from_secs(5), env = "HERALD_JWT_LEEWAY", parse = parse_duration;
+    /// Cookie a subscriber token is read from (after the Authorization header and ?token=). [default: herald_token]
+    jwt_cookie: String = "herald_token".to_owned(), env = "HERALD_JWT_COOKIE", parse = parse_string;
+    /// A WebSocket opened without a token must send the `auth` op (or hold a subscription to an anonymously readable channel) within this time, or it is closed with 4401. [default: 10s]
+    auth_timeout: Duration = Duration::from_secs(10), env = "HERALD_AUTH_TIMEOUT", parse = parse_duration;
+    // ---- end of subscriber auth and namespaces ----
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]
@@ -393,7 +433,7 @@ impl Config {
             };
             return invalid("redis_url", &reason);
         }
-        Ok(())
+        self.validate_auth()
     }
 
     /// Validation limits for request parsing.

@@ -5,6 +5,7 @@
 //! real processes.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 mod http;
 pub mod hub;

@@ -28,6 +28,10 @@ macro_rules! say {
 }
 
 fn main() -> std::process::ExitCode {
+    // `herald token ...`: a subcommand with its own arguments (the server's flags stay flat).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return herald_server::auth::mint::main(std::env::args_os().skip(1));
+    }
     let config = match Config::from_cli(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
@@ -39,7 +43,8 @@ fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every line is scrubbed of tokens (`?token=`, Bearer values, JWTs) on its way out.
+        .with_writer(herald_server::auth::redact::Redacting)
         // Colour codes only for a person at a terminal, never into a file or a collector.
         .with_ansi(std::io::stderr().is_terminal())
         // tracing-subscriber reports a failed log write with `eprintln!`, which panics when
@@ -69,8 +74,16 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        // Before announcing anything: a broker that cannot start is reported instead of a
-        // "listening" line followed by an exit.
+        // Before announcing anything: keys and a broker that cannot start are reported instead
+        // of a "listening" line followed by an exit. (The keys were checked with the
+        // configuration; this fails only if a key file changed in between.)
+        let auth = match herald_server::auth::Auth::from_config(&config) {
+            Ok(a) => a,
+            Err(e) => {
+                say!("herald: cannot load the subscriber keys: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         let broker = match herald_server::build_broker(&config).await {
             Ok(b) => b,
             Err(e) => {
@@ -88,7 +101,14 @@ fn main() -> std::process::ExitCode {
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
         }
-        herald_server::run(listener, config, broker, herald_server::shutdown::signal()).await;
+        herald_server::run(
+            listener,
+            config,
+            broker,
+            auth,
+            herald_server::shutdown::signal(),
+        )
+        .await;
         std::process::ExitCode::SUCCESS
     })
 }

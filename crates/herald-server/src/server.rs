@@ -12,6 +12,7 @@ use tokio::{
 
 use crate::{
     app::App,
+    auth::Auth,
     config::Config,
     http,
     hub::{Hub, HubConfig},
@@ -31,6 +32,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
         let broker = MemoryBroker::new(MemoryConfig {
             history_size: config.history_size,
             history_ttl: config.history_ttl,
+            retention_by_namespace: config.retention_by_namespace(),
             max_bytes: config.memory_max_bytes,
         });
         let stats = BrokerStats::Memory(broker.stats());
@@ -40,6 +42,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
         url: config.redis_url.clone(),
         history_size: config.history_size,
         history_ttl: config.history_ttl,
+        retention_by_namespace: config.retention_by_namespace(),
         timeout: config.redis_timeout,
         page_bytes: config.history_page_bytes,
         max_entry_bytes: config.max_message_bytes + 1024,
@@ -53,7 +56,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
 }
 
 /// Serves Herald on `listener` with `broker` (from [`build_broker`], built before the node says
-/// it is listening) until `shutdown` resolves, then drains: readiness fails at once,
+/// it is listening) and `auth` (subscriber keys and namespace rules) until `shutdown` resolves, then drains: readiness fails at once,
 /// streaming clients are told to reconnect at random moments over `drain_window`, and the
 /// function returns once they are gone (at most 2 s after the window). During the drain the
 /// listener stays open, so load balancers see `/readyz` fail and publishes still succeed, while
@@ -62,6 +65,7 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     (broker, broker_stats): (Arc<dyn Broker>, BrokerStats),
+    auth: Auth,
     shutdown: impl Future<Output = ()>,
 ) {
     let metrics = Metrics::new(broker_stats);
@@ -74,7 +78,7 @@ pub async fn run(
         },
         metrics.hub.clone(),
     );
-    let app = App::new(config, hub, metrics);
+    let app = App::new(config, hub, metrics, auth);
     // The address is logged too: with stdout gone (`| head -1` exited), stderr still has it.
     let addr = listener
         .local_addr()

@@ -52,11 +52,23 @@ impl Sse {
 
     /// Connects; a transport error is `Err`, any HTTP status is `Ok` (see `status`).
     pub async fn try_connect(url: &str, last_event_id: Option<&str>) -> reqwest::Result<Self> {
+        Self::try_connect_with(url, last_event_id, &[]).await
+    }
+
+    /// [`Sse::try_connect`] with extra request headers (`authorization`, `cookie`, ...).
+    pub async fn try_connect_with(
+        url: &str,
+        last_event_id: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Result<Self> {
         let mut req = reqwest::Client::new()
             .get(url)
             .header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
+        }
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
@@ -119,6 +131,18 @@ impl Sse {
         }
     }
 
+    /// The rest of the body as text (e.g. the JSON error of a refused request).
+    pub async fn rest(mut self) -> String {
+        within("the rest of an SSE body", async {
+            let mut text = std::mem::take(&mut self.buf);
+            while let Some(Ok(chunk)) = self.body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            text
+        })
+        .await
+    }
+
     /// Skips `herald.*` control events and returns the next message event.
     pub async fn next_message(&mut self) -> Event {
         loop {
@@ -145,7 +169,27 @@ impl Ws {
 
     /// Connects; a refused handshake (e.g. a 503) or a transport error is `Err`.
     pub async fn try_connect(url: &str) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Self::try_connect_with(url, &[]).await
+    }
+
+    /// [`Ws::try_connect`] with extra handshake headers (`authorization`, `cookie`, ...).
+    pub async fn try_connect_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, tokio_tungstenite::tungstenite::Error> {
+        use tokio_tungstenite::tungstenite::{
+            Error,
+            client::IntoClientRequest,
+            http::{HeaderName, HeaderValue},
+        };
+        let mut req = url.into_client_request()?;
+        for (name, value) in headers {
+            let name =
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| Error::HttpFormat(e.into()))?;
+            let value = HeaderValue::from_str(value).map_err(|e| Error::HttpFormat(e.into()))?;
+            req.headers_mut().append(name, value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(req).await?;
         Ok(Self(ws))
     }
 

@@ -20,8 +20,8 @@ use serde::Deserialize;
 /// The label of keys given as a plain list: they publish everywhere, without a rate limit.
 pub const UNNAMED: &str = "unnamed";
 
-/// A key's secret. `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret (a publisher key, the subscriber-token HMAC secret). `Debug` never shows it.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub(crate) String);
 
 impl Secret {

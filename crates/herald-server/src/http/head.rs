@@ -46,6 +46,8 @@ pub struct SseRequest {
     /// proxy.
     pub forwarded_for: Vec<Vec<u8>>,
     pub forwarded: Vec<Vec<u8>>,
+    /// The `Authorization` and `Cookie` headers (names as sent): where a subscriber token may be.
+    pub credentials: Vec<(String, Vec<u8>)>,
 }
 
 /// Classifies the bytes of a connection that have arrived so far.
@@ -96,7 +98,11 @@ pub fn classify(buf: &[u8]) -> Head {
     let mut last_event_id = None;
     let (mut origin, mut host) = (None, None);
     let (mut forwarded_for, mut forwarded) = (Vec::new(), Vec::new());
+    let mut credentials = Vec::new();
     for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("authorization") || h.name.eq_ignore_ascii_case("cookie") {
+            credentials.push((h.name.to_owned(), h.value.to_vec()));
+        }
         if unusual(h.name) {
             return Head::Other;
         }
@@ -129,6 +135,7 @@ pub fn classify(buf: &[u8]) -> Head {
         host,
         forwarded_for,
         forwarded,
+        credentials,
     })
 }
 

@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::{Response, StatusCode, body::Frame, header};
 
 use super::{Body, error, query};
-use crate::app::App;
+use crate::{app::App, auth::credentials};
 
 const PREFIX: &str = "/v1/channels/";
 const SUFFIX: &str = "/history";
@@ -117,11 +117,21 @@ fn parse(app: &App, path: &str, q: Option<&str>) -> Result<Request, Response<Bod
     })
 }
 
-pub async fn handle(app: &App, path: &str, q: Option<&str>) -> Response<Body> {
-    let req = match parse(app, path, q) {
+pub async fn handle<B>(app: &App, http: &hyper::Request<B>) -> Response<Body> {
+    let req = match parse(app, http.uri().path(), http.uri().query()) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    // History is a read like a subscribe: the same token, the same rules, checked before the
+    // first page is read (every later page is of the same channel).
+    let token = credentials::from_request(http, app.auth.cookie());
+    let allowed = app
+        .auth
+        .identify(token.as_deref())
+        .and_then(|who| app.auth.check_read(who.as_deref(), &req.channel));
+    if let Err(refusal) = allowed {
+        return refusal.response();
+    }
     let broker = app.hub.broker().clone();
     let page_bytes = app.config.history_page_bytes;
     let query = |start: Start, limit: usize| HistoryQuery {

@@ -62,6 +62,9 @@ pub fn refused(r: crate::limits::Refusal) -> Response<Body> {
 /// Routes one request. Never fails: every problem becomes a JSON error response.
 pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let route = route_label(req.method(), req.uri().path());
+    // A debug-level access log. URIs may carry `?token=`: the log writer redacts it.
+    let logged =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| (req.method().clone(), req.uri().clone()));
     // Browsers: the origin check and CORS apply to the API routes (not the console or health).
     let cors = req.uri().path().starts_with("/v1/").then(|| {
         let h = req.headers();
@@ -86,6 +89,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Bo
     };
     if let Some(verdict) = &cors {
         verdict.decorate(resp.headers_mut(), listing);
+    }
+    if let Some((method, uri)) = logged {
+        tracing::debug!(%method, %uri, status = resp.status().as_u16(), "request");
     }
     app.metrics
         .http_requests
@@ -131,9 +137,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
         (&Method::GET, "/v1/ws") => transport::ws::handle(app, req),
         (&Method::GET | &Method::HEAD, "/") => assets::console(),
         (&Method::GET | &Method::HEAD, "/herald.js") => assets::client_js(),
-        (&Method::GET, p) if history::matches(p) => {
-            history::handle(app, p, req.uri().query()).await
-        }
+        (&Method::GET, p) if history::matches(p) => history::handle(app, &req).await,
         (_, p) => match allowed_methods(p) {
             Some(allow) => {
                 let mut resp = error(

@@ -68,7 +68,7 @@ fn check_scope(publisher: Option<&Publisher>, channel: &str) -> Result<(), (Erro
 
 /// The token of `Bearer <token>`. The scheme is case-insensitive (RFC 9110 11.1: `BEARER x` and
 /// `bearer x` are the same credentials) and may be followed by several spaces.
-fn bearer_token(value: &str) -> Option<&str> {
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)

@@ -81,6 +81,8 @@ pub enum CloseReason {
     SlowConsumer,
     /// The server is shutting down or draining.
     Shutdown,
+    /// The subscriber's token expired (and was not refreshed): reconnect with a new token.
+    TokenExpired,
     /// The connection is ending for a reason found on its read side (the client closed, broke
     /// the protocol, or stopped answering pings); `code` is the WebSocket close code.
     Closed { code: u16, reason: &'static str },

@@ -91,6 +91,11 @@ impl Connection {
         self.channels.lock().len()
     }
 
+    /// The subscribed channels, in subscription order.
+    pub fn channels(&self) -> Vec<ChannelName> {
+        self.channels.lock().clone()
+    }
+
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
         self.channels.lock().contains(channel)
     }
@@ -120,6 +125,15 @@ fn close_label(reason: Option<CloseReason>) -> &'static str {
         None => "client_gone",
         Some(CloseReason::SlowConsumer) => "slow_consumer",
         Some(CloseReason::Shutdown) => "shutdown",
+        Some(CloseReason::TokenExpired) => "token_expired",
+        Some(CloseReason::Closed {
+            code: ws::close::UNAUTHORIZED,
+            ..
+        }) => "unauthorized",
+        Some(CloseReason::Closed {
+            code: ws::close::FORBIDDEN,
+            ..
+        }) => "forbidden",
         Some(CloseReason::Closed {
             code: ws::close::PING_TIMEOUT,
             ..

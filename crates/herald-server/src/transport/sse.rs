@@ -28,6 +28,7 @@ use tokio::time::{Instant, Sleep};
 use super::Connection;
 use crate::{
     app::App,
+    auth::credentials,
     http::{Body, error, query, refused},
     hub::{CloseReason, Item, SubscribeError},
     limits::{Peer, Permit},
@@ -40,6 +41,7 @@ use crate::{
 pub struct ConnectionSignal(pub tokio_util::sync::CancellationToken);
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let token = credentials::from_request(&req, app.auth.cookie());
     let header_token = req
         .headers()
         .get("last-event-id")
@@ -53,7 +55,14 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         Ok(permit) => permit,
         Err(resp) => return resp,
     };
-    match open(app, req.uri().query(), header_token, signal.0).await {
+    let opened = open(
+        app,
+        req.uri().query(),
+        header_token,
+        token.as_deref(),
+        signal.0,
+    );
+    match opened.await {
         Ok(mut body) => {
             body.hold(permit);
             let mut resp = Response::new(body.boxed_unsync());
@@ -99,12 +108,14 @@ pub fn admit(
 }
 
 /// Validates an SSE request and subscribes its channels: the stream to send, or the error
-/// response. `header_token` is the `Last-Event-ID` header (`Err` when it is not text); `signal`
-/// is cancelled when the stream's outbox closes (see [`ConnectionSignal`]).
+/// response. `header_token` is the `Last-Event-ID` header (`Err` when it is not text);
+/// `subscriber_token` the client's JWT, if it sent one; `signal` is cancelled when the stream's
+/// outbox closes (see [`ConnectionSignal`]).
 pub async fn open(
     app: &Arc<App>,
     q: Option<&str>,
     header_token: Option<Result<String, ()>>,
+    subscriber_token: Option<&str>,
     signal: tokio_util::sync::CancellationToken,
 ) -> Result<SseBody, Response<Body>> {
     if app.is_draining() {
@@ -116,6 +127,16 @@ pub async fn open(
     let channels = super::query_channels(app, q).map_err(|r| error(r.code, &r.message))?;
     if channels.is_empty() {
         return Err(error(ErrorCode::BadRequest, "give at least one ?channel="));
+    }
+    // Every channel is checked, resumed or not: a refused channel gets nothing, not even history.
+    let who = app
+        .auth
+        .identify(subscriber_token)
+        .map_err(|r| r.response())?;
+    for channel in &channels {
+        app.auth
+            .check_read(who.as_deref(), channel)
+            .map_err(|r| r.response())?;
     }
     // The header is what EventSource sends on reconnect, so it is newer than the URL's value.
     // Errors name the input the token came from.
@@ -163,6 +184,9 @@ pub async fn open(
         token: ResumeToken::default(),
         heartbeat_every: heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
+        expires: who
+            .as_ref()
+            .map(|c| Box::pin(tokio::time::sleep_until(app.auth.expires_at(c)))),
         drained: Some(Box::pin(app.drained())),
         done: false,
         batch: VecDeque::new(),
@@ -184,6 +208,8 @@ pub struct SseBody {
     heartbeat_every: std::time::Duration,
     /// Fires after a quiet period; any write resets it.
     heartbeat: Pin<Box<Sleep>>,
+    /// Fires when the subscriber's token expires (only streams opened with a token have one).
+    expires: Option<Pin<Box<Sleep>>>,
     /// Resolves when this stream's turn to close comes during a drain; `None` once it has.
     drained: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// The closing event was sent; the next poll ends the body.
@@ -257,6 +283,11 @@ impl SseBody {
                 ErrorCode::Draining,
                 "this node is shutting down; reconnect",
             ),
+            CloseReason::TokenExpired => (
+                "herald.error",
+                ErrorCode::TokenExpired,
+                "the token has expired; reconnect with a new token",
+            ),
             CloseReason::Closed { reason, .. } => ("herald.error", ErrorCode::Internal, reason),
         };
         let data = format!(r#"{{"code":"{}","message":"{}"}}"#, code.as_str(), message);
@@ -289,6 +320,12 @@ impl hyper::body::Body for SseBody {
         {
             this.drained = None;
             this.conn.outbox.close(CloseReason::Shutdown);
+        }
+        if let Some(expires) = this.expires.as_mut()
+            && expires.as_mut().poll(cx).is_ready()
+        {
+            this.expires = None;
+            this.conn.outbox.close(CloseReason::TokenExpired);
         }
         if let Poll::Ready(closed) = this.conn.outbox.poll_take(cx, &mut this.batch) {
             // Counted when handed to hyper: the socket write follows without further queueing.

@@ -28,6 +28,7 @@ use super::{
 };
 use crate::{
     app::App,
+    auth::credentials,
     http::{
         Body,
         cors::Verdict,
@@ -109,23 +110,42 @@ pub async fn try_serve(
         }
     };
     let signal = CancellationToken::new();
-    let mut body =
-        match sse::open(app, req.query.as_deref(), req.last_event_id, signal.clone()).await {
-            Ok(body) => body,
-            // Answered here, not by handing the request to hyper: hyper would run the same
-            // `open` again, and an error that took time (a broker timeout) would be waited for
-            // twice.
-            Err(mut resp) => {
-                cors.decorate(resp.headers_mut(), listing);
-                Box::pin(answer(app, stream, req.head_len, resp)).await;
-                return None;
-            }
-        };
+    let token = credentials::find_token(
+        || {
+            req.credentials
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_slice()))
+        },
+        req.query.as_deref(),
+        app.auth.cookie(),
+    );
+    let opened = sse::open(
+        app,
+        req.query.as_deref(),
+        req.last_event_id,
+        token.as_deref(),
+        signal.clone(),
+    );
+    let mut body = match opened.await {
+        Ok(body) => body,
+        // Answered here, not by handing the request to hyper: hyper would run the same `open`
+        // again, and an error that took time (a broker timeout) would be waited for twice.
+        Err(mut resp) => {
+            cors.decorate(resp.headers_mut(), listing);
+            Box::pin(answer(app, stream, req.head_len, resp)).await;
+            return None;
+        }
+    };
     body.hold(permit);
     app.metrics
         .http_requests
         .with_label_values(&["sse", "200"])
         .inc();
+    // Redacted by the log writer, like every URI.
+    tracing::debug!(
+        query = req.query.as_deref().unwrap_or(""),
+        "SSE stream (direct)"
+    );
     let head = format!("{RESPONSE_HEAD}{}\r\n", cors.head_lines(listing));
     stream_to(stream, req.head_len, head.into_bytes(), body, signal).await;
     None

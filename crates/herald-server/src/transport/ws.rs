@@ -8,10 +8,12 @@
 
 mod frame;
 mod reader;
+mod session;
 
 use std::{
     collections::VecDeque,
     io::IoSlice,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,12 +31,17 @@ use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
+    time::Sleep,
 };
 
-use self::frame::FrameReader;
+use self::{
+    frame::FrameReader,
+    session::{Deadline, Session},
+};
 use super::Connection;
 use crate::{
     app::App,
+    auth::{Identity, credentials},
     http::{Body, error, full},
     hub::{CloseReason, Item, SubscribeError},
     limits::{Limit, Permit},
@@ -51,6 +58,10 @@ pub mod close {
     pub const PING_TIMEOUT: u16 = 4001;
     /// The client kept sending faster than `ws_message_rate` or `ws_publish_rate` allow.
     pub const RATE_LIMITED: u16 = 4029;
+    /// The token expired, or the connection never authenticated: reconnect with a (new) token.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// The token presented is not valid: do not retry with it.
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
@@ -72,6 +83,18 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
         Ok(permit) => permit,
         Err(resp) => return resp,
     };
+    // A token sent with the upgrade is checked before it, like `?channel=`: a refused client
+    // gets an HTTP error instead of a socket. Without one, the client may send the `auth` op.
+    let token = credentials::from_request(&req, app.auth.cookie());
+    let who = match app.auth.identify(token.as_deref()) {
+        Ok(who) => who,
+        Err(refusal) => return refusal.response(),
+    };
+    for channel in &channels {
+        if let Err(refusal) = app.auth.check_read(who.as_deref(), channel) {
+            return refusal.response();
+        }
+    }
     let (resp, fut) = match upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => {
@@ -84,7 +107,16 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     let task_app = app.clone();
     app.tasks.spawn(async move {
         match fut.await {
-            Ok(ws) => serve(task_app, ws.into_inner().into_inner(), channels, permit).await,
+            Ok(ws) => {
+                serve(
+                    task_app,
+                    ws.into_inner().into_inner(),
+                    channels,
+                    who,
+                    permit,
+                )
+                .await
+            }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -101,6 +133,7 @@ async fn serve(
     app: Arc<App>,
     upgraded: hyper::upgrade::Upgraded,
     channels: Vec<ChannelName>,
+    who: Option<Identity>,
     permit: Option<Permit>,
 ) {
     // Back to the bare socket: its halves split without a lock, and nothing of hyper's buffers
@@ -131,16 +164,21 @@ async fn serve(
 
     let clock = tokio::time::Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
+    // The session lives in the reader task, which handles the ops that change it; its deadline
+    // (token expiry, auth timeout) is shared with the writer, which enforces it.
+    let deadline = Arc::new(Deadline::new(clock));
+    let session = Session::start(&app, who, deadline.clone());
     let reader = tokio::spawn(reader::run(
         app.clone(),
         conn.clone(),
         frames,
         last_heard.clone(),
         clock,
+        session,
     ));
 
     let mut reader = reader;
-    write_loop(&app, &conn, &mut write, &last_heard, clock).await;
+    write_loop(&app, &conn, &mut write, &last_heard, clock, &deadline).await;
     // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every idle
     // connection's task would carry the space for each of them (serve's future: 920 -> 808 B).
     let _ = Box::pin(tokio::time::timeout(
@@ -227,7 +265,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     write: &mut W,
     last_heard: &AtomicU64,
     clock: tokio::time::Instant,
+    auth_deadline: &Deadline,
 ) {
+    // Armed only on connections with an auth deadline; boxed so others carry 8 bytes for it.
+    let mut auth_timer: Option<Pin<Box<Sleep>>> = None;
+    let mut armed = u64::MAX;
     let ping_every = app.config.ws_ping_interval;
     let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
@@ -236,9 +278,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     tokio::pin!(drained);
     let mut drain_started = false;
     loop {
+        let raw = auth_deadline.raw();
+        if raw != armed {
+            armed = raw;
+            match (auth_deadline.decode(raw), auth_timer.as_mut()) {
+                (Some((at, _)), Some(timer)) => timer.as_mut().reset(at),
+                (Some((at, _)), None) => auth_timer = Some(Box::pin(tokio::time::sleep_until(at))),
+                (None, _) => auth_timer = None,
+            }
+        }
         batch.clear();
         let closed = tokio::select! {
             closed = conn.outbox.take_into(&mut batch) => closed,
+            () = fire(&mut auth_timer) => {
+                auth_timer = None;
+                // Unless the reader moved the deadline meanwhile (a refresh, re-armed next time
+                // round), it is due.
+                if auth_deadline.raw() == armed {
+                    session::on_deadline(conn, auth_deadline, armed);
+                }
+                continue;
+            }
             _ = ping.tick() => {
                 if elapsed_ms(clock).saturating_sub(last_heard.load(Ordering::Relaxed)) > deadline {
                     conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
@@ -270,7 +330,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if let Some(reason) = closed {
+            if reason == CloseReason::TokenExpired {
+                let frame = protocol::error_frame(
+                    None,
+                    ErrorCode::TokenExpired,
+                    "the token has expired; reconnect with a new token",
+                );
+                batch.push_back(Item::raw(protocol::frame(Opcode::Text, &frame)));
+            }
             let (code, text) = match reason {
+                CloseReason::TokenExpired => (close::UNAUTHORIZED, "token expired"),
                 CloseReason::SlowConsumer => {
                     (close::SLOW_CONSUMER, "slow consumer: reconnect and resume")
                 }
@@ -305,6 +374,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
             }
         }
+    }
+}
+
+/// Resolves when `timer` fires; never when there is none.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

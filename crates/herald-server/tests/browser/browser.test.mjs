@@ -9,7 +9,7 @@
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -469,6 +469,55 @@ test('drain (close 1012) and restart with a new epoch: clients come back and rep
     assert.deepEqual(d.sse.map((m) => [m.epoch === after.epoch, m.offset]), [[false, 1], [false, 2], [true, 1]]);
     assert.deepEqual(page.errors, []);
     await page.evaluate(() => { client.close(); stream.close(); });
+  } finally {
+    await page.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});
+
+test('herald.js with a token function: authenticates, reconnects with a fresh token after expiry (4401), resumes, refreshes', async () => {
+  const secret = 'browser-test-secret-0123456789abcdef';
+  const node = await startHerald(['--listen', '127.0.0.1:0', '--jwt-secret', secret, '--jwt-leeway', '0s']);
+  // Tokens come from `herald token`, as a development backend would mint them.
+  const mint = (sub, ttl) => new Promise((resolve, reject) => {
+    execFile(HERALD_BIN, ['token', '--sub', sub, '--channels', 'auth.*', '--ttl', ttl],
+      { env: { ...process.env, HERALD_JWT_SECRET: secret } },
+      (err, out) => (err ? reject(err) : resolve(out.trim())));
+  });
+  const channel = `auth.${uniq('t')}`;
+  const page = await newPage(node.url);
+  try {
+    await page.exposeFunction('mintToken', (sub, ttl) => mint(sub, ttl));
+    await page.evaluate((ch) => {
+      window.a = { got: [], states: [], errors: [], minted: 0 };
+      window.client = Herald.connect('', {
+        minDelay: 50, maxDelay: 400,
+        // The first token lives 2 s; later ones an hour.
+        token: () => window.mintToken('ann', a.minted++ === 0 ? '2s' : '1h'),
+        onState: (s, i) => a.states.push({ s, code: i.code ?? null }),
+        onError: (e) => a.errors.push(e.message),
+      });
+      return client.subscribe(ch, (m) => a.got.push(m));
+    }, channel);
+    await publish(node.url, channel, { n: 1 });
+    await page.waitForFunction(() => a.got.length >= 1, null, WAIT);
+    // No refresh: the server closes with 4401 at exp; the client asks for a new token.
+    await page.waitForFunction(() => a.states.some((x) => x.code === 4401), null, WAIT);
+    for (let n = 2; n <= 3; n++) await publish(node.url, channel, { n });
+    await page.waitForFunction(() => a.got.length >= 3 && client.state === 'open', null, WAIT);
+    const refreshed = await page.evaluate(() => client.refresh());
+    assert.equal(refreshed.type, 'authenticated');
+    assert.equal(refreshed.sub, 'ann');
+    const other = await mint('bob', '1h');
+    const refused = await page.evaluate((t) => client.refresh(t).then(() => 'accepted', (e) => e.code), other);
+    assert.equal(refused, 'forbidden', 'a token of another user is refused');
+    await publish(node.url, channel, { n: 4 });
+    await page.waitForFunction(() => a.got.length >= 4, null, WAIT);
+    const a = await page.evaluate(() => window.a);
+    assert.deepEqual(a.got.map((m) => m.offset), [1, 2, 3, 4], 'nothing lost or doubled across the expiry');
+    assert.ok(a.minted >= 3, `a fresh token per connection and refresh (${a.minted})`);
+    assert.deepEqual(page.errors, []);
+    await page.evaluate(() => client.close());
   } finally {
     await page.close();
     await stopHerald(node.child, 'SIGKILL');

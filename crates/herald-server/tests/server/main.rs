@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod bounds;
 mod cli;
 mod delivery;

@@ -20,7 +20,9 @@ use tokio::io::AsyncRead;
 use super::{
     close, elapsed_ms,
     frame::{self, BadClose, FrameReader, ReadError},
-    send_error, send_text, subscribe,
+    send_error, send_text,
+    session::Session,
+    subscribe,
 };
 use crate::{
     app::App,
@@ -44,8 +46,10 @@ pub async fn run<R: AsyncRead + Unpin>(
     mut frames: FrameReader<R>,
     last_heard: Arc<AtomicU64>,
     clock: tokio::time::Instant,
+    mut session: Session,
 ) {
-    let (code, reason) = read_frames(&app, &conn, &mut frames, &last_heard, clock).await;
+    let (code, reason) =
+        read_frames(&app, &conn, &mut frames, &last_heard, clock, &mut session).await;
     conn.outbox.close(CloseReason::Closed { code, reason });
     if code != close::NORMAL {
         // The writer sends the close frame; until the client closes too, its bytes are dropped.
@@ -61,6 +65,7 @@ async fn read_frames<R: AsyncRead + Unpin>(
     frames: &mut FrameReader<R>,
     last_heard: &AtomicU64,
     clock: tokio::time::Instant,
+    session: &mut Session,
 ) -> (u16, &'static str) {
     // A message split over continuation frames, bounded by the same limit as whole ones.
     let mut partial: Option<Vec<u8>> = None;
@@ -143,8 +148,9 @@ async fn read_frames<R: AsyncRead + Unpin>(
             return (close::INVALID_DATA, "invalid UTF-8");
         }
         // Boxed: ops are rare, and inlined their futures would size every idle reader task.
-        if let Err(flood) = Box::pin(handle_op(app, conn, &message, &mut rates, clock)).await {
-            return (close::RATE_LIMITED, flood);
+        let op = handle_op(app, conn, session, &message, &mut rates, clock);
+        if let Err(end) = Box::pin(op).await {
+            return end;
         }
     }
 }
@@ -210,14 +216,16 @@ fn refuse_frame(conn: &Connection, frame: &frame::Frame, partial: Option<Vec<u8>
     );
 }
 
-/// Runs one op; `Err` when the client keeps publishing faster than its rate (close 4029).
+/// Runs one op; `Err` with the close code and reason when the connection is to end: the client
+/// keeps publishing faster than its rate (4029), or its `auth` op failed (4401, 4403).
 async fn handle_op(
     app: &App,
     conn: &Connection,
+    session: &mut Session,
     text: &[u8],
     rates: &mut Rates,
     clock: tokio::time::Instant,
-) -> Result<(), &'static str> {
+) -> Result<(), (u16, &'static str)> {
     let op = match protocol::parse_client_op(text, &app.limits) {
         Ok(op) => op,
         Err(e) => {
@@ -230,7 +238,11 @@ async fn handle_op(
     };
     match op {
         ClientOp::Subscribe { id, channel, since } => {
-            subscribe(app, conn, channel, since, id).await
+            // A resume (`since`) is authorised exactly like a fresh subscribe.
+            match app.auth.check_read(session.who(), &channel) {
+                Ok(()) => subscribe(app, conn, channel, since, id).await,
+                Err(r) => send_error(conn, id, r.code, &r.message),
+            }
         }
         ClientOp::Unsubscribe { id, channel } => {
             if conn.remove(&channel) {
@@ -245,13 +257,8 @@ async fn handle_op(
             }
         }
         ClientOp::Publish { id, publish } => {
-            if !app.config.allow_client_publish {
-                send_error(
-                    conn,
-                    id,
-                    ErrorCode::Forbidden,
-                    "publishing over WebSocket is not enabled",
-                );
+            if let Err(r) = app.auth.check_publish(session.who(), &publish.channel) {
+                send_error(conn, id, r.code, &r.message);
                 return Ok(());
             }
             match rates.publish(app, elapsed_ms(clock)) {
@@ -261,7 +268,7 @@ async fn handle_op(
                     send_error(conn, id, ErrorCode::RateLimited, msg);
                     return Ok(());
                 }
-                Taken::Flooding => return Err("too many publishes"),
+                Taken::Flooding => return Err((close::RATE_LIMITED, "too many publishes")),
             }
             let channel = publish.channel.clone();
             match publish_one(app, publish).await {
@@ -289,6 +296,8 @@ async fn handle_op(
             }
         }
         ClientOp::Ping { id } => send_text(conn, &protocol::pong_frame(id)),
+        ClientOp::Auth { id, token } => session.auth(app, conn, id, &token)?,
+        ClientOp::Refresh { id, token } => session.refresh(app, conn, id, &token),
     }
     Ok(())
 }
