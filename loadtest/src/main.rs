@@ -48,6 +48,8 @@ enum Command {
     Publish(scenario::publish::Args),
     /// Drop every subscriber at once and resume each on a different node while publishing.
     ResumeStorm(scenario::resume_storm::Args),
+    /// New subscriptions per second (connect, subscribe, hang up) and server CPU per subscribe.
+    SubscribeRate(scenario::subscribe_rate::Args),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
             Command::Idle(a) => scenario::idle::run(a).await,
             Command::Publish(a) => scenario::publish::run(a).await,
             Command::ResumeStorm(a) => scenario::resume_storm::run(a).await,
+            Command::SubscribeRate(a) => scenario::subscribe_rate::run(a).await,
         }
     });
     // Do not wait for connection tasks still parked on sockets.

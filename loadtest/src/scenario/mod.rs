@@ -5,6 +5,7 @@ pub mod fanout;
 pub mod idle;
 pub mod publish;
 pub mod resume_storm;
+pub mod subscribe_rate;
 
 use std::{
     net::IpAddr,
@@ -45,6 +46,9 @@ pub struct Common {
     /// Subscriber token (JWT), sent as `authorization: Bearer TOKEN` on SSE/WebSocket requests.
     #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the subscriber token from this file instead (keeps it out of process listings).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<std::path::PathBuf>,
     /// Prefix of the channel names this run uses (default: `lt-` + random, so runs never see
     /// each other's history).
     #[arg(long)]
@@ -75,7 +79,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub async fn new(common: Common) -> Result<Self, String> {
+    pub async fn new(mut common: Common) -> Result<Self, String> {
+        if let Some(path) = common.token_file.take() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+            common.token = Some(text.trim().to_owned());
+        }
         if common.urls.is_empty() {
             return Err("at least one --url is needed".into());
         }
