@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust: installs what the tests need
-# (redis-server for the Redis broker tests, chromium + node for the browser test, openssl for the
-# RSA/EC/Ed25519 keys of the auth tests), then runs
+# (redis-server, redis-sentinel and openssl for the Redis broker tests: Sentinel failover and
+# TLS with test certificates, and the RSA/EC/Ed25519 keys of the auth tests; chromium + node for
+# the browser test), then runs
 # formatting, lints, every Rust test (unit, integration against real processes) and the
 # headless-browser test. Usage: bash scripts/test.sh
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-cli >/dev/null || need+=(redis-tools)
+command -v redis-sentinel >/dev/null || need+=(redis-sentinel)
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs npm)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)

@@ -11,7 +11,9 @@ pub mod redis;
 
 pub use broker::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start};
 pub use memory::{MemoryBroker, MemoryConfig, MemoryStats};
-pub use redis::{RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot};
+pub use redis::{
+    Durability, RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot, Secret, TlsFiles,
+};
 
 /// Unix time in microseconds (for `Message::published_at_us`).
 pub fn now_us() -> u64 {

@@ -4,21 +4,29 @@
 //! Publishing is one Lua script ([`scripts`]); the node's pub/sub connection is kept alive by
 //! [`supervisor`]; the [`relay`] task turns backbone messages into in-order, exactly-once sink
 //! deliveries, filling gaps from history. Key layout: [`keys`]; payload format: [`codec`].
+//! Every connection comes from the [`endpoint`] (standalone, through [`sentinel`], or Cluster;
+//! TLS and credentials), and [`durability`] holds the replication barrier behind
+//! `publish_durability = "replicated"`.
 
 mod broker;
 mod codec;
 mod commands;
 mod config;
+mod durability;
+mod endpoint;
 mod keys;
 mod probe;
 mod pubsub;
 mod relay;
 mod scripts;
+mod sentinel;
 mod stats;
 mod supervisor;
+mod url;
 
 pub use broker::RedisBroker;
-pub use config::{RedisConfig, validate_url};
+pub use config::{Durability, RedisConfig, Secret, TlsFiles};
 pub use stats::{RedisStats, RedisStatsSnapshot};
+pub use url::{redact_url, validate_url};
 
 pub(crate) use broker::Shared;

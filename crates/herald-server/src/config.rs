@@ -7,6 +7,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use herald_broker::{Durability, RedisConfig, TlsFiles, redis::Secret as RedisSecret};
 use serde::Deserialize;
 
 mod api_keys;
@@ -99,6 +100,8 @@ macro_rules! options {
                         None => Namespaces::default(),
                     },
                 };
+                let mut config = config;
+                config.read_secret_files()?;
                 config.validate()?;
                 Ok(config)
             }
@@ -229,6 +232,68 @@ fn parse_string(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// The Redis URL. A newtype so `Debug` (and so any log of the config) never shows a password.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", herald_broker::redis::redact_url(&self.0))
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for RedisUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn parse_redis_url(s: &str) -> Result<RedisUrl, String> {
+    Ok(RedisUrl(s.trim().to_owned()))
+}
+
+fn parse_redis_secret(s: &str) -> Result<RedisSecret, String> {
+    Ok(RedisSecret::new(s))
+}
+
+fn parse_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s.trim()))
+}
+
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s.trim() {
+        "primary" => Ok(Durability::Primary),
+        "replicated" => Ok(Durability::Replicated),
+        _ => Err(format!("{s:?} is not primary or replicated")),
+    }
+}
+
+/// Reads a secret from a file: its first line, without the line ending.
+fn read_secret_file(
+    option: &'static str,
+    path: &std::path::Path,
+) -> Result<RedisSecret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        option,
+        reason: format!("cannot read {}: {e}", path.display()),
+    })?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(ConfigError::Invalid {
+            option,
+            reason: format!("{} is empty", path.display()),
+        });
+    }
+    Ok(RedisSecret::new(line))
+}
+
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
     match s.trim() {
         "human" | "text" => Ok(LogFormat::Human),
@@ -247,12 +312,37 @@ pub enum LogFormat {
 options! {
     /// Address to listen on: IP:port or host:port (port 0 picks a free port; the bound address is printed on stdout). [default: 127.0.0.1:8080]
     listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 8080)), env = "HERALD_LISTEN", parse = parse_addr;
-    /// Redis URL (redis://host:port or redis+cluster://h1:p1,h2:p2; rediss:// is not supported yet). Unset: the embedded in-memory broker. [default: unset]
-    redis_url: String = String::new(), env = "HERALD_REDIS_URL", parse = parse_string;
+    /// Redis URL: redis://[user:pass@]host:port[/db], redis+sentinel://s1:p1,s2:p2/PRIMARY_NAME[/db] or redis+cluster://h1:p1,h2:p2 (rediss... for TLS). Unset: the embedded in-memory broker. [default: unset]
+    redis_url: RedisUrl = RedisUrl::default(), env = "HERALD_REDIS_URL", parse = parse_redis_url;
     /// Upper bound on every Redis call (a publish, a history page, a subscribe, connecting, the pub/sub self-probe); past it the call fails: publishes get 503 unavailable. [default: 2s]
     redis_timeout: Duration = Duration::from_secs(2), env = "HERALD_REDIS_TIMEOUT", parse = parse_duration;
     /// How often each Redis pub/sub connection is checked by publishing to this node's probe channel (a connection that silently stopped delivering is reconnected). [default: 5s]
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
+
+    // --- production Redis (issue 14): durability, Sentinel and data-node credentials, TLS ---
+    /// When a publish is acknowledged: primary (the Redis primary has it) or replicated (a replica has it too, WAIT 1; not with Cluster). [default: primary]
+    publish_durability: Durability = Durability::Primary, env = "HERALD_PUBLISH_DURABILITY", parse = parse_durability;
+    /// With publish_durability = replicated: how long a publish waits for a replica's acknowledgement before failing with 503. [default: 1s]
+    redis_wait_timeout: Duration = Duration::from_secs(1), env = "HERALD_REDIS_WAIT_TIMEOUT", parse = parse_duration;
+    /// Redis ACL user name (overrides the URL's). [default: unset]
+    redis_username: String = String::new(), env = "HERALD_REDIS_USERNAME", parse = parse_string;
+    /// Redis password (overrides the URL's). Prefer the environment variable or redis_password_file: a flag shows in the process list. [default: unset]
+    redis_password: RedisSecret = RedisSecret::default(), env = "HERALD_REDIS_PASSWORD", parse = parse_redis_secret;
+    /// File whose first line is the Redis password (read at start). [default: unset]
+    redis_password_file: PathBuf = PathBuf::new(), env = "HERALD_REDIS_PASSWORD_FILE", parse = parse_path;
+    /// ACL user name for the Sentinels themselves (redis+sentinel URLs). [default: unset]
+    redis_sentinel_username: String = String::new(), env = "HERALD_REDIS_SENTINEL_USERNAME", parse = parse_string;
+    /// Password for the Sentinels themselves, when they require one. [default: unset]
+    redis_sentinel_password: RedisSecret = RedisSecret::default(), env = "HERALD_REDIS_SENTINEL_PASSWORD", parse = parse_redis_secret;
+    /// File whose first line is the Sentinels' password. [default: unset]
+    redis_sentinel_password_file: PathBuf = PathBuf::new(), env = "HERALD_REDIS_SENTINEL_PASSWORD_FILE", parse = parse_path;
+    /// PEM file with the CA certificate(s) that sign the Redis servers' certificates (rediss URLs). Unset: Mozilla's root CAs, built in. [default: unset]
+    redis_tls_ca_file: PathBuf = PathBuf::new(), env = "HERALD_REDIS_TLS_CA_FILE", parse = parse_path;
+    /// PEM client certificate for Redis servers that require one (with redis_tls_key_file). [default: unset]
+    redis_tls_cert_file: PathBuf = PathBuf::new(), env = "HERALD_REDIS_TLS_CERT_FILE", parse = parse_path;
+    /// PEM private key of redis_tls_cert_file. [default: unset]
+    redis_tls_key_file: PathBuf = PathBuf::new(), env = "HERALD_REDIS_TLS_KEY_FILE", parse = parse_path;
+    // --- end of production Redis ---
     /// API keys allowed to publish (comma-separated; each may publish to every channel). Named keys scoped to channels and rate-limited: [[api_keys]] tables in the config file (docs/security.md). Empty: publishing needs no key. [default: none]
     api_keys: ApiKeys = ApiKeys::default(), env = "HERALD_API_KEYS", parse = api_keys::parse_list, file = api_keys::from_toml;
     /// Let WebSocket clients publish with the `publish` op (the flag alone means true): the default `client_publish` of every namespace becomes `token` when a subscriber key is configured, `anonymous` when none is (a namespace's own `client_publish` wins). [default: false]
@@ -414,15 +504,20 @@ impl Config {
         // Checked here exactly as the broker will parse it, so a bad URL exits 2 before the
         // node announces that it is listening.
         let url = &self.redis_url;
-        if url.starts_with("rediss://") {
+        let known = [
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !url.is_empty() && !known.iter().any(|scheme| url.starts_with(scheme)) {
             return invalid(
                 "redis_url",
-                "TLS to Redis (rediss://) is not supported yet; use redis://",
+                "must start with redis://, rediss://, redis+sentinel://, rediss+sentinel://, \
+                 redis+cluster:// or rediss+cluster://",
             );
-        }
-        let known = ["redis://", "redis+cluster://"];
-        if !url.is_empty() && !known.iter().any(|scheme| url.starts_with(scheme)) {
-            return invalid("redis_url", "must start with redis:// or redis+cluster://");
         }
         if !url.is_empty()
             && let Err(e) = herald_broker::redis::validate_url(url)
@@ -433,7 +528,127 @@ impl Config {
             };
             return invalid("redis_url", &reason);
         }
+        self.validate_production_redis()?;
         self.validate_auth()
+    }
+
+    /// Checks the production Redis block (issue 14) against the URL.
+    fn validate_production_redis(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        let url = &self.redis_url;
+        if self.publish_durability == Durability::Replicated {
+            if url.is_empty() {
+                return invalid(
+                    "publish_durability",
+                    "replicated needs a Redis with replicas (set redis_url)",
+                );
+            }
+            if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+                return invalid(
+                    "publish_durability",
+                    "replicated is not supported with Redis Cluster yet (use standalone or Sentinel)",
+                );
+            }
+            if self.redis_wait_timeout.is_zero() {
+                return invalid("redis_wait_timeout", "must be greater than 0");
+            }
+        }
+        let tls = url.starts_with("rediss");
+        for (option, path) in [
+            ("redis_tls_ca_file", &self.redis_tls_ca_file),
+            ("redis_tls_cert_file", &self.redis_tls_cert_file),
+            ("redis_tls_key_file", &self.redis_tls_key_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            if !tls {
+                return invalid(
+                    option,
+                    "needs a TLS Redis URL (rediss://, rediss+sentinel:// or rediss+cluster://)",
+                );
+            }
+            if let Err(e) = std::fs::metadata(path) {
+                return Err(ConfigError::Invalid {
+                    option,
+                    reason: format!("cannot read {}: {e}", path.display()),
+                });
+            }
+        }
+        if self.redis_tls_cert_file.as_os_str().is_empty()
+            != self.redis_tls_key_file.as_os_str().is_empty()
+        {
+            return invalid(
+                "redis_tls_cert_file",
+                "a client certificate needs both redis_tls_cert_file and redis_tls_key_file",
+            );
+        }
+        let sentinel =
+            url.starts_with("redis+sentinel://") || url.starts_with("rediss+sentinel://");
+        if !sentinel
+            && (!self.redis_sentinel_username.is_empty()
+                || !self.redis_sentinel_password.is_empty())
+        {
+            return invalid(
+                "redis_sentinel_password",
+                "only applies to redis+sentinel:// URLs",
+            );
+        }
+        Ok(())
+    }
+
+    /// Replaces `*_password_file` options by the secrets they hold (each excludes its inline twin).
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        for (file_option, file, secret) in [
+            (
+                "redis_password_file",
+                &self.redis_password_file,
+                &mut self.redis_password,
+            ),
+            (
+                "redis_sentinel_password_file",
+                &self.redis_sentinel_password_file,
+                &mut self.redis_sentinel_password,
+            ),
+        ] {
+            if file.as_os_str().is_empty() {
+                continue;
+            }
+            if !secret.is_empty() {
+                return Err(ConfigError::Invalid {
+                    option: file_option,
+                    reason: "set either the password or the password file, not both".into(),
+                });
+            }
+            *secret = read_secret_file(file_option, file)?;
+        }
+        Ok(())
+    }
+
+    /// The production Redis options (issue 14) as broker settings; the rest is the default.
+    pub fn production_redis(&self) -> RedisConfig {
+        let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+        let secret = |s: &RedisSecret| (!s.is_empty()).then(|| s.clone());
+        let path = |p: &PathBuf| (!p.as_os_str().is_empty()).then(|| p.clone());
+        RedisConfig {
+            durability: self.publish_durability,
+            wait_timeout: self.redis_wait_timeout,
+            username: some(&self.redis_username),
+            password: secret(&self.redis_password),
+            sentinel_username: some(&self.redis_sentinel_username),
+            sentinel_password: secret(&self.redis_sentinel_password),
+            tls: TlsFiles {
+                ca_file: path(&self.redis_tls_ca_file),
+                cert_file: path(&self.redis_tls_cert_file),
+                key_file: path(&self.redis_tls_key_file),
+            },
+            ..RedisConfig::default()
+        }
     }
 
     /// Validation limits for request parsing.
@@ -553,12 +768,9 @@ mod tests {
     #[test]
     fn redis_urls_are_checked_fully_at_start() {
         for (url, says) in [
-            (
-                "rediss://h:1",
-                "TLS to Redis (rediss://) is not supported yet",
-            ),
             ("redis://:pw@h:notaport", "invalid Redis URL"),
-            ("redis+cluster://", "lists no nodes"),
+            ("redis+cluster://", "lists no hosts"),
+            ("redis+sentinel://s1:1", "names the primary"),
         ] {
             match Config::from_cli(cli(&["--redis-url", url])) {
                 Err(ConfigError::Invalid {
@@ -568,7 +780,14 @@ mod tests {
                 other => panic!("{url}: {other:?}"),
             }
         }
-        assert!(Config::from_cli(cli(&["--redis-url", "redis://127.0.0.1:6390/2"])).is_ok());
+        for ok in [
+            "redis://127.0.0.1:6390/2",
+            "rediss://h:1",
+            "rediss+sentinel://s1:1,s2:2/main",
+            "rediss+cluster://a:1,b:2",
+        ] {
+            assert!(Config::from_cli(cli(&["--redis-url", ok])).is_ok(), "{ok}");
+        }
     }
 
     #[test]
@@ -625,6 +844,107 @@ rate = "5/s"
         assert_eq!(parse_rate("10"), Ok(10.0));
         assert_eq!(parse_rate("3600/h"), Ok(1.0));
         assert!(parse_rate("-1").is_err() && parse_rate("5/d").is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn production_redis_options_parse_validate_and_hide_secrets() {
+        let dir = std::env::temp_dir().join(format!("herald-config-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let secret = dir.join("password");
+        std::fs::write(&secret, "s3cret-file\n").expect("write");
+        let secret = secret.to_str().expect("utf8");
+        let c = Config::from_cli(cli(&[
+            "--redis-url",
+            "redis+sentinel://u:s3cret-url@a:1,b:2/main",
+            "--publish-durability",
+            "replicated",
+            "--redis-wait-timeout",
+            "250ms",
+            "--redis-username",
+            "herald",
+            "--redis-password-file",
+            secret,
+        ]))
+        .expect("valid");
+        assert_eq!(c.redis_password.expose(), "s3cret-file");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let r = c.production_redis();
+        assert_eq!(r.durability, Durability::Replicated);
+        assert_eq!(r.wait_timeout, Duration::from_millis(250));
+        assert_eq!(r.username.as_deref(), Some("herald"));
+        assert!(!format!("{r:?}").contains("s3cret"));
+
+        let refused = |args: &[&str], option: &str| match Config::from_cli(cli(args)) {
+            Err(ConfigError::Invalid { option: o, .. }) => assert_eq!(o, option, "{args:?}"),
+            other => panic!("{args:?}: {other:?}"),
+        };
+        refused(
+            &[
+                "--redis-url",
+                "redis+cluster://a:1",
+                "--publish-durability",
+                "replicated",
+            ],
+            "publish_durability",
+        );
+        refused(
+            &["--publish-durability", "replicated"],
+            "publish_durability",
+        );
+        refused(
+            &["--redis-url", "redis://a:1", "--redis-tls-ca-file", secret],
+            "redis_tls_ca_file",
+        );
+        refused(
+            &[
+                "--redis-url",
+                "rediss://a:1",
+                "--redis-tls-ca-file",
+                "/no/such/ca.pem",
+            ],
+            "redis_tls_ca_file",
+        );
+        refused(
+            &[
+                "--redis-url",
+                "rediss://a:1",
+                "--redis-tls-cert-file",
+                secret,
+            ],
+            "redis_tls_cert_file",
+        );
+        refused(
+            &[
+                "--redis-url",
+                "redis://a:1",
+                "--redis-password",
+                "x",
+                "--redis-password-file",
+                secret,
+            ],
+            "redis_password_file",
+        );
+        refused(
+            &[
+                "--redis-url",
+                "redis://a:1",
+                "--redis-password-file",
+                "/no/such/file",
+            ],
+            "redis_password_file",
+        );
+        refused(
+            &[
+                "--redis-url",
+                "redis://a:1",
+                "--redis-sentinel-password",
+                "x",
+            ],
+            "redis_sentinel_password",
+        );
+        assert!(Cli::try_parse_from(["herald", "--publish-durability", "fsync"]).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }
 

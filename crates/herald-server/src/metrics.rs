@@ -351,6 +351,9 @@ impl Metrics {
             ("gap_fill_message", snap.gap_fill_messages),
             ("command_error", snap.command_errors),
             ("decode_error", snap.decode_errors),
+            ("primary_switch", snap.primary_switches),
+            ("replica_ack_timeout", snap.replica_ack_timeouts),
+            ("history_reset", snap.history_resets),
         ] {
             let c = self.backbone.with_label_values(&[event]);
             c.inc_by(value.saturating_sub(c.get()));

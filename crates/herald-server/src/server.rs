@@ -26,7 +26,8 @@ use crate::{
 pub const PAGE_MESSAGES: usize = 1000;
 
 /// The broker the configuration asks for: Redis when `redis_url` is set, else in-memory. Also
-/// returns the broker's counters, for metrics.
+/// returns the broker's counters, for metrics. Fails on what retrying cannot fix (credentials
+/// Redis rejects, an untrusted certificate); an unreachable Redis is retried in the background.
 pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerStats), BrokerError> {
     if config.redis_url.is_empty() {
         let broker = MemoryBroker::new(MemoryConfig {
@@ -39,7 +40,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
         return Ok((broker, stats));
     }
     let redis = RedisBroker::connect(RedisConfig {
-        url: config.redis_url.clone(),
+        url: config.redis_url.to_string(),
         history_size: config.history_size,
         history_ttl: config.history_ttl,
         retention_by_namespace: config.retention_by_namespace(),
@@ -48,7 +49,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
         max_entry_bytes: config.max_message_bytes + 1024,
         probe_interval: config.redis_probe_interval,
         probe_timeout: config.redis_timeout,
-        ..RedisConfig::default()
+        ..config.production_redis()
     })
     .await?;
     let stats = BrokerStats::Redis(redis.stats());

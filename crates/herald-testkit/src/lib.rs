@@ -3,6 +3,12 @@
 //! and cleaned up on drop so a failing test leaves nothing running.
 
 pub mod clients;
+pub mod contract;
+pub mod sentinel;
+pub mod tls;
+
+pub use sentinel::RedisSentinel;
+pub use tls::TestCerts;
 
 use std::{
     io::{Read, Write},
@@ -40,12 +46,7 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "herald-redis-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create redis dir");
+        let dir = scratch_dir("redis");
         let mut server = Self {
             port: free_port(),
             dir,
@@ -84,6 +85,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process stops answering but every connection stays open, like a server
+    /// cut off by the network (or frozen) rather than dead.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}");
+    }
+
     /// Starts again on the same port with the same directory.
     pub fn restart(&mut self) {
         self.kill();
@@ -112,8 +133,19 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh directory under the system's temporary directory, unique in this process.
+pub(crate) fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "herald-{what}-test-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create a test directory");
+    dir
+}
+
 /// Polls until the server answers PING (bounded: a server that never starts fails the test).
-fn wait_for_ping(port: u16) {
+pub(crate) fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if ping(port) {

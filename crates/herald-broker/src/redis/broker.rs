@@ -11,7 +11,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use herald_core::{ChannelName, Epoch, EventName, protocol::Publish};
+use herald_core::{ChannelName, Epoch, EventName, StreamPosition, protocol::Publish};
 use parking_lot::{Mutex, RwLock};
 use redis::Script;
 use tokio::{
@@ -21,14 +21,16 @@ use tokio::{
 
 use super::{
     RedisConfig, RedisStats,
-    commands::Commands,
-    config::Topology,
+    commands::{Commands, Server},
+    config::Durability,
+    durability::Barrier,
+    endpoint::{self, Endpoint},
     keys,
     probe::{self, Probes},
     pubsub::PubSub,
     relay::{self, Event, Slot},
     scripts::{self, ReadReply},
-    supervisor,
+    sentinel, supervisor,
 };
 use crate::{
     Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start, now_us,
@@ -41,10 +43,13 @@ const SUB_LOCKS: usize = 64;
 /// State shared by the broker handle and its tasks.
 pub(crate) struct Shared {
     pub cfg: RedisConfig,
-    pub topology: Topology,
+    pub endpoint: Arc<Endpoint>,
     pub commands: Commands,
+    /// With `Durability::Replicated`: what publishes, reads and live messages wait for.
+    pub barrier: Option<Barrier>,
     publish_script: Script,
     read_script: Script,
+    reset_script: Script,
     pub channels: Mutex<HashMap<ChannelName, Slot>>,
     pub sub_locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: RandomState,
@@ -62,6 +67,8 @@ pub(crate) struct Shared {
     /// The last attempt to (re)connect the pub/sub connection failed: Redis is known to be
     /// unreachable, so a subscribe fails at once instead of waiting for a reconnect.
     pub unreachable: AtomicBool,
+    /// The primary Sentinel announced last (`+switch-master`), to act once per switch.
+    announced_primary: Mutex<String>,
     next_sub: AtomicU64,
 }
 
@@ -126,12 +133,82 @@ impl Shared {
             .arg(query.limit.min(retention.size))
             .arg(query.max_bytes)
             .arg(self.cfg.max_entry_bytes);
-        let reply = self
+        let (reply, server) = self
             .commands
             .script(&inv, self.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&self.stats.command_errors))?;
+        // What a read returns is shown to clients (positions, history): with replicated
+        // durability only once a replica has it, so a failover cannot take back what was shown.
+        self.replicated(server).await?;
         scripts::parse_read(reply)
+    }
+
+    /// With replicated durability: waits until every write that completed on `server` so far
+    /// is on a replica. Without it: nothing to wait for.
+    pub(crate) async fn replicated(&self, server: Server) -> Result<(), BrokerError> {
+        match &self.barrier {
+            Some(b) => b.wait(server).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `channel`'s history lost messages this node had delivered (behind `seen`): moves the
+    /// channel to a new epoch, unless someone already did. Returns whether this call did.
+    pub(crate) async fn reset_channel(
+        &self,
+        channel: &ChannelName,
+        seen: &StreamPosition,
+    ) -> Result<bool, BrokerError> {
+        let mut inv = self.reset_script.prepare_invoke();
+        inv.key(keys::meta(channel))
+            .key(keys::stream(channel))
+            .arg(seen.epoch.as_str());
+        let (reply, _) = self
+            .commands
+            .script(&inv, self.cfg.timeout)
+            .await
+            .inspect_err(|_| RedisStats::inc(&self.stats.command_errors))?;
+        Ok(matches!(reply, redis::Value::Int(1)))
+    }
+
+    /// Sentinel announced `addr` as the new primary: every connection elsewhere moves there.
+    /// Every Sentinel announces it: only the first announcement of an address acts.
+    pub(crate) fn primary_switched(&self, addr: &str) {
+        {
+            let mut last = self.announced_primary.lock();
+            if *last == addr {
+                return;
+            }
+            addr.clone_into(&mut last);
+        }
+        let stale_pubsub = self
+            .pubsub
+            .read()
+            .as_ref()
+            .filter(|c| c.addr != addr)
+            .map(|c| c.generation);
+        RedisStats::inc(&self.stats.primary_switches);
+        tracing::warn!(
+            primary = addr,
+            "redis sentinel switched the primary; reconnecting"
+        );
+        self.commands.reset();
+        if let Some(b) = &self.barrier {
+            b.reset();
+        }
+        if let Some(generation) = stale_pubsub {
+            self.mark_broken(generation);
+        }
+    }
+
+    /// Where the current pub/sub connection goes, for logs.
+    pub(crate) fn pubsub_addr(&self) -> String {
+        self.pubsub
+            .read()
+            .as_ref()
+            .map(|c| c.addr.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -139,7 +216,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The Redis-backed broker: standalone Redis or Redis Cluster.
+/// The Redis-backed broker: standalone Redis, a Sentinel-managed primary, or Redis Cluster.
 pub struct RedisBroker {
     shared: Arc<Shared>,
     tasks: Vec<JoinHandle<()>>,
@@ -154,12 +231,13 @@ impl Drop for RedisBroker {
 }
 
 impl RedisBroker {
-    /// Builds the command pool and starts the pub/sub supervisor, relay and probe tasks (so it
-    /// must be called inside a tokio runtime). Fails only on an invalid configuration: when
-    /// Redis is unreachable it waits up to `timeout` for the first connection, then
+    /// Checks the configuration and starts the pub/sub supervisor, relay, probe (and, with
+    /// Sentinel, `+switch-master` follower) tasks, so it must be called inside a tokio runtime.
+    /// Fails on an invalid configuration and on what retrying cannot fix (credentials Redis
+    /// rejects, a certificate that is not trusted, a primary name Sentinel does not know): when
+    /// Redis is merely unreachable it waits up to `timeout` for the first connection, then
     /// returns anyway and keeps reconnecting in the background (`ready()` reports it).
     pub async fn connect(config: RedisConfig) -> Result<Arc<Self>, BrokerError> {
-        let topology = Topology::parse(&config.url)?;
         let default = Retention {
             size: config.history_size,
             ttl: config.history_ttl,
@@ -169,7 +247,31 @@ impl RedisBroker {
                 "history_ttl (and every namespace's) must be positive".into(),
             ));
         }
-        let commands = Commands::new(&topology, config.timeout);
+        let endpoint = Arc::new(Endpoint::new(&config)?);
+        if endpoint.is_cluster() && config.durability == Durability::Replicated {
+            return Err(BrokerError::Internal(
+                "publish_durability = \"replicated\" needs a standalone or Sentinel-managed Redis; \
+                 it is not supported with Redis Cluster yet"
+                    .into(),
+            ));
+        }
+        // Wrong credentials, an untrusted certificate or an unknown primary name will not fix
+        // themselves: refuse to start. An unreachable Redis may come back: start and retry.
+        if let Err(e) = endpoint.preflight(config.timeout).await
+            && let Some(why) = endpoint::fatal(&e)
+        {
+            return Err(BrokerError::Internal(format!("{why}: {e}")));
+        }
+        let stats: Arc<RedisStats> = Arc::default();
+        let commands = Commands::new(endpoint.clone(), config.timeout);
+        let barrier = (config.durability == Durability::Replicated).then(|| {
+            Barrier::start(
+                endpoint.clone(),
+                config.wait_timeout,
+                config.timeout,
+                stats.clone(),
+            )
+        });
         let node_id = match &config.node_id {
             Some(id) => id.clone(),
             None => format!("{:016x}", rand::random::<u64>()),
@@ -178,10 +280,12 @@ impl RedisBroker {
         let shared = Arc::new(Shared {
             probes: Probes::new(node_id),
             cfg: config,
-            topology,
+            endpoint,
             commands,
+            barrier,
             publish_script: Script::new(scripts::PUBLISH),
             read_script: Script::new(scripts::READ),
+            reset_script: Script::new(scripts::RESET),
             channels: Mutex::new(HashMap::new()),
             sub_locks: (0..SUB_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -191,16 +295,24 @@ impl RedisBroker {
             connected: watch::Sender::new(false),
             broken: watch::Sender::new(0),
             events,
-            stats: Arc::default(),
+            stats,
             stale: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
+            announced_primary: Mutex::new(String::new()),
             next_sub: AtomicU64::new(1),
         });
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(relay::run(shared.clone(), events_rx)),
             tokio::spawn(supervisor::supervise(shared.clone())),
             tokio::spawn(probe::run(shared.clone())),
         ];
+        if let Some(s) = shared.endpoint.sentinel()
+            && shared.cfg.follow_switch_master
+        {
+            for idx in 0..s.len() {
+                tasks.push(tokio::spawn(sentinel::follow(shared.clone(), idx)));
+            }
+        }
         let broker = Arc::new(Self { shared, tasks });
         if broker.wait_connected(false).await.is_err() {
             tracing::warn!("redis is not reachable yet; retrying in the background");
@@ -305,12 +417,16 @@ impl Broker for RedisBroker {
             .arg(c.as_str())
             .arg(&publish.data[..])
             .arg(if s.commands.is_cluster() { "s" } else { "p" });
-        let reply = s
+        let (reply, server) = s
             .commands
             .script(&inv, s.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         let (position, duplicate) = scripts::parse_publish(reply)?;
+        // Acknowledge only what a replica has (a duplicate too: its first publish may not have
+        // reached a replica when the client gave up on it). The barrier's own write covers a
+        // first publish made by another connection or node.
+        s.replicated(server).await?;
         Ok(Published {
             position,
             duplicate,

@@ -1,5 +1,5 @@
-//! Request/response traffic to Redis (scripts, PING, probe publishes), standalone or Cluster,
-//! every call bounded by the configured timeout (`redis_timeout`).
+//! Request/response traffic to Redis (scripts, PING, probe publishes), standalone, through
+//! Sentinel or Cluster, every call bounded by the configured timeout (`redis_timeout`).
 //!
 //! The bound holds whether Redis refuses connections, blackholes them, or answers slowly: the
 //! whole call (connecting included) runs under one `tokio::time::timeout`, and the client's own
@@ -7,27 +7,34 @@
 //! library default, that decides when a slow Redis counts as unavailable.
 //!
 //! Every call shares one multiplexed connection (many requests in flight, pipelined on one
-//! socket), made on first use. A call that fails for connection reasons, or times out, drops
-//! it so the next call makes a fresh one; connecting is single-flight, so an unreachable Redis
-//! costs one connection attempt at a time rather than one per waiting call.
+//! socket), made on first use by the [`Endpoint`] (which asks Sentinel for the primary). A call
+//! that fails for connection reasons, times out, or is answered `READONLY` (the server was
+//! demoted to a replica) drops it so the next call makes a fresh one; connecting is
+//! single-flight, so an unreachable Redis costs one connection attempt at a time rather than one
+//! per waiting call.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::{
     AsyncConnectionConfig, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value,
 };
 
-use super::config::Topology;
+use super::endpoint::Endpoint;
 use crate::BrokerError;
 
 pub(crate) struct Commands {
-    topology: Topology,
+    endpoint: Arc<Endpoint>,
+    /// Connect and response timeout of new connections.
     timeout: Duration,
-    /// The connection every call shares; `None` until first use and after a failure.
-    shared: parking_lot::Mutex<Option<Shared>>,
+    /// The connection every call shares and the server it goes to (`host:port`; empty on
+    /// Cluster); `None` until first use and after a failure.
+    shared: parking_lot::Mutex<Option<(Shared, Server)>>,
     /// Held while connecting.
     connecting: tokio::sync::Mutex<()>,
 }
+
+/// The server a command ran on, so a replication barrier can tell whether it covers the write.
+pub(crate) type Server = Arc<str>;
 
 /// A multiplexed connection; cloning is cheap and clones share the socket.
 #[derive(Clone)]
@@ -46,10 +53,14 @@ pub(crate) fn classify(e: &RedisError) -> BrokerError {
     }
 }
 
+fn connect_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("redis connection: {e}"))
+}
+
 impl Commands {
-    pub(crate) fn new(topology: &Topology, timeout: Duration) -> Self {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, timeout: Duration) -> Self {
         Self {
-            topology: topology.clone(),
+            endpoint,
             timeout,
             shared: parking_lot::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
@@ -57,11 +68,11 @@ impl Commands {
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self.topology, Topology::Cluster(_))
+        self.endpoint.is_cluster()
     }
 
     /// The shared connection, connecting when there is none.
-    async fn connection(&self) -> Result<Shared, BrokerError> {
+    async fn connection(&self) -> Result<(Shared, Server), BrokerError> {
         if let Some(conn) = self.shared.lock().clone() {
             return Ok(conn);
         }
@@ -69,32 +80,39 @@ impl Commands {
         if let Some(conn) = self.shared.lock().clone() {
             return Ok(conn); // made by the call we waited for
         }
-        let unavailable =
-            |e: RedisError| BrokerError::Unavailable(format!("redis connection: {e}"));
-        let conn = match &self.topology {
-            Topology::Standalone(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+        let conn = match self.endpoint.cluster() {
+            Some(builder) => (
+                Shared::Cluster(
+                    builder
+                        .connection_timeout(self.timeout)
+                        .response_timeout(self.timeout)
+                        .build()
+                        .map_err(|e| BrokerError::Internal(format!("redis cluster client: {e}")))?
+                        .get_async_connection()
+                        .await
+                        .map_err(connect_error)?,
+                ),
+                Server::from(""),
+            ),
+            None => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.timeout))
                     .set_response_timeout(Some(self.timeout));
-                Shared::Standalone(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await
-                        .map_err(unavailable)?,
-                )
-            }
-            Topology::Cluster(urls) => {
-                let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
-                    .connection_timeout(self.timeout)
-                    .response_timeout(self.timeout)
-                    .build()
-                    .map_err(unavailable)?;
-                Shared::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+                let primary = self
+                    .endpoint
+                    .primary(&config, false)
+                    .await
+                    .map_err(connect_error)?;
+                (Shared::Standalone(primary.conn), Server::from(primary.addr))
             }
         };
         *self.shared.lock() = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Drops the shared connection (the primary changed): the next call connects again.
+    pub(crate) fn reset(&self) {
+        *self.shared.lock() = None;
     }
 
     /// Drops the shared connection after `result` failed for a reason a new connection may fix.
@@ -105,17 +123,20 @@ impl Commands {
         result
     }
 
-    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`.
+    /// Runs a script (EVALSHA, loading it on NOSCRIPT) within `timeout`; also says on which
+    /// server it ran.
     pub(crate) async fn script(
         &self,
         invocation: &ScriptInvocation<'_>,
         timeout: Duration,
-    ) -> Result<Value, BrokerError> {
+    ) -> Result<(Value, Server), BrokerError> {
         let call = async {
-            match self.connection().await? {
+            let (conn, server) = self.connection().await?;
+            match conn {
                 Shared::Standalone(mut conn) => invocation.invoke_async(&mut conn).await,
                 Shared::Cluster(mut conn) => invocation.invoke_async(&mut conn).await,
             }
+            .map(|v| (v, server))
             .map_err(|e: RedisError| classify(&e))
         };
         self.check(deadline(timeout, call).await)
@@ -128,7 +149,7 @@ impl Commands {
         timeout: Duration,
     ) -> Result<Value, BrokerError> {
         let call = async {
-            match self.connection().await? {
+            match self.connection().await?.0 {
                 Shared::Standalone(mut conn) => cmd.query_async::<Value>(&mut conn).await,
                 Shared::Cluster(mut conn) => cmd.query_async::<Value>(&mut conn).await,
             }

@@ -1,18 +1,94 @@
-//! RedisBroker settings and the URL forms that pick standalone or Cluster mode.
+//! RedisBroker settings. One URL string selects the topology (see [`super::url`]) so that an
+//! operator configures Redis with a single option.
 //!
-//! One URL string selects the topology so that an operator configures Redis with a single
-//! option: `redis://host:port[/db]` is a standalone server, `redis+cluster://h1:p1,h2:p2` lists
-//! Cluster seed nodes (any reachable node is enough; the client discovers the rest).
+//! Credentials may sit in the URL (`redis://user:pass@host`) or come separately
+//! ([`RedisConfig::username`], [`RedisConfig::password`]) so that they can be read from a file
+//! or the environment; either way they are [`Secret`]s that no `Debug` output or error shows.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
-use crate::{BrokerError, Retention};
+use super::url::redact_url;
+use crate::Retention;
+
+/// A password or other credential: `Debug` never prints it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, for handing to the Redis client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "Secret(empty)"
+        } else {
+            "Secret(redacted)"
+        })
+    }
+}
+
+/// When a publish counts as acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Once the primary has it in history (memory; and its AOF, per its fsync policy). A primary
+    /// that dies before its replica copied the message loses it.
+    #[default]
+    Primary,
+    /// Once at least one replica has it too (`WAIT 1`). Nothing the node shows a client (live
+    /// messages, history, positions) is shown before a replica has it, so a failover to that
+    /// replica loses nothing any client has seen.
+    Replicated,
+}
+
+/// Files with the TLS trust anchors and client identity for `rediss` URLs (PEM).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate(s) that sign the servers' certificates; unset: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, for servers that require client certificates (`tls-auth-clients`).
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    }
+}
 
 /// Settings for [`super::RedisBroker`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:pass@]host:port[/db]` or `redis+cluster://[user:pass@]h1:p1,h2:p2,...`.
+    /// `redis[s]://[user:pass@]host:port[/db]`, `redis[s]+sentinel://[user:pass@]s1:p1,s2:p2/NAME[/db]`
+    /// or `redis[s]+cluster://[user:pass@]h1:p1,h2:p2,...`.
     pub url: String,
+    /// Overrides the URL's user name (data nodes, not Sentinels).
+    pub username: Option<String>,
+    /// Overrides the URL's password (data nodes, not Sentinels).
+    pub password: Option<Secret>,
+    /// User name and password for the Sentinels themselves, when they require one.
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<Secret>,
+    /// TLS files for `rediss` URLs.
+    pub tls: TlsFiles,
+    /// When a publish is acknowledged.
+    pub durability: Durability,
+    /// With [`Durability::Replicated`]: how long to wait for a replica's acknowledgement before
+    /// the publish fails as unavailable.
+    pub wait_timeout: Duration,
     /// Most messages kept per channel (the stream's MAXLEN).
     pub history_size: usize,
     /// How long a message, a channel's epoch and an idempotency key are kept after the
@@ -40,6 +116,10 @@ pub struct RedisConfig {
     /// First delay before reconnecting the pub/sub connection; doubles up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Follow Sentinel's `+switch-master` announcements (on by default). Tests turn it off to
+    /// prove that the self-probe alone catches a pub/sub connection left on a stale primary.
+    #[doc(hidden)]
+    pub follow_switch_master: bool,
 }
 
 impl Default for RedisConfig {
@@ -47,6 +127,13 @@ impl Default for RedisConfig {
         Self {
             // No default address: every deployment names its Redis (an empty URL is refused).
             url: String::new(),
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            tls: TlsFiles::default(),
+            durability: Durability::Primary,
+            wait_timeout: Duration::from_secs(1),
             history_size: 1000,
             history_ttl: Duration::from_secs(3600),
             retention_by_namespace: HashMap::new(),
@@ -58,82 +145,32 @@ impl Default for RedisConfig {
             node_id: None,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            follow_switch_master: true,
         }
     }
 }
 
-/// Where Redis is, as parsed from [`RedisConfig::url`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Topology {
-    /// A `redis://` URL, passed to the client unchanged.
-    Standalone(String),
-    /// One `redis://` URL per seed node.
-    Cluster(Vec<String>),
-}
-
-const CLUSTER_SCHEME: &str = "redis+cluster://";
-
-impl Topology {
-    pub(crate) fn parse(url: &str) -> Result<Self, BrokerError> {
-        let bad = |why: &str| BrokerError::Internal(format!("invalid Redis URL: {why}"));
-        if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
-            // Credentials apply to every node; a path or query (e.g. `?protocol=`) likewise.
-            let (userinfo, rest) = match rest.rsplit_once('@') {
-                Some((u, r)) => (Some(u), r),
-                None => (None, rest),
-            };
-            let (hosts, suffix) = match rest.find(['/', '?']) {
-                Some(i) => rest.split_at(i),
-                None => (rest, ""),
-            };
-            let nodes: Vec<String> = hosts
-                .split(',')
-                .map(str::trim)
-                .filter(|h| !h.is_empty())
-                .map(|h| match userinfo {
-                    Some(u) => format!("redis://{u}@{h}{suffix}"),
-                    None => format!("redis://{h}{suffix}"),
-                })
-                .collect();
-            if nodes.is_empty() {
-                return Err(bad("redis+cluster:// lists no nodes"));
-            }
-            for n in &nodes {
-                check_url(n)?;
-            }
-            Ok(Self::Cluster(nodes))
-        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            check_url(url)?;
-            Ok(Self::Standalone(url.to_owned()))
-        } else {
-            Err(bad(
-                "expected redis://host:port or redis+cluster://h1:p1,h2:p2",
-            ))
-        }
-    }
-}
-
-/// Checks `url` exactly as [`super::RedisBroker::connect`] will parse it, so that a server can
-/// refuse a bad URL at configuration time, before it announces anything.
-pub fn validate_url(url: &str) -> Result<(), BrokerError> {
-    Topology::parse(url).map(drop)
-}
-
-fn check_url(url: &str) -> Result<(), BrokerError> {
-    redis::Client::open(url)
-        .map(drop)
-        .map_err(|e| BrokerError::Internal(format!("invalid Redis URL {:?}: {e}", redact(url))))
-}
-
-/// The URL with any credentials replaced, for error messages (which reach logs).
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_owned(),
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password", &self.sentinel_password)
+            .field("tls", &self.tls)
+            .field("durability", &self.durability)
+            .field("wait_timeout", &self.wait_timeout)
+            .field("history_size", &self.history_size)
+            .field("history_ttl", &self.history_ttl)
+            .field("retention_by_namespace", &self.retention_by_namespace)
+            .field("timeout", &self.timeout)
+            .field("page_bytes", &self.page_bytes)
+            .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("probe_interval", &self.probe_interval)
+            .field("probe_timeout", &self.probe_timeout)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,45 +179,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn standalone_urls_pass_through() {
-        assert_eq!(
-            Topology::parse("redis://127.0.0.1:7000/2").ok(),
-            Some(Topology::Standalone("redis://127.0.0.1:7000/2".into()))
+    fn debug_output_hides_every_secret() {
+        let shown = format!(
+            "{:?}",
+            RedisConfig {
+                url: "rediss://u:hunter2@h".into(),
+                password: Some(Secret::new("hunter3")),
+                ..RedisConfig::default()
+            }
         );
-    }
-
-    #[test]
-    fn cluster_urls_expand_to_one_url_per_node() {
-        assert_eq!(
-            Topology::parse("redis+cluster://:pw@a:1,b:2/?protocol=resp2").ok(),
-            Some(Topology::Cluster(vec![
-                "redis://:pw@a:1/?protocol=resp2".into(),
-                "redis://:pw@b:2/?protocol=resp2".into()
-            ]))
-        );
-        assert_eq!(
-            Topology::parse("redis+cluster://a:1, b:2").ok(),
-            Some(Topology::Cluster(vec![
-                "redis://a:1".into(),
-                "redis://b:2".into()
-            ]))
-        );
-    }
-
-    #[test]
-    fn errors_never_show_credentials() {
-        let err = validate_url("redis://:secret@host:notaport").expect_err("bad port");
-        assert!(!err.to_string().contains("secret"), "{err}");
-        assert!(err.to_string().contains("***@host:notaport"), "{err}");
-        let err = validate_url("redis+cluster://user:pw@a:1,b:x").expect_err("bad port");
-        assert!(!err.to_string().contains("pw"), "{err}");
-        assert_eq!(redact("redis://h:1/0?x=@"), "redis://h:1/0?x=@");
-    }
-
-    #[test]
-    fn bad_urls_are_rejected() {
-        for url in ["", "http://x", "redis+cluster://", "redis+cluster://,"] {
-            assert!(Topology::parse(url).is_err(), "{url}");
-        }
+        assert!(!shown.contains("hunter"), "{shown}");
     }
 }

@@ -19,7 +19,7 @@ use futures_util::future::try_join_all;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{commands::classify, config::Topology, relay::Event};
+use super::{commands::classify, endpoint::Endpoint, relay::Event};
 use crate::BrokerError;
 
 #[derive(Clone)]
@@ -32,6 +32,8 @@ enum Conn {
 #[derive(Clone)]
 pub(crate) struct PubSub {
     pub generation: u64,
+    /// The server (`host:port`) a standalone or Sentinel connection goes to; empty on Cluster.
+    pub addr: String,
     conn: Conn,
     /// Test hook: when set, pushes are discarded, like a connection that silently stopped
     /// delivering. Only the self-probe can notice that.
@@ -41,7 +43,7 @@ pub(crate) struct PubSub {
 
 impl PubSub {
     pub(crate) async fn connect(
-        topology: &Topology,
+        endpoint: &Endpoint,
         generation: u64,
         events: UnboundedSender<Event>,
         timeout: Duration,
@@ -57,44 +59,34 @@ impl PubSub {
         let unavailable =
             |e: redis::RedisError| BrokerError::Unavailable(format!("redis pub/sub: {e}"));
         let connect = async {
-            Ok::<_, BrokerError>(match topology {
-                Topology::Standalone(url) => {
-                    let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
-                    let info = client.get_connection_info().clone();
-                    let settings = info
-                        .redis_settings()
-                        .clone()
-                        .set_protocol(ProtocolVersion::RESP3);
-                    let client = redis::Client::open(info.set_redis_settings(settings))
-                        .map_err(unavailable)?;
+            Ok::<_, BrokerError>(match endpoint.cluster() {
+                None => {
                     let config = AsyncConnectionConfig::new()
                         .set_push_sender(sender)
                         .set_connection_timeout(Some(timeout))
                         .set_response_timeout(Some(timeout));
-                    Conn::Standalone(
-                        client
-                            .get_multiplexed_async_connection_with_config(&config)
-                            .await
-                            .map_err(unavailable)?,
-                    )
+                    let primary = endpoint.primary(&config, true).await.map_err(unavailable)?;
+                    (Conn::Standalone(primary.conn), primary.addr)
                 }
-                Topology::Cluster(urls) => {
-                    let client = redis::cluster::ClusterClientBuilder::new(urls.clone())
+                Some(builder) => {
+                    let client = builder
                         .use_protocol(ProtocolVersion::RESP3)
                         .push_sender(sender)
                         .connection_timeout(timeout)
                         .response_timeout(timeout)
                         .build()
                         .map_err(unavailable)?;
-                    Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+                    let conn = client.get_async_connection().await.map_err(unavailable)?;
+                    (Conn::Cluster(conn), String::new())
                 }
             })
         };
-        let conn = tokio::time::timeout(timeout, connect)
+        let (conn, addr) = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| BrokerError::Unavailable("redis pub/sub: connect timed out".into()))??;
         Ok(Self {
             generation,
+            addr,
             conn,
             muted,
             timeout,

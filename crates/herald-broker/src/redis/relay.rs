@@ -13,6 +13,12 @@
 //! A read happens when a message skips ahead, when the epoch changes, after every (re)connect
 //! (`Resync`: anything published while the connection was down), and on a timer for channels
 //! whose read failed. While it is awaited the queue simply grows; nothing is lost.
+//!
+//! A read also checks that history still contains what this node delivered ([`lost`]): after a
+//! failover to a replica that had not received the last messages the channel moves to a new
+//! epoch, so every subscriber gets an explicit reset rather than silence.
+//!
+//! With replicated durability, live pushes first wait in [`held`] until a replica has them.
 
 use std::{
     collections::VecDeque,
@@ -23,13 +29,16 @@ use std::{
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
-
-use crate::HistoryQuery;
 use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::{RedisStats, Shared, codec};
-use crate::Sink;
+use crate::{HistoryQuery, Sink};
+
+mod held;
+mod lost;
+
+use held::{Confirmation, Held};
 
 /// Fills run concurrently across channels after a reconnect, at most this many at once.
 const FILL_CONCURRENCY: usize = 16;
@@ -67,6 +76,8 @@ pub(crate) struct Slot {
     /// The last read failed: only the retry timer reads again, so a struggling Redis is not
     /// asked once per live message while the relay waits on each attempt.
     read_failed: bool,
+    /// The last message handed to the sink, to check that history still holds it.
+    last: Option<Arc<Message>>,
 }
 
 impl Slot {
@@ -78,20 +89,55 @@ impl Slot {
             pending: VecDeque::new(),
             needs_fill: false,
             read_failed: false,
+            last: None,
         }
     }
+}
+
+/// Every channel reads history before delivering more (live messages were dropped).
+fn owe_fill_everywhere(shared: &Shared) {
+    for slot in shared.channels.lock().values_mut() {
+        slot.needs_fill = true;
+    }
+    shared.stale.store(true, Ordering::Relaxed);
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event>) {
     let mut retry = tokio::time::interval(RETRY_PERIOD);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut held = Held::default();
+    let mut confirming: Option<Confirmation> = None;
     loop {
+        if let Some(round) = held.start(&shared, confirming.is_none()) {
+            confirming = Some(round);
+        }
         tokio::select! {
             event = events.recv() => match event {
-                Some(event) => handle(&shared, event).await,
+                Some(Event::Push { generation, info }) if Held::takes(&shared, &info) => {
+                    held.hold(&shared, generation, info);
+                }
+                Some(event) => {
+                    if matches!(event, Event::Resync) {
+                        held.clear();
+                        confirming = None;
+                    }
+                    handle(&shared, event).await;
+                }
                 None => return,
             },
+            result = async {
+                match confirming.as_mut() {
+                    Some(round) => round.await,
+                    None => std::future::pending().await,
+                }
+            }, if confirming.is_some() => {
+                confirming = None;
+                for info in held.finish(result) {
+                    on_push(&shared, info.data).await;
+                }
+            }
             _ = retry.tick() => {
+                held.retry();
                 if shared.stale.swap(false, Ordering::Relaxed) {
                     sync_all(&shared, |slot| slot.needs_fill, true).await;
                 }
@@ -113,6 +159,7 @@ async fn handle(shared: &Shared, event: Event) {
                 && slot.cursor.is_none()
             {
                 slot.cursor = Some(top);
+                slot.last = None;
             }
             sync(shared, &channel, sub, false).await;
         }
@@ -196,7 +243,7 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
     let mut read_epoch: Option<Epoch> = None;
     loop {
         let mut out = Vec::new();
-        let (sink, gap) = {
+        let (sink, gap, last) = {
             let mut map = shared.channels.lock();
             let Some(slot) = map.get_mut(channel) else {
                 return;
@@ -207,7 +254,10 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
             let history_size = shared.retention(channel).size;
             let gap = advance(slot, read_epoch.as_ref(), history_size, &mut out);
             let gap = gap.filter(|_| retry || !slot.read_failed);
-            (slot.sink.clone(), gap)
+            if let Some(m) = out.last() {
+                slot.last = Some(m.clone());
+            }
+            (slot.sink.clone(), gap, slot.last.clone())
         };
         deliver(shared, &sink, out, false);
         let Some(gap) = gap else { return };
@@ -215,8 +265,27 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
             return; // a second read in one pass could only spin on a stale message
         }
         RedisStats::inc(&shared.stats.gap_fills);
-        let query = HistoryQuery::after(gap.cursor.clone(), gap.limit, shared.cfg.page_bytes);
+        // Read from the last delivered message (when the cursor is one) to check it is still there.
+        let verify = last.filter(|m| m.position() == gap.cursor && m.offset > 0);
+        let since = match &verify {
+            Some(m) => StreamPosition {
+                epoch: m.epoch.clone(),
+                offset: m.offset - 1,
+            },
+            None => gap.cursor.clone(),
+        };
+        let limit = gap.limit.saturating_add(usize::from(verify.is_some()));
+        let query = HistoryQuery::after(since, limit, shared.cfg.page_bytes);
         let result = shared.read(channel, &query, true).await;
+        let result = lost::reset_if_lost(
+            shared,
+            channel,
+            &gap.cursor,
+            verify.as_deref(),
+            result,
+            || shared.read(channel, &query, true),
+        )
+        .await;
         let mut out = Vec::new();
         {
             let mut map = shared.channels.lock();
@@ -238,7 +307,7 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
                     let mut cursor = gap.cursor;
                     // Fewer messages than asked for, yet not up to the top: the page's byte
                     // bound cut it.
-                    let cut = reply.messages.len() < gap.limit
+                    let cut = reply.messages.len() < limit
                         && reply
                             .messages
                             .last()
@@ -253,6 +322,9 @@ async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
                             cursor = m.position();
                             out.push(m);
                         }
+                    }
+                    if let Some(m) = out.last() {
+                        slot.last = Some(m.clone());
                     }
                     slot.cursor = Some(cursor);
                     slot.read_failed = false;

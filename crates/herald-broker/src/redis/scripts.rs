@@ -144,6 +144,18 @@ end
 return out
 "#;
 
+/// KEYS: meta, stream. ARGV: the epoch whose history turned out to be behind what a node had
+/// already delivered (a failover lost acknowledged messages).
+/// Forgets the channel's history if it is still in that epoch, so the next publish starts a new
+/// epoch and every client is told (`recovered: false`). Returns 1 if it did.
+pub(crate) const RESET: &str = r#"
+if redis.call('HGET', KEYS[1], 'e') == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 1
+end
+return 0
+"#;
+
 fn bad(what: &str) -> BrokerError {
     BrokerError::Internal(format!("unexpected Redis reply: {what}"))
 }

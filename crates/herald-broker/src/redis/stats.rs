@@ -24,6 +24,14 @@ pub struct RedisStats {
     pub decode_errors: AtomicU64,
     /// Messages handed to sinks (live and filled).
     pub delivered: AtomicU64,
+    /// Sentinel announced a new primary for the one this node used (`+switch-master`).
+    pub primary_switches: AtomicU64,
+    /// Replication barriers (`publish_durability = "replicated"`) that no replica acknowledged
+    /// in time; each failed the publishes (or held the reads) waiting on it.
+    pub replica_ack_timeouts: AtomicU64,
+    /// Channels whose history turned out to be behind what this node had delivered (a failover
+    /// lost acknowledged messages): the channel was moved to a new epoch, an explicit reset.
+    pub history_resets: AtomicU64,
 }
 
 impl RedisStats {
@@ -44,6 +52,9 @@ impl RedisStats {
             command_errors: get(&self.command_errors),
             decode_errors: get(&self.decode_errors),
             delivered: get(&self.delivered),
+            primary_switches: get(&self.primary_switches),
+            replica_ack_timeouts: get(&self.replica_ack_timeouts),
+            history_resets: get(&self.history_resets),
         }
     }
 }
@@ -60,4 +71,7 @@ pub struct RedisStatsSnapshot {
     pub command_errors: u64,
     pub decode_errors: u64,
     pub delivered: u64,
+    pub primary_switches: u64,
+    pub replica_ack_timeouts: u64,
+    pub history_resets: u64,
 }

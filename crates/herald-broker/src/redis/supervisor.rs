@@ -27,7 +27,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>) {
                 }
                 established_before = true;
                 delay = shared.cfg.reconnect_min;
-                tracing::info!(generation, "redis pub/sub connected");
+                tracing::info!(generation, server = %shared.pubsub_addr(), "redis pub/sub connected");
                 let mut broken = shared.broken.subscribe();
                 // The sender lives in `shared`, which this task holds: this only returns when
                 // generation `generation` (or a later one) has been declared broken.
@@ -53,7 +53,7 @@ fn jitter(d: Duration) -> Duration {
 
 async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> {
     let conn = PubSub::connect(
-        &shared.topology,
+        &shared.endpoint,
         generation,
         shared.events.clone(),
         shared.cfg.timeout,

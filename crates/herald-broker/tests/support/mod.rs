@@ -1,63 +1,18 @@
-//! Test support: a collecting sink and polling helpers; Redis processes come from herald-testkit.
+//! Test support: polling helpers; Redis processes and the collecting sink come from herald-testkit.
 //!
 //! Every server gets its own temporary directory and is killed (and the directory removed) on
 //! drop, so a failing test leaves nothing running.
 
 #![allow(dead_code)]
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use herald_broker::Sink;
-use herald_core::{ChannelName, Message, protocol::Publish};
-use tokio::sync::watch;
+use herald_core::{ChannelName, protocol::Publish};
 
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use herald_testkit::{RedisCluster, RedisServer, cli, free_port};
-
-/// A sink that records what it receives and lets a test await a count.
-pub struct Collect {
-    got: parking_lot::Mutex<Vec<Arc<Message>>>,
-    count: watch::Sender<usize>,
-}
-
-impl Collect {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self {
-            got: parking_lot::Mutex::new(Vec::new()),
-            count: watch::Sender::new(0),
-        })
-    }
-
-    pub fn messages(&self) -> Vec<Arc<Message>> {
-        self.got.lock().clone()
-    }
-
-    pub fn offsets(&self) -> Vec<u64> {
-        self.got.lock().iter().map(|m| m.offset).collect()
-    }
-
-    /// Waits until at least `n` messages arrived; panics after a generous deadline.
-    pub async fn wait_for(&self, n: usize) {
-        let mut rx = self.count.subscribe();
-        let waited = tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|c| *c >= n)).await;
-        assert!(
-            waited.is_ok(),
-            "waited for {n} messages, got {:?}",
-            self.offsets()
-        );
-    }
-}
-
-impl Sink for Collect {
-    fn deliver(&self, msg: Arc<Message>) {
-        let mut got = self.got.lock();
-        got.push(msg);
-        self.count.send_replace(got.len());
-    }
-}
+pub use herald_testkit::{
+    RedisCluster, RedisSentinel, RedisServer, cli, contract::Collect, free_port,
+};
 
 pub fn ch(name: &str) -> ChannelName {
     ChannelName::parse(name).expect("channel name")

@@ -1,4 +1,6 @@
 use super::*;
+use crate::redis::scripts::ReadReply;
+use lost::lost;
 
 struct Nothing;
 impl Sink for Nothing {
@@ -94,4 +96,54 @@ fn after_a_read_unfillable_gaps_are_skipped_and_unknown_epochs_dropped() {
     assert!(advance(&mut s, Some(&epoch(2)), 100, &mut out).is_none());
     assert_eq!(offsets(&out), [5], "the current epoch is delivered as-is");
     assert_eq!(s.cursor.as_ref().map(|c| c.epoch.clone()), Some(epoch(2)));
+}
+
+fn reply(e: u64, top: u64, messages: Vec<Arc<Message>>) -> ReadReply {
+    ReadReply {
+        top: StreamPosition {
+            epoch: epoch(e),
+            offset: top,
+        },
+        messages,
+    }
+}
+
+#[test]
+fn history_behind_or_rewritten_at_the_cursor_is_lost() {
+    let cursor = StreamPosition {
+        epoch: epoch(1),
+        offset: 10,
+    };
+    let delivered = msg(1, 10);
+    assert!(
+        lost(&cursor, None, &reply(1, 9, vec![])),
+        "top behind the cursor"
+    );
+    assert!(!lost(&cursor, None, &reply(1, 10, vec![])), "caught up");
+    assert!(
+        !lost(&cursor, None, &reply(2, 3, vec![])),
+        "a new epoch is its own reset"
+    );
+    assert!(
+        !lost(
+            &cursor,
+            Some(&delivered),
+            &reply(1, 11, vec![msg(1, 10), msg(1, 11)])
+        ),
+        "the delivered message is still there"
+    );
+    let mut other = (*msg(1, 10)).clone();
+    other.data = Bytes::from_static(b"\"other\"");
+    assert!(
+        lost(
+            &cursor,
+            Some(&delivered),
+            &reply(1, 11, vec![Arc::new(other), msg(1, 11)])
+        ),
+        "another message at the delivered offset"
+    );
+    assert!(
+        !lost(&cursor, Some(&delivered), &reply(1, 11, vec![msg(1, 11)])),
+        "trimmed: nothing to compare"
+    );
 }

@@ -142,6 +142,26 @@ impl Herald {
         .await;
     }
 
+    /// Runs `herald --listen 127.0.0.1:0 <args>` expecting it to exit by itself; returns its
+    /// exit code, stdout and stderr.
+    pub async fn run_to_exit(args: &[&str]) -> (Option<i32>, String, String) {
+        let out = within(
+            "herald to exit",
+            Command::new(env!("CARGO_BIN_EXE_herald"))
+                .args(["--listen", "127.0.0.1:0"])
+                .args(args)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("run herald");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

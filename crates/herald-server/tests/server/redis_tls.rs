@@ -1,0 +1,195 @@
+//! Herald on a TLS Redis (`rediss://`) that requires client certificates, logged in as an ACL
+//! user with only the permissions docs/operations.md lists: publish, subscribe and resume work
+//! across nodes; credentials Redis rejects and certificates Herald does not trust stop the start
+//! (status 1, like any broker that cannot start) with a clear message, before "listening";
+//! passwords never reach a log line.
+
+use herald_testkit::{RedisServer, TestCerts, free_port};
+use serde_json::json;
+
+use crate::support::{
+    Herald, Launch,
+    clients::{Sse, Ws},
+};
+
+const PASSWORD: &str = "pw-Zq8f3kR1";
+
+/// The ACL rules of docs/operations.md ("ACL"), for user `herald`.
+const ACL: &[&str] = &[
+    "~herald:*",
+    "&herald:*",
+    "-@all",
+    "+@read",
+    "+@write",
+    "+@pubsub",
+    "+@scripting",
+    "+@connection",
+    "+time",
+    "+role",
+    "+wait",
+];
+
+/// A Redis with a plain port (for the test's own redis-cli) and a TLS port that requires a
+/// client certificate; user `herald` has [`ACL`].
+fn tls_redis(certs: &TestCerts) -> (RedisServer, u16) {
+    let tls_port = free_port();
+    let mut args: Vec<String> = certs.redis_args(tls_port, "yes");
+    let mut user = vec!["herald".to_owned(), "on".to_owned(), format!(">{PASSWORD}")];
+    user.extend(ACL.iter().map(|s| s.to_string()));
+    args.push("--user".into());
+    args.extend(user);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    (RedisServer::start_with(&args), tls_port)
+}
+
+/// Herald's TLS options for `certs`, trusting `ca` (a file name in the certificate directory).
+fn tls_args(certs: &TestCerts, ca: &str) -> Vec<String> {
+    vec![
+        "--redis-tls-ca-file".into(),
+        certs.path(ca),
+        "--redis-tls-cert-file".into(),
+        certs.path("client.crt"),
+        "--redis-tls-key-file".into(),
+        certs.path("client.key"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_an_acl_user_publishes_subscribes_and_resumes() {
+    let certs = TestCerts::generate();
+    let (_redis, tls_port) = tls_redis(&certs);
+    let password_file = certs.dir.join("redis-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).expect("write password file");
+    let url = format!("rediss://herald@127.0.0.1:{tls_port}");
+    let mut args = vec![
+        "--redis-url".to_owned(),
+        url,
+        "--redis-password-file".to_owned(),
+        password_file.display().to_string(),
+    ];
+    args.extend(tls_args(&certs, "ca.crt"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let a = Herald::start(&args).await;
+    let b = Herald::start(&args).await;
+    a.wait_for_ready(true).await;
+
+    let mut ws = Ws::connect(&b.ws_url("/v1/ws")).await;
+    let epoch = ws.subscribe("t", None).await["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let mut sse = Sse::connect(&a.url("/v1/sse?channel=t"), None).await;
+    for i in 1..=3 {
+        assert_eq!(a.publish("t", json!(i)).await, i);
+    }
+    for i in 1..=3u64 {
+        assert_eq!(ws.next_message().await["offset"], i);
+        assert_eq!(sse.next_message().await.json(), json!(i));
+    }
+    let token = sse.last_id.clone().expect("id");
+    drop(sse);
+    let body = r#"{"channel":"t","data":4,"idempotency_key":"k4"}"#;
+    let (s1, first) = b.post("/v1/publish", body).await;
+    let (s2, again) = a.post("/v1/publish", body).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(first, again, "idempotent across nodes");
+    let mut sse = Sse::connect(&b.url("/v1/sse?channel=t"), Some(&token)).await;
+    assert_eq!(
+        sse.next().await.expect("subscribed").json()["recovered"],
+        true
+    );
+    assert_eq!(
+        sse.next_message().await.json(),
+        json!(4),
+        "resumed on the other node"
+    );
+    drop(ws);
+    let mut ws = Ws::connect(&a.ws_url("/v1/ws")).await;
+    assert_eq!(
+        ws.subscribe("t", Some((3, &epoch))).await["recovered"],
+        true
+    );
+    assert_eq!(ws.next_message().await["offset"], 4);
+}
+
+#[tokio::test]
+async fn redis_refusals_stop_the_start_with_a_clear_message() {
+    let certs = TestCerts::generate();
+    let (_redis, tls_port) = tls_redis(&certs);
+    let cases = [
+        (
+            format!("rediss://herald:wrong-{PASSWORD}@127.0.0.1:{tls_port}"),
+            "ca.crt",
+            "Redis rejected the credentials",
+        ),
+        (
+            format!("rediss://herald:{PASSWORD}@127.0.0.1:{tls_port}"),
+            "other-ca.crt",
+            "TLS with Redis failed",
+        ),
+    ];
+    for (url, ca, why) in cases {
+        let mut args = vec!["--redis-url".to_owned(), url];
+        args.extend(tls_args(&certs, ca));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = Herald::run_to_exit(&args).await;
+        assert_eq!(
+            code,
+            Some(1),
+            "{why}: exits with status 1; stderr: {stderr}"
+        );
+        assert!(
+            !stdout.contains("listening"),
+            "{why}: refused before listening"
+        );
+        assert!(stderr.contains(why), "{why}: says why: {stderr}");
+        assert!(!stderr.contains(PASSWORD), "{why}: no password in {stderr}");
+    }
+    // A plain connection to the TLS port, and TLS files without a TLS URL, are refused too.
+    let (code, _, stderr) = Herald::run_to_exit(&[
+        "--redis-url",
+        &format!("redis://127.0.0.1:{tls_port}"),
+        "--redis-tls-ca-file",
+        &certs.path("ca.crt"),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("redis_tls_ca_file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let certs = TestCerts::generate();
+    let (redis, tls_port) = tls_redis(&certs);
+    let url = format!("rediss://herald:{PASSWORD}@127.0.0.1:{tls_port}");
+    let mut args = vec![
+        "--redis-url".to_owned(),
+        url,
+        "--log-level".to_owned(),
+        "trace".to_owned(),
+    ];
+    args.extend(tls_args(&certs, "ca.crt"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Herald::launch(Launch {
+        args: &args,
+        capture_log: true,
+        ..Launch::default()
+    })
+    .await;
+    node.publish_retrying("s", json!(1), "s1").await;
+    // Connection trouble makes the broker log its errors and reconnect.
+    redis.cli(&["client", "kill", "user", "herald"]);
+    node.wait_metric(
+        "herald_backbone_events_total",
+        &["event=\"reconnect\""],
+        |v| v >= 1.0,
+    )
+    .await;
+    node.publish_retrying("s", json!(2), "s2").await;
+    let (_, metrics) = node.get("/metrics").await;
+    assert!(!metrics.contains(PASSWORD));
+    node.wait_log("redis pub/sub connection lost").await;
+    node.kill().await;
+    let logged = node.log();
+    assert!(!logged.contains(PASSWORD), "the password is in the log");
+}
