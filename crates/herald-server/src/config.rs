@@ -431,6 +431,26 @@ options! {
     /// A WebSocket opened without a token must send the `auth` op (or hold a subscription to an anonymously readable channel) within this time, or it is closed with 4401. [default: 10s]
     auth_timeout: Duration = Duration::from_secs(10), env = "HERALD_AUTH_TIMEOUT", parse = parse_duration;
     // ---- end of subscriber auth and namespaces ----
+    // --- TLS, HTTP/2 and long-polling (docs/operations.md, "TLS and HTTP/2") ---
+    /// PEM certificate chain (leaf first) for native TLS; with tls_key_file set too, the node speaks https:// and wss:// only. Re-read when it changes and on SIGHUP. [default: unset]
+    tls_cert_file: PathBuf = PathBuf::new(), env = "HERALD_TLS_CERT_FILE", parse = parse_path;
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of tls_cert_file. [default: unset]
+    tls_key_file: PathBuf = PathBuf::new(), env = "HERALD_TLS_KEY_FILE", parse = parse_path;
+    /// How often the certificate files are checked for a new pair; 0: only on SIGHUP. [default: 10s]
+    tls_reload_interval: Duration = Duration::from_secs(10), env = "HERALD_TLS_RELOAD_INTERVAL", parse = parse_duration;
+    /// Offer HTTP/2: by ALPN over TLS, and cleartext with prior knowledge (h2c) on a plain port (the flag alone means true). [default: true]
+    http2: bool = true, env = "HERALD_HTTP2", parse = parse_bool, bare = "true";
+    /// Most concurrent streams (requests and SSE streams) one HTTP/2 connection may open. [default: 100]
+    h2_max_concurrent_streams: usize = 100, env = "HERALD_H2_MAX_CONCURRENT_STREAMS", parse = parse_usize;
+    /// Interval of HTTP/2 pings from the server. [default: 25s]
+    h2_ping_interval: Duration = Duration::from_secs(25), env = "HERALD_H2_PING_INTERVAL", parse = parse_duration;
+    /// An HTTP/2 connection that does not answer a ping within this long is closed. [default: 20s]
+    h2_ping_timeout: Duration = Duration::from_secs(20), env = "HERALD_H2_PING_TIMEOUT", parse = parse_duration;
+    /// Largest request header block on HTTP/2, in bytes (decoded); larger: 431. [default: 16384]
+    h2_max_header_bytes: usize = 16 * 1024, env = "HERALD_H2_MAX_HEADER_BYTES", parse = parse_usize;
+    /// Longest a long-poll (GET /v1/poll) is held; a client's `timeout` above it is lowered to it. [default: 60s]
+    poll_max_timeout: Duration = Duration::from_secs(60), env = "HERALD_POLL_MAX_TIMEOUT", parse = parse_duration;
+    // --- end of TLS, HTTP/2 and long-polling ---
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]
@@ -495,6 +515,7 @@ impl Config {
                 return invalid(option, "must be at least 1 when its rate is set");
             }
         }
+        self.validate_transports()?;
         if self.queue_max_bytes < self.max_message_bytes + 1024 {
             return invalid(
                 "queue_max_bytes",
@@ -649,6 +670,41 @@ impl Config {
             },
             ..RedisConfig::default()
         }
+    }
+
+    /// The TLS, HTTP/2 and long-polling options.
+    fn validate_transports(&self) -> Result<(), ConfigError> {
+        let invalid = |option, reason: &str| {
+            Err(ConfigError::Invalid {
+                option,
+                reason: reason.to_owned(),
+            })
+        };
+        let cert = !self.tls_cert_file.as_os_str().is_empty();
+        let key = !self.tls_key_file.as_os_str().is_empty();
+        if cert && !key {
+            return invalid("tls_key_file", "must be set with tls_cert_file");
+        }
+        if key && !cert {
+            return invalid("tls_cert_file", "must be set with tls_key_file");
+        }
+        if self.h2_max_concurrent_streams == 0 || self.h2_max_concurrent_streams > u32::MAX as usize
+        {
+            return invalid("h2_max_concurrent_streams", "must be between 1 and 2^32-1");
+        }
+        if !(1024..=1 << 20).contains(&self.h2_max_header_bytes) {
+            return invalid("h2_max_header_bytes", "must be between 1024 and 1048576");
+        }
+        for (option, d) in [
+            ("h2_ping_interval", self.h2_ping_interval),
+            ("h2_ping_timeout", self.h2_ping_timeout),
+            ("poll_max_timeout", self.poll_max_timeout),
+        ] {
+            if d.is_zero() {
+                return invalid(option, "must be greater than 0");
+            }
+        }
+        Ok(())
     }
 
     /// Validation limits for request parsing.

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+mod conn;
 mod http;
 pub mod hub;
 pub mod limits;
@@ -15,7 +16,8 @@ mod posture;
 pub mod publishers;
 mod server;
 pub mod shutdown;
+pub mod tls;
 mod transport;
 
 pub use config::{Cli, Config, ConfigError};
-pub use server::{build_broker, run};
+pub use server::{Listener, build_broker, run};

@@ -84,6 +84,13 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
+        let tls = match herald_server::tls::Tls::from_config(&config) {
+            Ok(tls) => tls,
+            Err(e) => {
+                say!("herald: cannot use the TLS certificate: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         let broker = match herald_server::build_broker(&config).await {
             Ok(b) => b,
             Err(e) => {
@@ -96,11 +103,13 @@ fn main() -> std::process::ExitCode {
             // here. The reader may have gone (`| head -1`): the server keeps serving.
             Ok(addr) => {
                 let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "herald listening on http://{addr}");
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let _ = writeln!(out, "herald listening on {scheme}://{addr}");
                 let _ = out.flush();
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
         }
+        let listener = herald_server::Listener { tcp: listener, tls };
         herald_server::run(
             listener,
             config,

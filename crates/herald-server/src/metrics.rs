@@ -122,6 +122,14 @@ pub struct Metrics {
     pub fanout_latency: Histogram,
     /// HTTP requests by route and status.
     pub http_requests: IntCounterVec,
+    /// HTTP connections served, by protocol (`http1`, `h2`) and `tls` (`true`, `false`).
+    pub http_connections: IntCounterVec,
+    /// Open HTTP/2 streams (requests and SSE streams) on all connections.
+    pub h2_streams: IntGauge,
+    /// TLS handshakes that failed, by reason (`error`, `timeout`).
+    pub tls_handshake_failures: IntCounterVec,
+    /// Certificate reloads by outcome (`ok`, `error`).
+    pub tls_reloads: IntCounterVec,
     pub hub: HubMetrics,
     subscriptions: IntGauge,
     channels: IntGauge,
@@ -151,6 +159,14 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         registry,
         IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
     )
+}
+
+/// `vec` with each of `labels` created at 0, so dashboards and alerts see every series.
+fn labelled(vec: IntCounterVec, labels: &[&[&str]]) -> IntCounterVec {
+    for l in labels {
+        vec.with_label_values(l);
+    }
+    vec
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -252,6 +268,43 @@ impl Metrics {
                 "herald_http_requests_total",
                 "HTTP requests by route and status.",
                 &["route", "status"],
+            ),
+            http_connections: labelled(
+                counter_vec(
+                    &r,
+                    "herald_http_connections_total",
+                    "HTTP connections served, by protocol (http1, h2) and whether over TLS.",
+                    &["protocol", "tls"],
+                ),
+                &[
+                    &["http1", "false"],
+                    &["h2", "false"],
+                    &["http1", "true"],
+                    &["h2", "true"],
+                ],
+            ),
+            h2_streams: gauge(
+                &r,
+                "herald_h2_streams",
+                "Open HTTP/2 streams (requests and SSE streams).",
+            ),
+            tls_handshake_failures: labelled(
+                counter_vec(
+                    &r,
+                    "herald_tls_handshake_failures_total",
+                    "TLS handshakes that failed, by reason (error, timeout).",
+                    &["reason"],
+                ),
+                &[&["error"], &["timeout"]],
+            ),
+            tls_reloads: labelled(
+                counter_vec(
+                    &r,
+                    "herald_tls_certificate_reloads_total",
+                    "Certificate reloads (on file change or SIGHUP) by outcome (ok, error).",
+                    &["outcome"],
+                ),
+                &[&["ok"], &["error"]],
             ),
             hub: HubMetrics {
                 dropped: counter_vec(

@@ -18,6 +18,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use herald_core::{ErrorCode, error::error_body};
 
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113, section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// As many headers as hyper accepts (its `DEFAULT_MAX_HEADERS`).
 const MAX_HEADERS: usize = 100;
 
@@ -28,6 +31,10 @@ pub enum Head {
     Sse(SseRequest),
     /// hyper would refuse this head: answer `status` with a JSON error and close.
     Malformed { status: u16, message: String },
+    /// The HTTP/2 connection preface: a client speaking h2 with prior knowledge (h2c).
+    Http2,
+    /// The first bytes of the HTTP/2 preface, not all of it yet: look again when more arrived.
+    PartialHttp2,
     /// Anything else, including incomplete heads: hyper serves it.
     Other,
 }
@@ -52,9 +59,13 @@ pub struct SseRequest {
 
 /// Classifies the bytes of a connection that have arrived so far.
 pub fn classify(buf: &[u8]) -> Head {
-    // An HTTP/2 prior-knowledge preface is hyper's to answer (or refuse) as it sees fit.
-    if buf.starts_with(b"PRI * HTTP/2.0") {
-        return Head::Other;
+    // An HTTP/2 prior-knowledge preface goes to hyper's HTTP/2 server (or its HTTP/1 one, which
+    // refuses it, when HTTP/2 is off).
+    if buf.starts_with(H2_PREFACE) {
+        return Head::Http2;
+    }
+    if !buf.is_empty() && H2_PREFACE.starts_with(buf) {
+        return Head::PartialHttp2;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
@@ -193,11 +204,33 @@ mod tests {
             "POST /v1/sse?channel=a HTTP/1.1\r\n\r\n",
             "GET /v1/ssex HTTP/1.1\r\n\r\n",
             "GET /v1/sse?channel=a HTTP/1.1\r\nHost: x\r\n",
-            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "",
         ] {
             assert_eq!(classify(head.as_bytes()), Head::Other, "{head:?}");
         }
+    }
+
+    #[test]
+    fn the_http2_preface_is_recognised_whole_and_in_part() {
+        let preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        assert_eq!(classify(preface.as_bytes()), Head::Http2);
+        assert_eq!(
+            classify(format!("{preface}\0\0\x12\x04").as_bytes()),
+            Head::Http2,
+            "with the SETTINGS frame behind it"
+        );
+        for cut in [1, 3, 14, 23] {
+            assert_eq!(
+                classify(&preface.as_bytes()[..cut]),
+                Head::PartialHttp2,
+                "{cut}"
+            );
+        }
+        // An HTTP/1 request with the PRI method is not the preface.
+        assert!(!matches!(
+            classify(b"PRI * HTTP/1.1\r\n\r\n"),
+            Head::Http2 | Head::PartialHttp2
+        ));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use super::{
 use crate::{
     app::App,
     auth::credentials,
+    conn::Protocol,
     http::{
         Body,
         cors::Verdict,
@@ -40,6 +41,9 @@ use crate::{
 /// Largest request head looked at; a longer one goes to hyper.
 const PEEK: usize = 4096;
 
+/// How long to wait before looking again at an HTTP/2 preface that has only partly arrived.
+const PARTIAL_PREFACE_WAIT: Duration = Duration::from_millis(5);
+
 /// The least time a connection accepted just before a drain has to send its first request.
 const DRAIN_GRACE_FOR_NEW: Duration = Duration::from_secs(1);
 
@@ -48,7 +52,8 @@ const RESPONSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 
 /// Serves `stream` if its first request is an SSE subscription, answers it if hyper would refuse
-/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back. Also
+/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back with the
+/// HTTP version its first bytes speak (the HTTP/2 preface: h2 with prior knowledge). Also
 /// `None` when no byte arrived before `head_deadline` (`header_read_timeout`): the socket is
 /// closed.
 pub async fn try_serve(
@@ -56,7 +61,7 @@ pub async fn try_serve(
     stream: TcpStream,
     peer: Peer,
     head_deadline: Instant,
-) -> Option<TcpStream> {
+) -> Option<(TcpStream, Protocol)> {
     let head = tokio::select! {
         head = tokio::time::timeout_at(head_deadline, peek_head(&stream)) => match head {
             Ok(head) => head,
@@ -83,7 +88,8 @@ pub async fn try_serve(
             Box::pin(refuse::write_and_close(stream, &response)).await;
             return None;
         }
-        Head::Other => return Some(stream),
+        Head::Http2 if app.config.http2 => return Some((stream, Protocol::Http2)),
+        Head::Other | Head::Http2 | Head::PartialHttp2 => return Some((stream, Protocol::Http1)),
     };
     // A refused origin is left to hyper, which reads the same request again and answers it.
     let listing = !app.config.allowed_origins.is_any();
@@ -92,7 +98,7 @@ pub async fn try_serve(
         .allowed_origins
         .check(req.origin.as_deref(), req.host.as_deref());
     if matches!(cors, Verdict::Refused) {
-        return Some(stream);
+        return Some((stream, Protocol::Http1));
     }
     let permit = match app.connections.admit_stream(
         peer,
@@ -187,12 +193,23 @@ async fn idle_until_drained(app: &Arc<App>) {
     tokio::join!(drained, tokio::time::sleep(DRAIN_GRACE_FOR_NEW));
 }
 
-async fn peek_head(stream: &TcpStream) -> Head {
-    // On the heap and dropped before anything else is awaited: the connection task keeps none of it.
-    let mut buf = vec![0u8; PEEK];
-    match stream.peek(&mut buf).await {
-        Ok(n) => head::classify(&buf[..n]),
-        Err(_) => Head::Other,
+/// Classifies the first bytes of `stream` without consuming them. The caller bounds the wait.
+pub async fn peek_head(stream: &TcpStream) -> Head {
+    loop {
+        // On the heap and dropped before anything else is awaited: the connection task keeps
+        // none of it.
+        let mut buf = vec![0u8; PEEK];
+        let head = match stream.peek(&mut buf).await {
+            Ok(n) => head::classify(&buf[..n]),
+            Err(_) => Head::Other,
+        };
+        drop(buf);
+        if head != Head::PartialHttp2 {
+            return head;
+        }
+        // The preface came in pieces (rare: clients send it in one write). A peek returns at
+        // once while any byte is unread, so wait a moment for the rest rather than spin.
+        tokio::time::sleep(PARTIAL_PREFACE_WAIT).await;
     }
 }
 

@@ -29,10 +29,11 @@ use herald_core::{
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     time::Sleep,
 };
+use tokio_rustls::server::TlsStream;
 
 use self::{
     frame::FrameReader,
@@ -138,17 +139,38 @@ async fn serve(
 ) {
     // Back to the bare socket: its halves split without a lock, and nothing of hyper's buffers
     // stays allocated for the life of the connection.
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            tracing::error!("WebSocket upgrade on an unexpected IO type");
-            return;
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+            let (read, write) = io.into_inner().into_split();
+            return session(app, (read_buf, read), write, channels, who, permit).await;
         }
+        Err(upgraded) => upgraded,
     };
-    let hyper::upgrade::Parts { io, read_buf, .. } = parts;
-    let (read, mut write) = io.into_inner().into_split();
-    // Bytes the client sent right after the handshake, already read by hyper. Copied out and
-    // dropped: the `Bytes` is a view of hyper's whole 8 KiB read buffer and would keep it alive.
+    // Over TLS the stream's halves share the TLS session (a lock per read or write).
+    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
+        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
+            let (read, write) = tokio::io::split(io.into_inner());
+            session(app, (read_buf, read), write, channels, who, permit).await;
+        }
+        Err(_) => tracing::error!("WebSocket upgrade on an unexpected IO type"),
+    }
+}
+
+/// Serves a WebSocket on the two halves of its stream. `read_buf` holds bytes the client sent
+/// right after the handshake, which hyper has already read.
+async fn session<R, W>(
+    app: Arc<App>,
+    (read_buf, read): (Bytes, R),
+    mut write: W,
+    channels: Vec<ChannelName>,
+    who: Option<Identity>,
+    permit: Option<Permit>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
+    // Copied out and dropped: the `Bytes` is a view of hyper's whole 8 KiB read buffer and would
+    // keep it alive.
     let early = read_buf.to_vec();
     drop(read_buf);
     let read = std::io::Cursor::new(early).chain(read);
