@@ -126,7 +126,8 @@ pub struct Metrics {
     pub http_connections: IntCounterVec,
     /// Open HTTP/2 streams (requests and SSE streams) on all connections.
     pub h2_streams: IntGauge,
-    /// TLS handshakes that failed, by reason (`error`, `timeout`).
+    /// TLS handshakes that failed, by reason (`error`, `timeout`, `plain_http`: a plain-text
+    /// request on the TLS port, answered with a JSON 400).
     pub tls_handshake_failures: IntCounterVec,
     /// Certificate reloads by outcome (`ok`, `error`).
     pub tls_reloads: IntCounterVec,
@@ -292,10 +293,10 @@ impl Metrics {
                 counter_vec(
                     &r,
                     "herald_tls_handshake_failures_total",
-                    "TLS handshakes that failed, by reason (error, timeout).",
+                    "TLS handshakes that failed, by reason (error, timeout, plain_http).",
                     &["reason"],
                 ),
-                &[&["error"], &["timeout"]],
+                &[&["error"], &["timeout"], &["plain_http"]],
             ),
             tls_reloads: labelled(
                 counter_vec(

@@ -41,6 +41,8 @@ pub struct Sse {
     has_data: bool,
     pub last_id: Option<String>,
     pub status: u16,
+    /// The HTTP version the response came over.
+    pub version: reqwest::Version,
 }
 
 impl Sse {
@@ -61,9 +63,32 @@ impl Sse {
         last_event_id: Option<&str>,
         headers: &[(&str, &str)],
     ) -> reqwest::Result<Self> {
-        let mut req = reqwest::Client::new()
-            .get(url)
-            .header("accept", "text/event-stream");
+        Self::try_connect_on(&reqwest::Client::new(), url, last_event_id, headers).await
+    }
+
+    /// Connects with `client` (HTTPS, HTTP/2, a shared connection), asserting the request went
+    /// through.
+    pub async fn connect_on(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> Self {
+        within(
+            "SSE connect",
+            Self::try_connect_on(client, url, last_event_id, &[]),
+        )
+        .await
+        .expect("SSE request")
+    }
+
+    /// [`Sse::try_connect_with`] with `client`.
+    pub async fn try_connect_on(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Result<Self> {
+        let mut req = client.get(url).header("accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
@@ -72,7 +97,9 @@ impl Sse {
         }
         let resp = req.send().await?;
         let status = resp.status().as_u16();
+        let version = resp.version();
         Ok(Self {
+            version,
             body: Box::pin(resp.bytes_stream()),
             buf: String::new(),
             pending: Event::blank(),

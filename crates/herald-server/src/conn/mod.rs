@@ -28,7 +28,7 @@ use tokio::{
 use crate::{
     app::App,
     http::{self, Body, head::Head},
-    limits::{Limit, Peer, Permit},
+    limits::{Limit, Peer, Permit, refuse},
     tls::Tls,
     transport::sse_direct,
 };
@@ -81,6 +81,16 @@ pub async fn serve(
     match tls {
         Some(tls) => {
             let failures = &conn.app.metrics.tls_handshake_failures;
+            if speaks_plain_http(&stream, head_deadline).await {
+                failures.with_label_values(&["plain_http"]).inc();
+                let response = http::head::malformed_response(
+                    400,
+                    "this port speaks TLS: use https:// (wss:// for WebSocket)",
+                );
+                // Boxed: rare, and inline its buffers would size every connection's task.
+                Box::pin(refuse::write_and_close(stream, &response)).await;
+                return;
+            }
             let Some((stream, protocol)) = tls.handshake(stream, head_deadline, failures).await
             else {
                 return;
@@ -100,6 +110,17 @@ pub async fn serve(
         }
     }
     drop(permit);
+}
+
+/// Whether a client sent a plain-text HTTP request to the TLS port (its first byte is a
+/// method's letter, where a TLS client sends a handshake record, 0x16): it gets a JSON answer
+/// saying so instead of a closed connection. Anything else is the handshake's to judge.
+async fn speaks_plain_http(stream: &TcpStream, head_deadline: Instant) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout_at(head_deadline, stream.peek(&mut first)).await,
+        Ok(Ok(1)) if first[0].is_ascii_uppercase()
+    )
 }
 
 /// The HTTP version of a plain connection accepted during the drain (no SSE fast path then:

@@ -171,16 +171,21 @@ impl Hub {
             });
             (entry.backbone.clone(), entry.top.clone())
         };
-        match self
+        // Until the subscription is live, the slot is removed again if the broker fails or if
+        // this future is dropped: a client that goes away mid-subscribe (an HTTP/2 stream reset,
+        // a closed connection) must not leave a buffering slot behind.
+        let mut unwind = Unwind {
+            hub: self,
+            conn,
+            channel,
+            armed: true,
+        };
+        let live = self
             .go_live(conn, outbox, channel, since, request_id, reads)
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.unsubscribe(conn, channel);
-                Err(e.into())
-            }
-        }
+            .await;
+        unwind.armed = live.is_err();
+        drop(unwind);
+        live.map_err(Into::into)
     }
 
     /// One page of history after `from`, sized for `outbox`.
@@ -380,6 +385,22 @@ impl Hub {
     /// Local subscriptions (connection x channel).
     pub fn subscription_count(&self) -> usize {
         self.stats().subscriptions
+    }
+}
+
+/// Removes a subscription that did not go live (see [`Hub::subscribe`]).
+struct Unwind<'a> {
+    hub: &'a Arc<Hub>,
+    conn: u64,
+    channel: &'a ChannelName,
+    armed: bool,
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.hub.unsubscribe(self.conn, self.channel);
+        }
     }
 }
 

@@ -487,3 +487,24 @@ async fn a_subscriber_arriving_during_a_top_read_waits_for_the_next_one() {
     assert_eq!(drain(&a).await, (vec![(0, false)], vec![1]));
     assert_eq!(drain(&b).await, (vec![(1, false)], vec![]));
 }
+
+#[tokio::test]
+async fn a_subscribe_dropped_before_it_is_live_leaves_nothing_behind() {
+    let broker = HeldReads::new(false);
+    let hub = hub_over(broker.clone());
+    let o = outbox();
+    let pending = {
+        let (hub, o) = (hub.clone(), o.clone());
+        tokio::spawn(async move { hub.subscribe(1, &o, &ch("gone"), None, None).await })
+    };
+    // The subscribe waits on its history read: the client goes away (its future is dropped).
+    broker.entered.notified().await;
+    assert_eq!(hub.subscription_count(), 1);
+    pending.abort();
+    assert!(pending.await.expect_err("aborted").is_cancelled());
+    assert_eq!(
+        hub.subscription_count(),
+        0,
+        "the buffering slot was removed"
+    );
+}

@@ -172,8 +172,8 @@ mod tests {
         assert!(matches!(err, CertError::Mismatch { .. }), "{err}");
 
         for (cert, key, what) in [
-            ("", key_a.as_str(), "no certificate"),
-            ("garbage", key_a.as_str(), "no certificate"),
+            ("", key_a.as_str(), "no PEM certificate"),
+            ("garbage", key_a.as_str(), "no PEM certificate"),
             (cert_a.as_str(), "", "no usable private key"),
             (
                 cert_a.as_str(),

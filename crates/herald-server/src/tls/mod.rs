@@ -17,7 +17,11 @@ use std::{sync::Arc, time::Duration};
 
 use parking_lot::Mutex;
 use prometheus::IntCounterVec;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{
+    net::TcpStream,
+    signal::unix::{Signal, SignalKind},
+    time::Instant,
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{self, ServerConfig, crypto::CryptoProvider},
@@ -36,6 +40,10 @@ pub struct Tls {
     provider: Arc<CryptoProvider>,
     /// What the files held when the current certificate was installed (or last failed to be).
     seen: Mutex<Snapshot>,
+    /// SIGHUP, listened for from the moment the TLS side exists (before the node says it
+    /// listens: a SIGHUP right after start must reload, not end the process); taken by
+    /// [`Self::watch`].
+    hangup: Mutex<Option<Signal>>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -77,6 +85,7 @@ impl Tls {
             files,
             provider,
             seen: Mutex::new(snapshot),
+            hangup: Mutex::new(listen_for_hangup()),
         })))
     }
 
@@ -129,14 +138,7 @@ impl Tls {
     /// Reloads every `every` (0: never) and on SIGHUP until the task is dropped; `reloads`
     /// counts outcomes (`ok`, `error`).
     pub async fn watch(self: Arc<Self>, every: Duration, reloads: IntCounterVec) {
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only on change");
-                None
-            }
-        };
+        let mut hangup = self.hangup.lock().take();
         let mut tick = (!every.is_zero()).then(|| {
             let mut t = tokio::time::interval_at(Instant::now() + every, every);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,6 +172,18 @@ impl Tls {
     }
 }
 
+/// A SIGHUP listener, when there is a runtime to deliver it.
+fn listen_for_hangup() -> Option<Signal> {
+    tokio::runtime::Handle::try_current().ok()?;
+    match tokio::signal::unix::signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: certificates reload only on change");
+            None
+        }
+    }
+}
+
 async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
     match tick {
         Some(t) => {
@@ -179,7 +193,7 @@ async fn next_tick(tick: &mut Option<tokio::time::Interval>) {
     }
 }
 
-async fn next_hangup(hangup: &mut Option<tokio::signal::unix::Signal>) {
+async fn next_hangup(hangup: &mut Option<Signal>) {
     if let Some(s) = hangup
         && s.recv().await.is_some()
     {

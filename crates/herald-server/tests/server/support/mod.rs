@@ -2,6 +2,7 @@
 
 pub mod clients;
 pub mod raw;
+pub mod tls;
 
 use std::{
     process::Stdio,
@@ -35,6 +36,8 @@ pub struct Launch<'a> {
     pub capture_log: bool,
     /// Run under `ulimit -n` with this open-file limit.
     pub open_files: Option<u64>,
+    /// The client for [`Herald::http`] (e.g. one trusting a test CA); default: plain reqwest.
+    pub http: Option<reqwest::Client>,
 }
 
 impl Herald {
@@ -114,10 +117,12 @@ impl Herald {
             base,
             // A fresh connection per request: a pooled keep-alive connection that the server
             // closes during a drain would race the next request and fail it spuriously.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .expect("client"),
+            http: how.http.unwrap_or_else(|| {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .expect("client")
+            }),
             log,
         }
     }
@@ -167,11 +172,12 @@ impl Herald {
     }
 
     pub fn ws_url(&self, path: &str) -> String {
-        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
+        format!("{}{path}", self.base.replacen("http", "ws", 1))
     }
 
     pub fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_owned()
+        let (_scheme, addr) = self.base.split_once("://").expect("scheme://addr");
+        addr.to_owned()
     }
 
     /// POSTs JSON text to `path`; returns status and parsed body.
