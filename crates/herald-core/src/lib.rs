@@ -9,6 +9,7 @@ pub mod error;
 pub mod json;
 pub mod message;
 pub mod pattern;
+pub mod poll;
 pub mod protocol;
 pub mod sse;
 pub mod token;

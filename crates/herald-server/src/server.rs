@@ -185,6 +185,10 @@ async fn accept(
                         draining,
                     ));
                 }
+                // On a TLS port a refused socket is closed unanswered: a plain-text answer means
+                // nothing to a TLS client, and a handshake is what an overload cannot afford.
+                // (Refused streams still get their JSON 503 over the connection they came on.)
+                Err(_) if tls.is_some() => drop(stream),
                 Err(refusal) => app.connections.refuse(stream, refusal),
             }
         }

@@ -106,6 +106,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/v1/publish") => "publish",
         (_, "/v1/broadcast") => "broadcast",
         (_, "/v1/sse") => "sse",
+        (_, "/v1/poll") => "poll",
         (_, "/v1/ws") => "ws",
         (_, "/healthz") => "healthz",
         (_, "/readyz") => "readyz",
@@ -134,6 +135,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
         (&Method::POST, "/v1/publish") => publish::publish(app, req).await,
         (&Method::POST, "/v1/broadcast") => publish::broadcast(app, req).await,
         (&Method::GET, "/v1/sse") => transport::sse::handle(app, req).await,
+        (&Method::GET, "/v1/poll") => transport::poll::handle(app, req).await,
         (&Method::GET, "/v1/ws") => transport::ws::handle(app, req),
         (&Method::GET | &Method::HEAD, "/") => assets::console(),
         (&Method::GET | &Method::HEAD, "/herald.js") => assets::client_js(),
@@ -157,7 +159,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
     match path {
         "/v1/publish" | "/v1/broadcast" => Some("POST"),
         "/healthz" | "/readyz" | "/metrics" | "/" | "/herald.js" => Some("GET, HEAD"),
-        "/v1/sse" | "/v1/ws" => Some("GET"),
+        "/v1/sse" | "/v1/ws" | "/v1/poll" => Some("GET"),
         p if history::matches(p) => Some("GET"),
         _ => None,
     }

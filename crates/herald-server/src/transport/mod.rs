@@ -1,6 +1,7 @@
 //! Client transports: Server-Sent Events and WebSocket. Both sit on a connection [`Outbox`] fed
 //! by the hub, and both unsubscribe everything when the connection ends, however it ends.
 
+pub mod poll;
 pub mod sse;
 pub mod sse_direct;
 pub mod ws;
@@ -8,16 +9,19 @@ pub mod ws;
 use std::{sync::Arc, time::Duration};
 
 use herald_core::{
-    ChannelName,
+    ChannelName, ErrorCode,
     protocol::{self, Rejection},
+    token::ResumeToken,
 };
+use hyper::Response;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     app::App,
-    http,
-    hub::{Bounds, CloseReason, Hub, Outbox},
+    auth::Identity,
+    http::{self, Body},
+    hub::{Bounds, CloseReason, Hub, Outbox, SubscribeError},
     limits::{Limit, Permit},
 };
 
@@ -43,6 +47,95 @@ pub fn query_channels(app: &App, query: Option<&str>) -> Result<Vec<ChannelName>
 /// that reads within this time gets the notice (slow consumer, drain, protocol error) before the
 /// connection closes; one that reads nothing cannot be told, and is dropped when it runs out.
 pub const FINAL_NOTICE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A subscription request (SSE or long-poll) that passed its checks: its channels subscribed on
+/// a new [`Connection`], each from the position `resume` names for it (none: from now).
+pub struct Opened {
+    pub conn: Connection,
+    /// The resume token the request carried (empty without one).
+    pub resume: ResumeToken,
+    /// The subscriber, when the request carried a token (its expiry ends the stream).
+    pub who: Option<Identity>,
+}
+
+/// Validates a subscription request and subscribes its channels, or answers why not.
+/// `q` is the query string (`channel=`, `last_event_id=`), `header_token` the `Last-Event-ID`
+/// header (`Err` when it is not text, and it wins over the query's: it is what EventSource sends
+/// when it reconnects); `subscriber_token` the client's JWT, if it sent one; `signal` is
+/// cancelled when the connection's outbox closes.
+pub async fn open(
+    app: &Arc<App>,
+    transport: &'static str,
+    q: Option<&str>,
+    header_token: Option<Result<String, ()>>,
+    subscriber_token: Option<&str>,
+    signal: CancellationToken,
+) -> Result<Opened, Response<Body>> {
+    if app.is_draining() {
+        return Err(http::error(
+            ErrorCode::Draining,
+            "this node is draining; reconnect",
+        ));
+    }
+    let channels = query_channels(app, q).map_err(|r| http::error(r.code, &r.message))?;
+    if channels.is_empty() {
+        return Err(http::error(
+            ErrorCode::BadRequest,
+            "give at least one ?channel=",
+        ));
+    }
+    // Every channel is checked, resumed or not: a refused channel gets nothing, not even history.
+    let who = app
+        .auth
+        .identify(subscriber_token)
+        .map_err(|r| r.response())?;
+    for channel in &channels {
+        app.auth
+            .check_read(who.as_deref(), channel)
+            .map_err(|r| r.response())?;
+    }
+    // Errors name the input the token came from.
+    let (source, token_text) = match header_token {
+        Some(Ok(t)) => ("the Last-Event-ID header", Some(t)),
+        Some(Err(_)) => {
+            return Err(http::error(
+                ErrorCode::InvalidPosition,
+                "the Last-Event-ID header is not valid text",
+            ));
+        }
+        None => (
+            "the last_event_id query parameter",
+            http::query::first(q, "last_event_id").map(|t| t.into_owned()),
+        ),
+    };
+    let resume = match token_text.as_deref().map(ResumeToken::parse).transpose() {
+        Ok(t) => t.unwrap_or_default(),
+        Err(e) => {
+            return Err(http::error(
+                ErrorCode::InvalidPosition,
+                &format!("{source}: {e}"),
+            ));
+        }
+    };
+
+    let conn = Connection::new(app, transport, signal);
+    for channel in channels {
+        let since = resume.get(channel.as_str()).cloned();
+        match app
+            .hub
+            .subscribe(conn.id, &conn.outbox, &channel, since, None)
+            .await
+        {
+            Ok(()) => conn.add(channel),
+            Err(SubscribeError::AlreadySubscribed(_)) => {}
+            Err(SubscribeError::Broker(e)) => {
+                tracing::warn!(%channel, error = %e, "subscribe failed: broker unavailable");
+                return Err(http::error(ErrorCode::Unavailable, &e.to_string()));
+            }
+        }
+    }
+    Ok(Opened { conn, resume, who })
+}
 
 /// One client connection's identity, queue and subscriptions. Dropping it unsubscribes
 /// everything, so a connection that vanishes mid-write leaves nothing behind in the hub.
@@ -160,7 +253,12 @@ impl Drop for Connection {
             .connections
             .with_label_values(&[self.transport])
             .dec();
-        let reason = close_label(self.outbox.reason());
+        let reason = match (self.transport, self.outbox.reason()) {
+            // A long-poll ends when it has answered (or the client left); only the server's own
+            // reasons are worth a label of their own.
+            ("poll", None | Some(CloseReason::Closed { .. })) => "answered",
+            (_, reason) => close_label(reason),
+        };
         self.app
             .metrics
             .disconnects

@@ -29,8 +29,8 @@ use super::Connection;
 use crate::{
     app::App,
     auth::credentials,
-    http::{Body, error, query, refused},
-    hub::{CloseReason, Item, SubscribeError},
+    http::{Body, refused},
+    hub::{CloseReason, Item},
     limits::{Peer, Permit},
 };
 
@@ -42,10 +42,7 @@ pub struct ConnectionSignal(pub tokio_util::sync::CancellationToken);
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let token = credentials::from_request(&req, app.auth.cookie());
-    let header_token = req
-        .headers()
-        .get("last-event-id")
-        .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()));
+    let header_token = last_event_id(&req);
     let signal = req
         .extensions()
         .get::<ConnectionSignal>()
@@ -83,6 +80,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// The `Last-Event-ID` header: what EventSource sends when it reconnects (`Err`: not text).
+pub fn last_event_id(req: &Request<Incoming>) -> Option<Result<String, ()>> {
+    req.headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().map(str::to_owned).map_err(|_| ()))
+}
+
 /// Admits a stream request served by hyper against the connection limits (see
 /// [`crate::limits`]): the permit it holds, or the refusal to answer. `takes_socket`: the stream
 /// outlives the HTTP connection (a WebSocket).
@@ -118,65 +122,8 @@ pub async fn open(
     subscriber_token: Option<&str>,
     signal: tokio_util::sync::CancellationToken,
 ) -> Result<SseBody, Response<Body>> {
-    if app.is_draining() {
-        return Err(error(
-            ErrorCode::Draining,
-            "this node is draining; reconnect",
-        ));
-    }
-    let channels = super::query_channels(app, q).map_err(|r| error(r.code, &r.message))?;
-    if channels.is_empty() {
-        return Err(error(ErrorCode::BadRequest, "give at least one ?channel="));
-    }
-    // Every channel is checked, resumed or not: a refused channel gets nothing, not even history.
-    let who = app
-        .auth
-        .identify(subscriber_token)
-        .map_err(|r| r.response())?;
-    for channel in &channels {
-        app.auth
-            .check_read(who.as_deref(), channel)
-            .map_err(|r| r.response())?;
-    }
-    // The header is what EventSource sends on reconnect, so it is newer than the URL's value.
-    // Errors name the input the token came from.
-    let (source, token_text) = match header_token {
-        Some(Ok(t)) => ("the Last-Event-ID header", Some(t)),
-        Some(Err(_)) => {
-            return Err(error(
-                ErrorCode::InvalidPosition,
-                "the Last-Event-ID header is not valid text",
-            ));
-        }
-        None => (
-            "the last_event_id query parameter",
-            query::first(q, "last_event_id").map(|t| t.into_owned()),
-        ),
-    };
-    let resume = match token_text.as_deref().map(ResumeToken::parse).transpose() {
-        Ok(t) => t.unwrap_or_default(),
-        Err(e) => {
-            return Err(error(ErrorCode::InvalidPosition, &format!("{source}: {e}")));
-        }
-    };
-
-    let conn = Connection::new(app, "sse", signal);
-    for channel in channels {
-        let since = resume.get(channel.as_str()).cloned();
-        match app
-            .hub
-            .subscribe(conn.id, &conn.outbox, &channel, since, None)
-            .await
-        {
-            Ok(()) => conn.add(channel),
-            Err(SubscribeError::AlreadySubscribed(_)) => {}
-            Err(SubscribeError::Broker(e)) => {
-                tracing::warn!(%channel, error = %e, "subscribe failed: broker unavailable");
-                return Err(error(ErrorCode::Unavailable, &e.to_string()));
-            }
-        }
-    }
-
+    let super::Opened { conn, who, .. } =
+        super::open(app, "sse", q, header_token, subscriber_token, signal).await?;
     let heartbeat = app.config.sse_heartbeat;
     let body = SseBody {
         preamble: Some(sse::retry(app.config.sse_retry.as_millis() as u64)),

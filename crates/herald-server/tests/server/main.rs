@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod multinode;
 mod origins;
+mod poll;
 mod publishers;
 mod redis_faults;
 mod redis_tls;

@@ -365,3 +365,44 @@ async fn unusable_certificate_files_stop_the_start_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls_key_file"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limits_apply_to_tls_connections() {
+    let ca = TestCa::new();
+    let files = CertFiles::new(&ca.leaf("node"));
+    let h = tls::start(&ca, &files, &["--max-connections-per-ip", "2"]).await;
+    // Two connections from 127.0.0.7: an SSE stream over h2 and a bare TLS connection.
+    let name = || tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let handshake = async |alpn: &[&[u8]]| {
+        let tcp = crate::support::raw::connect_from("127.0.0.7", &h.addr()).await;
+        within(
+            "a handshake",
+            tokio_rustls::TlsConnector::from(ca.rustls(alpn)).connect(name(), tcp),
+        )
+        .await
+    };
+    let first = handshake(&[b"http/1.1"]).await.expect("first connection");
+    let _second = handshake(&[b"h2"]).await.expect("second connection");
+    // A third is closed before any handshake (a plain-text refusal would mean nothing to it).
+    assert!(
+        handshake(&[b"h2"]).await.is_err(),
+        "the third connection is refused"
+    );
+    assert_eq!(
+        h.metric(
+            "herald_limit_rejections_total",
+            &["limit=\"max_connections_per_ip\""]
+        )
+        .await,
+        1.0
+    );
+    // Other addresses are served; a closed connection gives its place back.
+    assert_eq!(h.get("/healthz").await.0, 200);
+    drop(first);
+    within("a place for 127.0.0.7 again", async {
+        while handshake(&[b"h2"]).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
