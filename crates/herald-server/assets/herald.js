@@ -7,6 +7,12 @@
  *   await client.publish('news', { title: 'hi' });   // needs --allow-client-publish true
  *
  *   const stream = Herald.sse('', ['news'], { onMessage: (msg) => console.log(msg.data) });
+ *   const polled = Herald.poll('', ['news'], { onMessage: (msg) => console.log(msg.data) });
+ *
+ * Herald.connect() falls back by itself: when WebSocket has not delivered anything within
+ * `fallbackAfter` (a proxy that refuses upgrades), it subscribes over SSE; when SSE has not
+ * either (a proxy that buffers streams), over long-polling (GET /v1/poll), which every proxy
+ * passes. The channels, positions and handlers carry over; only publish needs WebSocket.
  *
  *   // With subscriber tokens (docs/security.md): a function is called for every (re)connect,
  *   // so a token that expired (close 4401) is replaced by a fresh one and the channels resume.
@@ -71,13 +77,19 @@
   // ---------------------------------------------------------------------------------------------
 
   /**
-   * options: minDelay (ms, backoff base, default 500), maxDelay (ms, cap, default 30000),
+   * options: transports (tried in order until one delivers, default ['websocket', 'sse',
+   * 'poll']), fallbackAfter (ms a transport has to deliver its first frame or event before the
+   * next is tried, default 5000, 0 = never fall back), events (event types to receive over SSE,
+   * which cannot listen for "any type"; 'message' always), pollTimeout (ms, default 25000),
+   * minDelay (ms, backoff base, default 500), maxDelay (ms, cap, default 30000),
    * heartbeat (ms between liveness checks, default 30000, 0 = off), params (extra query
    * parameters for /v1/ws), token (a subscriber token, or a function returning one or a
    * promise of one, called on every connect: sent as the first frame, {op:'auth'}, never in
-   * the URL), WebSocket (constructor, for tests and polyfills), and the callbacks
-   * onState(state, info), onReset(channel, info), onError(err).
-   * Events via client.on(): 'state', 'reset', 'subscribed', 'unsubscribed', 'error'.
+   * the URL; over SSE and polling, which cannot send headers or frames, as ?token=), WebSocket
+   * (constructor, for tests and polyfills), and the callbacks onState(state, info),
+   * onReset(channel, info), onError(err).
+   * Events via client.on(): 'state', 'reset', 'subscribed', 'unsubscribed', 'fallback', 'error'.
+   * client.transport is the transport in use.
    */
   function Client(baseUrl, options) {
     Emitter.call(this);
@@ -88,6 +100,16 @@
     this.heartbeat = o.heartbeat != null ? o.heartbeat : 30000;
     this.WebSocket = o.WebSocket || root.WebSocket;
     this.token = o.token || null;
+    this.base = httpBase(baseUrl);
+    this.transports = o.transports || ['websocket', 'sse', 'poll'];
+    this.transportIndex = 0;
+    this.transport = this.transports[0];
+    this.fallbackAfter = o.fallbackAfter != null ? o.fallbackAfter : 5000;
+    this.fallbackTimer = null;
+    this.delivered = false;    // the current transport has delivered: no more falling back
+    this.events = o.events || [];
+    this.pollTimeout = o.pollTimeout != null ? o.pollTimeout : 25000;
+    this.stream = null;        // the SSE or poll helper, on those transports
     this.state = 'idle';
     this.attempt = 0;          // consecutive failed connections, drives the backoff
     this.subs = new Map();     // channel -> { handlers: Set, pos: {epoch, offset} | null, pending }
@@ -117,6 +139,8 @@
   Client.prototype._open = function () {
     clearTimeout(this.timer);
     if (this.attempt === 0) this._setState('connecting'); // else already 'reconnecting'
+    this._armFallback();
+    if (this.transport !== 'websocket') return this._openStream();
     if (typeof this.token !== 'function') return this._connect(this.token);
     // A fresh token for every connection: the last one may be what expired.
     var self = this;
@@ -146,6 +170,8 @@
       self._setState('open', {});
       // Resubscribe everything, with our position so the server replays what we missed.
       self.subs.forEach(function (sub, channel) { self._sendSubscribe(channel, sub); });
+      // With nothing to subscribe, a pong shows that frames get through (see _armFallback).
+      if (!self.delivered && self.subs.size === 0) self._send({ op: 'ping' });
       self.outbox.splice(0).forEach(function (frame) {
         var p = self.pending.get(frame.id);
         if (p && self._send(frame)) p.sent = true;
@@ -164,7 +190,7 @@
       lastHeard = Date.now();
       // Only a connection that carried traffic counts as a success: a server that accepts and
       // closes at once must not make us retry in a tight loop.
-      self.attempt = 0;
+      self._delivered();
       var frame;
       try { frame = JSON.parse(ev.data); } catch (e) { return self._emit('error', e); }
       self._onFrame(frame);
@@ -177,17 +203,7 @@
 
   // The connection is gone: settle what waited on it, then reconnect unless told not to.
   Client.prototype._lost = function (info) {
-    clearInterval(this.beat);
-    this.ws = null;
-    var self = this;
-    // The outcome of an in-flight publish is unknown; let the caller decide whether to retry
-    // (with an idempotencyKey a retry is safe). Requests never sent wait for the next socket.
-    this.pending.forEach(function (p, id) {
-      if (!p.sent) return;
-      self.pending.delete(id);
-      p.reject(new Error('connection closed before reply'));
-    });
-    this.subs.forEach(function (sub) { sub.pending = null; });
+    this._settle();
     if (this.closed) return this._setState('closed', info);
     // 4401 with a token function: reconnect with a fresh token. A fixed token cannot improve.
     var final = info.code === CLOSE_POLICY || info.code === CLOSE_FORBIDDEN ||
@@ -203,6 +219,21 @@
     // network loss: all mean "come back (after the backoff) and resume", which the resubscribe
     // in onopen does.
     this._scheduleReconnect(info);
+  };
+
+  // Forgets the socket and settles what waited on it. The outcome of an in-flight publish is
+  // unknown; let the caller decide whether to retry (with an idempotencyKey a retry is safe).
+  // Requests never sent wait for the next socket.
+  Client.prototype._settle = function () {
+    clearInterval(this.beat);
+    this.ws = null;
+    var self = this;
+    this.pending.forEach(function (p, id) {
+      if (!p.sent) return;
+      self.pending.delete(id);
+      p.reject(new Error('connection closed before reply'));
+    });
+    this.subs.forEach(function (sub) { sub.pending = null; });
   };
 
   // Gives up on the current socket at once rather than waiting for a close handshake that a
@@ -321,7 +352,12 @@
       pending: null };
     this.subs.set(channel, sub);
     if (this.ws && this.ws.readyState === 1) return this._sendSubscribe(channel, sub);
-    // Offline: onopen subscribes; hand back a promise of that.
+    // SSE or polling: the stream is reopened with the new channel among the others.
+    if (this.transport !== 'websocket' && !this.closed) {
+      this._armFallback();
+      this._openStream();
+    }
+    // Offline (onopen subscribes) or a stream: hand back a promise of the subscription.
     var self = this;
     return new Promise(function (resolve, reject) {
       var off = self.on('subscribed', function (info) {
@@ -334,6 +370,10 @@
   /** Stops delivery for a channel and forgets its position. */
   Client.prototype.unsubscribe = function (channel) {
     if (!this.subs.delete(channel)) return Promise.resolve();
+    if (this.transport !== 'websocket' && !this.closed) {
+      this._openStream();
+      return Promise.resolve();
+    }
     if (!this.ws || this.ws.readyState !== 1) return Promise.resolve();
     return this._request({ op: 'unsubscribe', channel: channel });
   };
@@ -350,6 +390,10 @@
    */
   Client.prototype.publish = function (channel, data, opts) {
     if (this.closed) return Promise.reject(new Error('client closed'));
+    if (this.transport !== 'websocket') {
+      return Promise.reject(new Error('publish needs the WebSocket transport (this client uses ' +
+        this.transport + ')'));
+    }
     var frame = { op: 'publish', channel: channel, data: data };
     if (opts && opts.event) frame.event = opts.event;
     if (opts && opts.idempotencyKey) frame.idempotency_key = opts.idempotencyKey;
@@ -379,7 +423,8 @@
   Client.prototype.reconnect = function () {
     if (this.closed) return;
     this.attempt = 0;
-    if (this.ws) this._drop(4999, 'client reconnect');
+    if (this.transport !== 'websocket') this._openStream();
+    else if (this.ws) this._drop(4999, 'client reconnect');
     else if (this.state === 'reconnecting') this._open();
   };
 
@@ -389,8 +434,110 @@
     clearTimeout(this.timer);
     if (root.removeEventListener) root.removeEventListener('online', this._online);
     this._rejectQueued('client closed');
-    if (this.ws) this._drop(1000, 'client closed');
+    clearTimeout(this.fallbackTimer);
+    if (this.stream) {
+      this._teardown();
+      this._setState('closed', {});
+    } else if (this.ws) this._drop(1000, 'client closed');
     else this._setState('closed', {});
+  };
+
+  // ---------------------------------------------------------------------------------------------
+  // Falling back: SSE, then long-polling, under the same client
+  // ---------------------------------------------------------------------------------------------
+
+  // Gives the transport in use `fallbackAfter` ms to deliver (a WebSocket frame, an SSE event, a
+  // poll answer). One that does not (a proxy that refuses upgrades, or buffers streams) is
+  // abandoned for the next of `transports`. A transport that delivered once is kept: later
+  // disconnects are network trouble, which reconnecting handles.
+  Client.prototype._armFallback = function () {
+    if (this.delivered || this.fallbackTimer || !(this.fallbackAfter > 0)) return;
+    if (this.transportIndex >= this.transports.length - 1) return;
+    // A stream needs channels: without any, nothing can be delivered yet.
+    if (this.transport !== 'websocket' && this.subs.size === 0) return;
+    var self = this;
+    this.fallbackTimer = setTimeout(function () {
+      self.fallbackTimer = null;
+      if (!self.delivered && !self.closed) self._fallBack();
+    }, this.fallbackAfter);
+  };
+
+  Client.prototype._fallBack = function () {
+    var from = this.transport;
+    this._teardown();
+    this.transportIndex += 1;
+    this.transport = this.transports[this.transportIndex];
+    this.attempt = 0;
+    this._emit('fallback', { from: from, to: this.transport });
+    this._open();
+  };
+
+  Client.prototype._delivered = function () {
+    this.attempt = 0;
+    if (this.delivered) return;
+    this.delivered = true;
+    clearTimeout(this.fallbackTimer);
+    this.fallbackTimer = null;
+  };
+
+  // Ends the current connection or stream without reconnecting.
+  Client.prototype._teardown = function () {
+    clearTimeout(this.timer);
+    var ws = this.ws;
+    this._settle();
+    if (ws) {
+      ws.onclose = null;
+      try { ws.close(1000, 'falling back'); } catch (e) { /* already closing */ }
+    }
+    var stream = this.stream;
+    this.stream = null;
+    if (stream) stream.close();
+  };
+
+  // An SSE stream or a poll loop for every subscribed channel, from the positions held; reopened
+  // whenever the set of channels changes.
+  Client.prototype._openStream = function () {
+    var old = this.stream;
+    this.stream = null;
+    if (old) old.close();
+    var channels = Array.from(this.subs.keys());
+    if (channels.length === 0) return this._setState('open', { transport: this.transport });
+    var positions = new Map();
+    this.subs.forEach(function (sub, channel) { if (sub.pos) positions.set(channel, sub.pos); });
+    var self = this;
+    var stream = null;
+    var current = function () { return self.stream === stream && stream !== null; };
+    var handlers = {
+      lastEventId: formatToken(positions), events: this.events, timeout: this.pollTimeout,
+      minDelay: this.minDelay, maxDelay: this.maxDelay,
+      onMessage: function (m) {
+        if (!current()) return;
+        self._delivered();
+        self._onFrame({ type: 'message', channel: m.channel, offset: m.offset, epoch: m.epoch,
+          event: m.event, data: m.data });
+      },
+      // id 0: the reply to this stream's own request (WebSocket request ids start at 1), so
+      // recovered:false counts as a reset only when a position was asked for.
+      onSubscribed: function (i) {
+        if (!current()) return;
+        self._delivered();
+        self._onFrame({ type: 'subscribed', id: 0, channel: i.channel, offset: i.offset,
+          epoch: i.epoch, recovered: i.recovered });
+      },
+      onState: function (state, info) {
+        if (!current() || state === 'closed') return;
+        var full = { transport: self.transport };
+        Object.keys(info || {}).forEach(function (k) { full[k] = info[k]; });
+        self._setState(state, full);
+      },
+      onServerError: function (info) {
+        var err = new Error(info.message || info.code);
+        err.code = info.code;
+        self._emit('error', err);
+      },
+    };
+    stream = (this.transport === 'sse' ? sse : poll)(this.base, channels, handlers);
+    this.stream = stream;
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -422,6 +569,16 @@
    * events (extra event types to listen for: EventSource cannot subscribe to "any type"),
    * lastEventId (resume a position stored earlier), withCredentials, minDelay/maxDelay.
    */
+  // Calls handlers[name](...args) if there is one; a throwing handler cannot break the caller.
+  function caller(handlers) {
+    return function (name) {
+      var fn = handlers[name];
+      if (!fn) return;
+      try { fn.apply(null, Array.prototype.slice.call(arguments, 1)); }
+      catch (e) { setTimeout(function () { throw e; }); }
+    };
+  }
+
   function sse(baseUrl, channels, handlers) {
     var h = handlers || {};
     var list = Array.isArray(channels) ? channels : [channels];
@@ -432,12 +589,7 @@
     var timer = null;
     var attempt = 0;
     var closed = false;
-    var call = function (name) {
-      var fn = h[name];
-      if (!fn) return;
-      try { fn.apply(null, Array.prototype.slice.call(arguments, 1)); }
-      catch (e) { setTimeout(function () { throw e; }); }
-    };
+    var call = caller(h);
     var json = function (text) { try { return JSON.parse(text); } catch (e) { return text; } };
 
     // A data event's token differs from the previous one in exactly one channel: the one the
@@ -509,10 +661,120 @@
     };
   }
 
+  // ---------------------------------------------------------------------------------------------
+  // Long-polling helper
+  // ---------------------------------------------------------------------------------------------
+
+  /**
+   * Long-polls /v1/poll?channel=...: the fallback for networks whose proxies buffer streams.
+   * Each poll resumes from the previous answer's position, on whichever node answers. Handlers
+   * as for sse(): onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info)
+   * (each channel's position on the first answer, and again after a reset), onReset(channel,
+   * info), onState(state), onServerError(info), lastEventId, withCredentials, minDelay/maxDelay;
+   * plus timeout (ms one poll may wait for a message, default 25000).
+   */
+  function poll(baseUrl, channels, handlers) {
+    var h = handlers || {};
+    var list = Array.isArray(channels) ? channels : [channels];
+    var positions = parseToken(h.lastEventId);
+    var timeout = h.timeout != null ? h.timeout : 25000;
+    var minDelay = h.minDelay != null ? h.minDelay : 1000;
+    var maxDelay = h.maxDelay != null ? h.maxDelay : 30000;
+    var call = caller(h);
+    var timer = null;
+    var attempt = 0;
+    var closed = false;
+    var opened = false;
+    var abort = null;
+
+    // Per channel: where this answer starts (a reset if it does not continue our position),
+    // then the messages, deduplicated; then the answer's token is our position.
+    function answer(body) {
+      var next = parseToken(body.last_event_id);
+      var messages = body.messages || [];
+      var firsts = new Map();
+      messages.forEach(function (m) { if (!firsts.has(m.channel)) firsts.set(m.channel, m.offset); });
+      next.forEach(function (pos, channel) {
+        var prev = positions.get(channel) || null;
+        var first = firsts.has(channel) ? firsts.get(channel) : pos.offset + 1;
+        var reset = prev !== null && (prev.epoch !== pos.epoch || first > prev.offset + 1);
+        if (opened && !reset) return;
+        var info = { channel: channel, epoch: pos.epoch, offset: first - 1,
+          recovered: prev !== null && !reset, previous: prev };
+        positions.set(channel, { epoch: pos.epoch, offset: first - 1 });
+        call('onSubscribed', info);
+        if (reset) call('onReset', channel, info);
+      });
+      messages.forEach(function (m) {
+        if (isDuplicate(positions.get(m.channel) || null, m.epoch, m.offset)) return;
+        positions.set(m.channel, { epoch: m.epoch, offset: m.offset });
+        call('onMessage', { channel: m.channel, offset: m.offset, epoch: m.epoch, event: m.event,
+          data: m.data, id: formatToken(positions) });
+      });
+      next.forEach(function (pos, channel) { positions.set(channel, pos); });
+    }
+
+    function retry() {
+      attempt += 1;
+      var delay = backoff(minDelay, maxDelay, attempt);
+      call('onState', 'reconnecting', { delay: delay, attempt: attempt });
+      timer = setTimeout(once, delay);
+    }
+
+    function once() {
+      if (closed) return;
+      var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
+      var token = formatToken(positions);
+      if (token) query.push('last_event_id=' + encodeURIComponent(token));
+      query.push('timeout=' + Math.max(0, Math.round(timeout)) + 'ms');
+      abort = root.AbortController ? new root.AbortController() : null;
+      root.fetch(httpBase(baseUrl) + '/v1/poll?' + query.join('&'), {
+        cache: 'no-store',
+        credentials: h.withCredentials ? 'include' : 'same-origin',
+        signal: abort ? abort.signal : undefined,
+      }).then(function (r) {
+        return r.json().then(
+          function (body) { return { status: r.status, body: body }; },
+          function () { return { status: r.status, body: null }; });
+      }).then(function (res) {
+        if (closed) return;
+        if (res.status === 200 && res.body) {
+          attempt = 0;
+          answer(res.body);
+          if (!opened) { opened = true; call('onState', 'open'); }
+          return once();
+        }
+        // A request refused for what it is (a bad channel, no permission) would be refused
+        // again: report it and stop. 408, 429 and 5xx (draining, overloaded) are retried.
+        if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
+          closed = true;
+          call('onServerError', (res.body && res.body.error) || { code: 'http_' + res.status });
+          return call('onState', 'closed');
+        }
+        retry();
+      }, function () { if (!closed) retry(); });
+    }
+    once();
+
+    return {
+      /** The last position seen per channel; lastEventId() is the same as a resume token. */
+      positions: function () { return new Map(positions); },
+      lastEventId: function () { return formatToken(positions); },
+      close: function () {
+        if (closed) return;
+        closed = true;
+        clearTimeout(timer);
+        if (abort) abort.abort();
+        call('onState', 'closed');
+      },
+    };
+  }
+
   root.Herald = {
     version: 1,
     connect: function (baseUrl, options) { return new Client(baseUrl, options); },
     sse: sse,
+    poll: poll,
     Client: Client,
     parseToken: parseToken,
     formatToken: formatToken,

@@ -131,6 +131,50 @@ function startProxy(target) {
   })));
 }
 
+/**
+ * A proxy like the corporate gateways that break streaming: it refuses WebSocket upgrades and
+ * holds every response until it is complete (so an SSE stream never gets through, while a
+ * long-poll answer does). `gate` refuses new connections; cut() drops every open one.
+ */
+function startBufferingProxy(target) {
+  const { hostname, port } = new URL(target);
+  const state = { gate: false, upgrades: 0, sse: 0, polls: 0 };
+  const sockets = new Set();
+  const server = http.createServer((req, res) => {
+    if (req.url.startsWith('/v1/sse')) state.sse += 1;
+    if (req.url.startsWith('/v1/poll')) state.polls += 1;
+    const up = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+      const chunks = [];
+      ur.on('data', (c) => chunks.push(c));
+      ur.on('end', () => {
+        const body = Buffer.concat(chunks);
+        const headers = { ...ur.headers, 'content-length': body.length };
+        delete headers['transfer-encoding'];
+        res.writeHead(ur.statusCode, headers);
+        res.end(body);
+      });
+    });
+    up.on('error', () => res.destroy());
+    res.on('close', () => up.destroy());
+    req.pipe(up);
+  });
+  server.on('connection', (s) => {
+    if (state.gate) return s.destroy();
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  server.on('upgrade', (req, sock) => {
+    state.upgrades += 1;
+    sock.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    url: `http://127.0.0.1:${server.address().port}`,
+    state,
+    cut() { for (const s of sockets) s.destroy(); },
+    close() { this.cut(); server.closeAllConnections(); server.close(); },
+  })));
+}
+
 async function newPage(base) {
   const page = await browser.newPage();
   const errors = [];
@@ -521,5 +565,58 @@ test('herald.js with a token function: authenticates, reconnects with a fresh to
   } finally {
     await page.close();
     await stopHerald(node.child, 'SIGKILL');
+  }
+});
+
+test('herald.js falls back to long-polling when a proxy refuses upgrades and buffers streams', async () => {
+  const buffering = await startBufferingProxy(heraldUrl);
+  const page = await newPage(buffering.url);
+  const channel = uniq('fallback');
+  try {
+    await page.evaluate((ch) => {
+      window.f = { got: [], states: [], fallbacks: [], subs: [], resets: [] };
+      window.client = Herald.connect('', {
+        fallbackAfter: 1000, minDelay: 50, maxDelay: 200, pollTimeout: 2000,
+        onState: (s, i) => f.states.push({ s, transport: i.transport ?? null }),
+        onReset: (c, info) => f.resets.push(info),
+      });
+      client.on('fallback', (e) => f.fallbacks.push(e));
+      client.on('subscribed', (i) => f.subs.push(i));
+      client.subscribe(ch, (m) => f.got.push(m));
+    }, channel);
+    // WebSocket is refused, SSE never delivers a byte: polling takes over by itself.
+    await page.waitForFunction(() => client.transport === 'poll' && f.subs.length >= 1, null, WAIT);
+    const fallbacks = await page.evaluate(() => f.fallbacks);
+    assert.deepEqual(fallbacks, [{ from: 'websocket', to: 'sse' }, { from: 'sse', to: 'poll' }]);
+    assert.ok(buffering.state.upgrades >= 1 && buffering.state.sse >= 1, JSON.stringify(buffering.state));
+
+    for (let n = 1; n <= 5; n++) await publish(heraldUrl, channel, { n });
+    await page.waitForFunction(() => f.got.length >= 5, null, WAIT);
+
+    // The network drops for a while; what is published meanwhile arrives after it, once.
+    buffering.state.gate = true;
+    buffering.cut();
+    await page.waitForFunction(() => f.states.some((x) => x.s === 'reconnecting'), null, WAIT);
+    for (let n = 6; n <= 8; n++) await publish(heraldUrl, channel, { n });
+    buffering.state.gate = false;
+    await page.waitForFunction(() => f.got.length >= 8, null, WAIT);
+    await publish(heraldUrl, channel, { n: 9 }, { event: 'late' });
+    await page.waitForFunction(() => f.got.length >= 9, null, WAIT);
+
+    const f = await page.evaluate(() => window.f);
+    assert.deepEqual(f.got.map((m) => m.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9], 'every message exactly once, in order');
+    assert.deepEqual(f.got.map((m) => m.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert.equal(f.got[8].event, 'late');
+    assert.deepEqual(f.resets, []);
+    assert.ok(f.states.some((x) => x.s === 'open' && x.transport === 'poll'));
+    assert.ok(buffering.state.polls >= 3);
+    // Publishing needs the WebSocket.
+    const refused = await page.evaluate(() => client.publish('x', 1).then(() => 'sent', (e) => e.message));
+    assert.match(refused, /needs the WebSocket transport/);
+    assert.deepEqual(page.errors, []);
+    await page.evaluate(() => client.close());
+  } finally {
+    await page.close();
+    buffering.close();
   }
 });
