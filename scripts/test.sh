@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with Rust: installs what the tests need
 # (redis-server, redis-sentinel and openssl for the Redis broker tests: Sentinel failover and
-# TLS with test certificates, and the RSA/EC/Ed25519 keys of the auth tests; chromium + node for
-# the browser test), then runs
+# TLS with test certificates, and the RSA/EC/Ed25519 keys of the auth tests; nginx, prometheus and
+# openssl (nginx's certificate) for the deployment tests; chromium + node for the browser test),
+# then runs
 # formatting, lints, every Rust test (unit, integration against real processes) and the
 # headless-browser test. Usage: bash scripts/test.sh
 set -euo pipefail

@@ -239,3 +239,46 @@ async fn a_subscriber_reconnecting_through_nginx_lands_on_another_node_and_resum
     fleet.publish("rs", json!(7)).await;
     assert_eq!(sse.next_message().await.json(), json!(7));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_with_http2_through_nginx_multiplexes_streams_and_publishes() {
+    let fleet = Fleet::start(2, &["--sse-heartbeat", "1h"]).await;
+    let ca = reqwest::Certificate::from_pem(&fleet.nginx.certificate()).expect("PEM");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    // Two streams on one HTTP/2 connection to nginx (ALPN), each on whichever node nginx picks.
+    let mut streams = Vec::new();
+    for channel in ["tls-a", "tls-b"] {
+        let url = fleet.nginx.https_url(&format!("/v1/sse?channel={channel}"));
+        let mut sse = Sse::connect_with(&client, &url, None).await;
+        assert_eq!((sse.status, sse.version), (200, reqwest::Version::HTTP_2));
+        assert_eq!(
+            sse.next().await.expect("subscribed").event,
+            "herald.subscribed"
+        );
+        streams.push(sse);
+    }
+    for (i, channel) in ["tls-a", "tls-b"].iter().enumerate() {
+        let resp = within(
+            "a publish over HTTPS",
+            client
+                .post(fleet.nginx.https_url("/v1/publish"))
+                .json(&json!({"channel": channel, "data": {"i": i}}))
+                .send(),
+        )
+        .await
+        .expect("POST");
+        assert_eq!(
+            (resp.status().as_u16(), resp.version()),
+            (200, reqwest::Version::HTTP_2)
+        );
+    }
+    for (i, sse) in streams.iter_mut().enumerate() {
+        assert_eq!(sse.next_message().await.json(), json!({"i": i}));
+    }
+    // Plain HTTP keeps working next to it.
+    fleet.publish("tls-a", json!("plain")).await;
+    assert_eq!(streams[0].next_message().await.json(), json!("plain"));
+}

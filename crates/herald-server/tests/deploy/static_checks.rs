@@ -125,6 +125,12 @@ fn compose_has_every_service_with_healthchecks_ports_and_existing_mounts() {
     // The mounts land where the configs expect them.
     let mounts = |name: &str| strings(&doc["services"][name]["volumes"]).join(" ");
     assert!(mounts("nginx").contains("./deploy/nginx/nginx.conf:/etc/nginx/nginx.conf"));
+    // HTTPS: the certificate directory nginx.conf reads, made by the entrypoint script if empty.
+    assert!(ports("nginx").contains(&"8443:8443".to_owned()));
+    assert!(mounts("nginx").contains(
+        "./deploy/nginx/selfsigned-cert.sh:/docker-entrypoint.d/40-herald-selfsigned-cert.sh"
+    ));
+    assert!(mounts("nginx").contains("nginx-certs:/etc/nginx/certs"));
     assert!(
         mounts("prometheus")
             .contains("./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml")
@@ -254,7 +260,8 @@ fn promtool_accepts_the_prometheus_config() {
 #[test]
 fn nginx_accepts_the_config_with_only_the_upstream_substituted() {
     let dir = crate::support::procs::TempDir::new("nginx-t");
-    let conf = crate::support::procs::nginx_conf(18080, 15353, 18081);
+    let tls = crate::support::procs::NginxTls::selfsigned(&dir, 18443);
+    let conf = crate::support::procs::nginx_conf(18080, 15353, 18081, &tls);
     let path = dir.path("nginx.conf");
     std::fs::write(&path, conf).expect("write");
     let out = Command::new(crate::support::procs::nginx_bin())
@@ -279,6 +286,9 @@ fn nginx_accepts_the_config_with_only_the_upstream_substituted() {
         "resolver 127.0.0.11 valid=5s",
         "set $herald_upstream herald:8080;",
         "proxy_pass http://$herald_upstream;",
+        "listen 8443 ssl http2;",
+        "ssl_certificate /etc/nginx/certs/tls.crt;",
+        "ssl_certificate_key /etc/nginx/certs/tls.key;",
     ] {
         assert!(original.contains(line), "nginx.conf has {line:?}");
     }

@@ -237,20 +237,24 @@ pub fn substitute(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
-/// Debian's nginx running deploy/nginx/nginx.conf with only the three documented lines
-/// substituted: the listen address, the resolver, and the NAME:PORT of the herald nodes.
+/// Debian's nginx running deploy/nginx/nginx.conf with only the documented lines substituted:
+/// the listen address, the resolver, the NAME:PORT of the herald nodes, and the HTTPS listen
+/// address and certificate files. The certificate is the self-signed one
+/// deploy/nginx/selfsigned-cert.sh makes (as in docker-compose.yml).
 pub struct Nginx {
     pub port: u16,
+    pub tls_port: u16,
     child: Child,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Nginx {
     /// nginx whose resolver is the DNS server on `dns_port`; nodes are `herald:<node_port>`.
     pub fn start(dns_port: u16, node_port: u16) -> Self {
         let dir = TempDir::new("nginx");
-        let port = free_port();
-        let conf = nginx_conf(port, dns_port, node_port);
+        let (port, tls_port) = (free_port(), free_port());
+        let tls = NginxTls::selfsigned(&dir, tls_port);
+        let conf = nginx_conf(port, dns_port, node_port, &tls);
         let conf_path = dir.path("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
         let mut child = Command::new(nginx_bin())
@@ -268,15 +272,26 @@ impl Nginx {
             .spawn()
             .expect("spawn nginx (apt-get install nginx)");
         wait_for_port("nginx", &format!("127.0.0.1:{port}"), &mut child);
+        wait_for_port("nginx (TLS)", &format!("127.0.0.1:{tls_port}"), &mut child);
         Self {
             port,
+            tls_port,
             child,
-            _dir: dir,
+            dir,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn https_url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.tls_port)
+    }
+
+    /// The self-signed certificate nginx serves (PEM).
+    pub fn certificate(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path("certs/tls.crt")).expect("tls.crt")
     }
 
     pub fn ws_url(&self, path: &str) -> String {
@@ -291,9 +306,53 @@ impl Drop for Nginx {
     }
 }
 
+/// nginx's HTTPS listener: its port and certificate files.
+pub struct NginxTls {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl NginxTls {
+    /// A self-signed pair in `dir/certs`, made by deploy/nginx/selfsigned-cert.sh.
+    pub fn selfsigned(dir: &TempDir, port: u16) -> Self {
+        let certs = dir.path("certs");
+        let out = Command::new("sh")
+            .arg(super::repo_root().join("deploy/nginx/selfsigned-cert.sh"))
+            .env("HERALD_CERT_DIR", &certs)
+            .output()
+            .expect("run selfsigned-cert.sh (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "selfsigned-cert.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            port,
+            cert: certs.join("tls.crt"),
+            key: certs.join("tls.key"),
+        }
+    }
+}
+
 /// deploy/nginx/nginx.conf with the documented substitutions.
-pub fn nginx_conf(listen_port: u16, dns_port: u16, node_port: u16) -> String {
+pub fn nginx_conf(listen_port: u16, dns_port: u16, node_port: u16, tls: &NginxTls) -> String {
     let conf = repo_file("deploy/nginx/nginx.conf");
+    let conf = substitute(
+        &conf,
+        "listen 8443 ssl http2;",
+        &format!("listen 127.0.0.1:{} ssl http2;", tls.port),
+    );
+    let conf = substitute(
+        &conf,
+        "ssl_certificate /etc/nginx/certs/tls.crt;",
+        &format!("ssl_certificate {};", tls.cert.display()),
+    );
+    let conf = substitute(
+        &conf,
+        "ssl_certificate_key /etc/nginx/certs/tls.key;",
+        &format!("ssl_certificate_key {};", tls.key.display()),
+    );
     let conf = substitute(
         &conf,
         "listen 8080;",
