@@ -7,11 +7,24 @@
 use std::{
     io,
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicUsize, Ordering},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpSocket, TcpStream},
+};
+use tokio_rustls::{
+    TlsConnector,
+    client::TlsStream,
+    rustls::{self, pki_types::ServerName},
+};
 
 /// Which server protocol the target speaks.
 ///
@@ -42,24 +55,26 @@ pub struct Target {
     pub host: String,
     /// Path prefix without trailing slash (for deployments mounted under a path).
     pub prefix: String,
+    /// `https://`: the name the server's certificate must carry.
+    pub tls: Option<ServerName<'static>>,
 }
 
 impl Target {
-    /// Parses `http://host[:port][/prefix]` (`ws://` is accepted as a synonym) and resolves it.
+    /// Parses `http://host[:port][/prefix]` or `https://...` (`ws://`, `wss://` are accepted as
+    /// synonyms) and resolves it.
     pub async fn resolve(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("ws://"))
-            .ok_or_else(|| {
-                if url.starts_with("https://") || url.starts_with("wss://") {
-                    format!(
-                        "{url}: TLS is not supported; point the loadtest at the plain-HTTP \
-                         nodes or a TLS-terminating proxy's backend"
-                    )
-                } else {
-                    format!("{url}: expected http://host:port")
-                }
-            })?;
+        let (rest, tls) = match [
+            ("http://", false),
+            ("ws://", false),
+            ("https://", true),
+            ("wss://", true),
+        ]
+        .iter()
+        .find_map(|(s, tls)| url.strip_prefix(s).map(|rest| (rest, *tls)))
+        {
+            Some((rest, tls)) => (rest, tls),
+            None => return Err(format!("{url}: expected http://host:port or https://...")),
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -72,8 +87,23 @@ impl Target {
             .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         {
             authority.to_owned()
+        } else if tls {
+            format!("{authority}:443")
         } else {
             format!("{authority}:80")
+        };
+        let tls = match tls {
+            false => None,
+            true => {
+                let host = with_port
+                    .rsplit_once(':')
+                    .map_or(with_port.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                Some(
+                    ServerName::try_from(host.to_owned())
+                        .map_err(|e| format!("{url}: {host} is not a TLS server name: {e}"))?,
+                )
+            }
         };
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&with_port)
             .await
@@ -92,6 +122,113 @@ impl Target {
             flavor: Flavor::Herald,
             host: authority.to_owned(),
             prefix: path.trim_end_matches('/').to_owned(),
+            tls,
+        })
+    }
+}
+
+/// A client connection: plain TCP, or TLS over it.
+#[derive(Debug)]
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The ALPN a connection offers over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    Http1,
+    H2,
+}
+
+/// TLS client settings trusting the CA certificates (PEM) in `ca_file`, one per ALPN.
+#[derive(Clone)]
+pub struct Tls {
+    http1: TlsConnector,
+    h2: TlsConnector,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls")
+    }
+}
+
+impl Tls {
+    pub fn from_ca_file(ca_file: &std::path::Path) -> Result<Self, String> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let bad = |e: &dyn std::fmt::Display| format!("--tls-ca {}: {e}", ca_file.display());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(&e))? {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let connector = |alpn: &[u8]| -> Result<TlsConnector, String> {
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| bad(&e))?
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            config.alpn_protocols = vec![alpn.to_vec()];
+            Ok(TlsConnector::from(Arc::new(config)))
+        };
+        Ok(Self {
+            http1: connector(b"http/1.1")?,
+            h2: connector(b"h2")?,
         })
     }
 }
@@ -102,18 +239,40 @@ pub struct Dialer {
     sources: Vec<IpAddr>,
     next: AtomicUsize,
     timeout: Duration,
+    tls: Option<Tls>,
 }
 
 impl Dialer {
-    pub fn new(sources: Vec<IpAddr>, timeout: Duration) -> Self {
+    pub fn new(sources: Vec<IpAddr>, timeout: Duration, tls: Option<Tls>) -> Self {
         Self {
             sources,
             next: AtomicUsize::new(0),
             timeout,
+            tls,
         }
     }
 
-    pub async fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
+    /// Connects to `target`, with TLS (offering `alpn`) when it is an `https://` target.
+    pub async fn connect(&self, target: &Target, alpn: Alpn) -> io::Result<Stream> {
+        let tcp = self.connect_tcp(target.addr).await?;
+        let Some(name) = &target.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let Some(tls) = &self.tls else {
+            return Err(io::Error::other("https:// targets need --tls-ca"));
+        };
+        let connector = match alpn {
+            Alpn::Http1 => &tls.http1,
+            Alpn::H2 => &tls.h2,
+        };
+        let handshake = connector.connect(name.clone(), tcp);
+        let stream = tokio::time::timeout(self.timeout, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+
+    async fn connect_tcp(&self, to: SocketAddr) -> io::Result<TcpStream> {
         let fut = async {
             let socket = if to.is_ipv4() {
                 TcpSocket::new_v4()?
@@ -161,6 +320,7 @@ mod tests {
     async fn parses_urls() {
         let t = Target::resolve("http://127.0.0.1:8080").await.expect("ok");
         assert_eq!(t.addr, "127.0.0.1:8080".parse().expect("addr"));
+        assert!(t.tls.is_none());
         assert_eq!((t.host.as_str(), t.prefix.as_str()), ("127.0.0.1:8080", ""));
         let t = Target::resolve("http://127.0.0.1/herald/")
             .await
@@ -169,7 +329,9 @@ mod tests {
         assert_eq!(t.prefix, "/herald");
         let t = Target::resolve("http://localhost:9").await.expect("ok");
         assert!(t.addr.is_ipv4(), "{}", t.addr);
-        assert!(Target::resolve("https://x").await.is_err());
+        let t = Target::resolve("https://127.0.0.1:8443").await.expect("ok");
+        assert!(t.tls.is_some());
+        assert!(Target::resolve("ftp://x").await.is_err());
         assert!(Target::resolve("127.0.0.1:80").await.is_err());
     }
 

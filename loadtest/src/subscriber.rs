@@ -27,6 +27,8 @@ const MAX_RECONNECT_FAILURES: u32 = 50;
 #[derive(Debug)]
 pub struct Fleet {
     pub dialer: Dialer,
+    /// Shared HTTP/2 connections (`--transport sse-h2`).
+    pub h2: Option<crate::client::h2sse::H2Pool>,
     pub targets: Vec<Target>,
     pub token: Option<String>,
     pub transport: Transport,
@@ -248,10 +250,11 @@ pub async fn run(
         let open = Conn::open(
             fleet.transport,
             &fleet.dialer,
-            &fleet.targets[target],
+            (&fleet.targets[target], target),
             &channel,
             &resume,
             fleet.token.as_deref(),
+            fleet.h2.as_ref().map(|pool| (pool, idx)),
         );
         let opened = tokio::select! {
             () = fleet.cancel.cancelled() => break,

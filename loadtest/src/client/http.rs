@@ -3,7 +3,7 @@
 //!
 //! Hand-rolled instead of hyper's client so every socket can be bound to a chosen source
 //! address, buffers are reused across requests (no allocation per publish), and the SSE and
-//! WebSocket clients can share the same head parser on a raw `TcpStream`.
+//! WebSocket clients can share the same head parser on a raw connection.
 
 use std::{
     io,
@@ -12,12 +12,9 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::net::{Dialer, Target};
+use crate::net::{Alpn, Dialer, Stream, Target};
 
 /// Largest response head we accept; a server sending more is broken or not Herald.
 const MAX_HEAD: usize = 16 * 1024;
@@ -237,11 +234,11 @@ impl ChunkedDecoder {
 #[derive(Debug)]
 pub struct Prefixed {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: Stream,
 }
 
 impl Prefixed {
-    pub fn new(prefix: Bytes, inner: TcpStream) -> Self {
+    pub fn new(prefix: Bytes, inner: Stream) -> Self {
         Self { prefix, inner }
     }
 }
@@ -292,7 +289,7 @@ impl AsyncWrite for Prefixed {
 /// One keep-alive HTTP/1.1 connection issuing JSON POSTs one at a time; reconnects lazily.
 #[derive(Debug)]
 pub struct HttpConn {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     body: Vec<u8>,
@@ -354,7 +351,7 @@ impl HttpConn {
     ) -> io::Result<(u16, bool)> {
         use std::io::Write as _;
         if self.stream.is_none() {
-            self.stream = Some(dialer.connect(target.addr).await?);
+            self.stream = Some(dialer.connect(target, Alpn::Http1).await?);
             self.connects += 1;
             self.rbuf.clear();
         }

@@ -1,6 +1,7 @@
 //! Subscriber clients for both transports, behind one event type so scenarios do not care
 //! which wire format delivered a message.
 
+pub mod h2sse;
 pub mod http;
 pub mod sse;
 pub mod ws;
@@ -15,6 +16,11 @@ use crate::net::{Dialer, Target};
 pub enum Transport {
     Ws,
     Sse,
+    /// SSE over HTTP/2: `--h2-streams` streams share each connection (TLS with ALPN h2 for
+    /// `https://` targets, prior knowledge otherwise).
+    #[value(name = "sse-h2")]
+    #[serde(rename = "sse-h2")]
+    SseH2,
 }
 
 /// What a subscriber connection delivered, borrowed from the connection's buffers.
@@ -98,18 +104,22 @@ pub struct Resume {
 pub enum Conn {
     Ws(Box<ws::WsConn>),
     Sse(Box<sse::SseConn>),
+    SseH2(Box<h2sse::H2SseConn>),
 }
 
 impl Conn {
     /// Connects and requests the subscription; the `Subscribed` event arrives via
     /// [`Conn::next_batch`].
+    /// `target` is the node and its index; `h2` the shared HTTP/2 connections and this
+    /// subscriber's index (`sse-h2` only).
     pub async fn open(
         transport: Transport,
         dialer: &Dialer,
-        target: &Target,
+        (target, target_idx): (&Target, usize),
         channel: &str,
         resume: &Resume,
         token: Option<&str>,
+        h2: Option<(&h2sse::H2Pool, usize)>,
     ) -> Result<Self, End> {
         match transport {
             Transport::Ws => {
@@ -127,6 +137,19 @@ impl Conn {
             )
             .await
             .map(|c| Conn::Sse(Box::new(c))),
+            Transport::SseH2 => {
+                let (pool, idx) = h2.ok_or_else(|| End::Protocol("no HTTP/2 pool".into()))?;
+                let conn = pool.sender(dialer, target, target_idx, idx).await?;
+                h2sse::H2SseConn::open(
+                    conn,
+                    target,
+                    channel,
+                    resume.last_event_id.as_deref(),
+                    token,
+                )
+                .await
+                .map(|c| Conn::SseH2(Box::new(c)))
+            }
         }
     }
 
@@ -135,6 +158,7 @@ impl Conn {
         match self {
             Conn::Ws(c) => c.next_batch(f).await,
             Conn::Sse(c) => c.next_batch(f).await,
+            Conn::SseH2(c) => c.next_batch(f).await,
         }
     }
 }

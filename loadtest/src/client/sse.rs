@@ -1,18 +1,15 @@
-//! Server-Sent Events client over a raw HTTP/1.1 `TcpStream`: request, chunked body, and an
+//! Server-Sent Events client over a raw HTTP/1.1 connection (TCP, or TLS): request, chunked body, and an
 //! incremental `text/event-stream` parser, as an `EventSource` would read it.
 
 use std::io;
 
 use bytes::BytesMut;
 use serde::Deserialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{End, Event, http};
 use crate::{
-    net::{Dialer, Flavor, Target, encode_query},
+    net::{Alpn, Dialer, Flavor, Stream, Target, encode_query},
     token::TokenTracker,
 };
 
@@ -171,7 +168,7 @@ struct Control<'a> {
 /// An open `/v1/sse` stream.
 #[derive(Debug)]
 pub struct SseConn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     chunked: Option<http::ChunkedDecoder>,
     parser: SseParser,
@@ -192,7 +189,10 @@ impl SseConn {
         token: Option<&str>,
     ) -> Result<Self, End> {
         let nchan = target.flavor == Flavor::Nchan;
-        let mut stream = dialer.connect(target.addr).await.map_err(End::connect)?;
+        let mut stream = dialer
+            .connect(target, Alpn::Http1)
+            .await
+            .map_err(End::connect)?;
         let mut req = format!("GET {}/v1/sse?", target.prefix);
         if nchan {
             // One channel per stream (the fleet subscribes one each).
@@ -320,7 +320,7 @@ impl SseConn {
     }
 }
 
-fn dispatch<F: FnMut(Event<'_>)>(
+pub(super) fn dispatch<F: FnMut(Event<'_>)>(
     tokens: &mut TokenTracker,
     ev: SseEvent<'_>,
     f: &mut F,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::{End, Event, http};
-use crate::net::{Dialer, Flavor, Target, encode_query};
+use crate::net::{Alpn, Dialer, Flavor, Target, encode_query};
 
 /// Largest message we accept; larger means the server or the scenario is misconfigured.
 const MAX_MESSAGE: usize = 16 << 20;
@@ -142,7 +142,10 @@ impl WsConn {
         token: Option<&str>,
     ) -> Result<Self, End> {
         let nchan = target.flavor == Flavor::Nchan;
-        let mut stream = dialer.connect(target.addr).await.map_err(End::connect)?;
+        let mut stream = dialer
+            .connect(target, Alpn::Http1)
+            .await
+            .map_err(End::connect)?;
         let mut req = format!("GET {}/v1/ws", target.prefix);
         if nchan {
             req = format!("GET {}/sub/", target.prefix);

@@ -64,9 +64,16 @@ pub struct Common {
     /// `/pub?id=` and `/sub/CHANNEL`; the payload `seq` stands in for offsets).
     #[arg(long = "target", value_enum, default_value = "herald")]
     pub flavor: Flavor,
-    /// Timeout of one TCP connect.
+    /// Timeout of one TCP connect (and of its TLS handshake).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// CA certificates (PEM) to trust for `https://` targets (a self-signed certificate itself
+    /// will do).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// With `--transport sse-h2`: SSE streams per HTTP/2 connection.
+    #[arg(long, default_value_t = 100)]
+    pub h2_streams: usize,
 }
 
 /// Resolved common options.
@@ -75,6 +82,7 @@ pub struct Ctx {
     pub common: Common,
     pub targets: Arc<Vec<Target>>,
     pub dialer: Arc<Dialer>,
+    pub tls: Option<crate::net::Tls>,
     pub prefix: String,
 }
 
@@ -94,6 +102,11 @@ impl Ctx {
             t.flavor = common.flavor;
             targets.push(t);
         }
+        let tls = common
+            .tls_ca
+            .as_deref()
+            .map(crate::net::Tls::from_ca_file)
+            .transpose()?;
         let prefix = match &common.channel_prefix {
             Some(p) => {
                 if p.is_empty()
@@ -114,7 +127,9 @@ impl Ctx {
             dialer: Arc::new(Dialer::new(
                 common.source_ips.clone(),
                 common.connect_timeout,
+                tls.clone(),
             )),
+            tls,
             targets: Arc::new(targets),
             prefix,
             common,
@@ -151,7 +166,13 @@ pub fn spawn_fleet(
     let total = channels.len() * per_channel;
     let (storm, storm_rx) = watch::channel(0u64);
     let fleet = Arc::new(Fleet {
-        dialer: Dialer::new(ctx.common.source_ips.clone(), ctx.common.connect_timeout),
+        dialer: Dialer::new(
+            ctx.common.source_ips.clone(),
+            ctx.common.connect_timeout,
+            ctx.tls.clone(),
+        ),
+        h2: (transport == Transport::SseH2)
+            .then(|| crate::client::h2sse::H2Pool::new(ctx.common.h2_streams)),
         targets: ctx.targets.to_vec(),
         token: ctx.common.token.clone(),
         transport,

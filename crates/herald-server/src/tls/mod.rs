@@ -150,7 +150,7 @@ impl Tls {
                 () = next_hangup(&mut hangup) => true,
             };
             if asked {
-                // SIGHUP retries even files that failed before.
+                // SIGHUP reloads whatever the files hold, even files that failed before.
                 *self.seen.lock() = Snapshot::default();
             }
             match self.reload() {
@@ -158,11 +158,7 @@ impl Tls {
                     reloads.with_label_values(&["ok"]).inc();
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
                 }
-                Ok(false) => {
-                    if asked {
-                        tracing::info!("SIGHUP: TLS certificate unchanged");
-                    }
-                }
+                Ok(false) => {}
                 Err(e) => {
                     reloads.with_label_values(&["error"]).inc();
                     tracing::warn!(error = %e, "TLS certificate not reloaded: still serving the previous one");
