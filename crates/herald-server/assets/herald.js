@@ -46,6 +46,14 @@
     return url.toString();
   }
 
+  // Whether offset `next` of `epoch` comes right after position `pos` (or is before it): the
+  // same epoch with nothing skipped, or the first message of a channel seen before it had any
+  // (position epoch '', offset 0).
+  function continues(pos, epoch, next) {
+    if (pos.epoch === epoch) return next <= pos.offset + 1;
+    return pos.epoch === '' && pos.offset === 0 && next === 1;
+  }
+
   // A message is a duplicate when it is not past what we already saw *in the same epoch*; a new
   // epoch means the channel's history was reset and offsets start over.
   function isDuplicate(pos, epoch, offset) {
@@ -687,8 +695,9 @@
     var opened = false;
     var abort = null;
 
-    // Per channel: where this answer starts (a reset if it does not continue our position),
-    // then the messages, deduplicated; then the answer's token is our position.
+    // Per channel: where this answer starts, then the messages, deduplicated; then the answer's
+    // token is our position. With recovered:false, a channel whose answer does not continue our
+    // position was reset (its epoch changed, or messages after it are gone).
     function answer(body) {
       var next = parseToken(body.last_event_id);
       var messages = body.messages || [];
@@ -697,7 +706,7 @@
       next.forEach(function (pos, channel) {
         var prev = positions.get(channel) || null;
         var first = firsts.has(channel) ? firsts.get(channel) : pos.offset + 1;
-        var reset = prev !== null && (prev.epoch !== pos.epoch || first > prev.offset + 1);
+        var reset = body.recovered === false && prev !== null && !continues(prev, pos.epoch, first);
         if (opened && !reset) return;
         var info = { channel: channel, epoch: pos.epoch, offset: first - 1,
           recovered: prev !== null && !reset, previous: prev };
