@@ -293,3 +293,24 @@ async fn h2c_connections_without_a_stream_or_left_idle_are_closed() {
     h.publish("quiet", json!("still open")).await;
     assert_eq!(sse.next_message().await.json(), json!("still open"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_tells_every_http2_stream_to_reconnect_and_ends_it() {
+    let h = Herald::start(&["--drain-window", "300ms"]).await;
+    let client = h2c_client(65_535);
+    let mut streams = Vec::new();
+    for channel in ["d1", "d2"] {
+        let url = h.url(&format!("/v1/sse?channel={channel}"));
+        let mut sse = Sse::connect_with(&client, &url, None).await;
+        sse.next().await.expect("subscribed");
+        streams.push(sse);
+    }
+    h.terminate();
+    // Each stream is told to reconnect (at its own moment in the window), then ends.
+    for sse in &mut streams {
+        let ev = sse.next().await.expect("the closing event");
+        assert_eq!(ev.event, "herald.reconnect");
+        assert_eq!(ev.json()["code"], "draining");
+        assert!(sse.next().await.is_none(), "the stream ends");
+    }
+}
