@@ -26,13 +26,9 @@ pub fn response<'a>(
         if i > 0 {
             out.put_u8(b',');
         }
-        out.put_slice(b"{\"channel\":\"");
-        out.put_slice(m.channel.as_str().as_bytes());
-        out.put_slice(b"\",\"offset\":");
-        out.put_slice(m.offset.to_string().as_bytes());
-        out.put_slice(b",\"epoch\":\"");
-        out.put_slice(m.epoch.as_str().as_bytes());
-        out.put_slice(b"\",\"event\":\"");
+        out.put_u8(b'{');
+        crate::protocol::put_position(&mut out, m);
+        out.put_slice(b",\"event\":\"");
         out.put_slice(m.event_name().as_bytes());
         out.put_slice(b"\",\"data\":");
         out.put_slice(&m.data);

@@ -291,13 +291,8 @@ fn put_id(out: &mut BytesMut, id: Option<u64>) {
 /// shared by every WebSocket subscriber.
 pub fn message_frame(msg: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(msg.data.len() + msg.channel.as_str().len() + 96);
-    out.put_slice(b"{\"type\":\"message\",\"channel\":\"");
-    out.put_slice(msg.channel.as_str().as_bytes());
-    out.put_slice(b"\",\"offset\":");
-    out.put_slice(msg.offset.to_string().as_bytes());
-    out.put_slice(b",\"epoch\":\"");
-    out.put_slice(msg.epoch.as_str().as_bytes());
-    out.put_slice(b"\"");
+    out.put_slice(b"{\"type\":\"message\",");
+    put_position(&mut out, msg);
     if let Some(e) = &msg.event {
         out.put_slice(b",\"event\":\"");
         out.put_slice(e.as_str().as_bytes());
@@ -307,6 +302,18 @@ pub fn message_frame(msg: &Message) -> Bytes {
     out.put_slice(&msg.data);
     out.put_slice(b"}");
     out.freeze()
+}
+
+/// `"channel":"..","offset":N,"epoch":".."` of a message, the fields every encoding of one
+/// starts with. Channel names and epochs are validated to characters JSON needs no escape for.
+pub(crate) fn put_position(out: &mut BytesMut, msg: &Message) {
+    out.put_slice(b"\"channel\":\"");
+    out.put_slice(msg.channel.as_str().as_bytes());
+    out.put_slice(b"\",\"offset\":");
+    out.put_slice(msg.offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":\"");
+    out.put_slice(msg.epoch.as_str().as_bytes());
+    out.put_u8(b'"');
 }
 
 /// `{"type":"subscribed","channel","offset","epoch","recovered","id"?}`. `offset`/`epoch` are the

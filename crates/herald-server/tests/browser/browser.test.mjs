@@ -69,6 +69,23 @@ function wsFrame(opcode, payload) {
   return Buffer.concat([head, payload]);
 }
 
+/** Forwards `req` to herald at hostname:port; `respond(upstreamResponse)` answers `res`. */
+function forward({ hostname, port }, req, res, respond) {
+  const up = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, respond);
+  up.on('error', () => res.destroy());
+  res.on('close', () => up.destroy());
+  req.pipe(up);
+}
+
+/** Tracks a proxy's client sockets in `sockets`, and refuses new ones while `state.gate`. */
+function gateConnections(server, state, sockets) {
+  server.on('connection', (s) => {
+    if (state.gate) return s.destroy();
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+}
+
 /**
  * A proxy in front of herald. `gate` refuses new connections (reset at once: a network error
  * for the browser); cut() drops every open connection; injectText()/injectClose() write a
@@ -83,19 +100,12 @@ function startProxy(target) {
     if (req.url.startsWith('/v1/sse')) {
       state.sse.push({ url: req.url, lastEventId: req.headers['last-event-id'] ?? null });
     }
-    const up = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+    forward({ hostname, port }, req, res, (ur) => {
       res.writeHead(ur.statusCode, ur.headers);
       ur.pipe(res);
     });
-    up.on('error', () => res.destroy());
-    res.on('close', () => up.destroy());
-    req.pipe(up);
   });
-  server.on('connection', (s) => {
-    if (state.gate) return s.destroy();
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
+  gateConnections(server, state, sockets);
   server.on('upgrade', (req, sock, head) => {
     state.upgrades += 1;
     const up = net.connect(Number(port), hostname);
@@ -143,7 +153,7 @@ function startBufferingProxy(target) {
   const server = http.createServer((req, res) => {
     if (req.url.startsWith('/v1/sse')) state.sse += 1;
     if (req.url.startsWith('/v1/poll')) state.polls += 1;
-    const up = http.request({ host: hostname, port, method: req.method, path: req.url, headers: req.headers }, (ur) => {
+    forward({ hostname, port }, req, res, (ur) => {
       const chunks = [];
       ur.on('data', (c) => chunks.push(c));
       ur.on('end', () => {
@@ -154,15 +164,8 @@ function startBufferingProxy(target) {
         res.end(body);
       });
     });
-    up.on('error', () => res.destroy());
-    res.on('close', () => up.destroy());
-    req.pipe(up);
   });
-  server.on('connection', (s) => {
-    if (state.gate) return s.destroy();
-    sockets.add(s);
-    s.on('close', () => sockets.delete(s));
-  });
+  gateConnections(server, state, sockets);
   server.on('upgrade', (req, sock) => {
     state.upgrades += 1;
     sock.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');

@@ -252,7 +252,7 @@ async fn https_with_http2_through_nginx_multiplexes_streams_and_publishes() {
     let mut streams = Vec::new();
     for channel in ["tls-a", "tls-b"] {
         let url = fleet.nginx.https_url(&format!("/v1/sse?channel={channel}"));
-        let mut sse = Sse::connect_with(&client, &url, None).await;
+        let mut sse = Sse::connect_on(&client, &url, None).await;
         assert_eq!((sse.status, sse.version), (200, reqwest::Version::HTTP_2));
         assert_eq!(
             sse.next().await.expect("subscribed").event,

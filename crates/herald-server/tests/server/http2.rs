@@ -301,7 +301,7 @@ async fn a_drain_tells_every_http2_stream_to_reconnect_and_ends_it() {
     let mut streams = Vec::new();
     for channel in ["d1", "d2"] {
         let url = h.url(&format!("/v1/sse?channel={channel}"));
-        let mut sse = Sse::connect_with(&client, &url, None).await;
+        let mut sse = Sse::connect_on(&client, &url, None).await;
         sse.next().await.expect("subscribed");
         streams.push(sse);
     }

@@ -15,12 +15,18 @@ use crate::support::{
     within,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn https_publish_history_and_sse_over_http2_negotiated_by_alpn() {
+/// A TLS node (with `args`) whose certificate a test CA signed, and a pooling client trusting it.
+async fn tls_node(args: &[&str]) -> (TestCa, CertFiles, Herald, reqwest::Client) {
     let ca = TestCa::new();
     let files = CertFiles::new(&ca.leaf("node"));
-    let h = tls::start(&ca, &files, &[]).await;
+    let h = tls::start(&ca, &files, args).await;
     let client = ca.client(true);
+    (ca, files, h, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_publish_history_and_sse_over_http2_negotiated_by_alpn() {
+    let (ca, _files, h, client) = tls_node(&[]).await;
 
     let mut sse = Sse::connect_on(&client, &h.url("/v1/sse?channel=tls"), None).await;
     assert_eq!((sse.status, sse.version), (200, reqwest::Version::HTTP_2));
@@ -79,10 +85,7 @@ async fn https_publish_history_and_sse_over_http2_negotiated_by_alpn() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_sse_streams_on_one_http2_connection_all_receive_every_message() {
-    let ca = TestCa::new();
-    let files = CertFiles::new(&ca.leaf("node"));
-    let h = tls::start(&ca, &files, &[]).await;
-    let client = ca.client(true);
+    let (_ca, _files, h, client) = tls_node(&[]).await;
     let mut streams = Vec::new();
     for i in 0..20 {
         // Two channels, so streams differ in what they subscribe to.
@@ -124,9 +127,7 @@ async fn twenty_sse_streams_on_one_http2_connection_all_receive_every_message() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_subscribe_receives_messages() {
-    let ca = TestCa::new();
-    let files = CertFiles::new(&ca.leaf("node"));
-    let h = tls::start(&ca, &files, &[]).await;
+    let (ca, _files, h, _client) = tls_node(&[]).await;
     // A browser opens WebSockets on a connection of their own, offering only HTTP/1.1.
     let stream = ca.connect(&h.addr(), &[b"http/1.1"]).await;
     let url = format!(
@@ -167,17 +168,22 @@ async fn wss_subscribe_receives_messages() {
     }
 }
 
+/// The certificate a fresh connection is served.
+async fn served_certificate(h: &Herald, ca: &TestCa) -> Vec<u8> {
+    let resp = ca
+        .client(false)
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .expect("GET");
+    peer_certificate(&resp)
+}
+
 /// Waits until a fresh connection is served `der`.
 async fn wait_for_certificate(h: &Herald, ca: &TestCa, der: &[u8]) {
     within("the new certificate on new connections", async {
         loop {
-            let resp = ca
-                .client(false)
-                .get(h.url("/healthz"))
-                .send()
-                .await
-                .expect("GET");
-            if peer_certificate(&resp) == der {
+            if served_certificate(h, ca).await == der {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -223,13 +229,7 @@ async fn rotate(h: &Herald, ca: &TestCa, files: &CertFiles, signal: bool) {
         |v| v > before,
     )
     .await;
-    let resp = ca
-        .client(false)
-        .get(h.url("/healthz"))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(peer_certificate(&resp), b.der);
+    assert_eq!(served_certificate(h, ca).await, b.der);
 }
 
 fn sighup(h: &Herald) {
@@ -262,10 +262,7 @@ async fn sighup_reloads_the_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_plain_text_and_stalled_handshakes_end_only_their_connection() {
-    let ca = TestCa::new();
-    let files = CertFiles::new(&ca.leaf("node"));
-    let h = tls::start(&ca, &files, &["--header-read-timeout", "1s"]).await;
-    let client = ca.client(true);
+    let (_ca, _files, h, client) = tls_node(&["--header-read-timeout", "1s"]).await;
     let mut sse = Sse::connect_on(&client, &h.url("/v1/sse?channel=calm"), None).await;
     sse.next().await.expect("subscribed");
 
@@ -368,9 +365,7 @@ async fn unusable_certificate_files_stop_the_start_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_limits_apply_to_tls_connections() {
-    let ca = TestCa::new();
-    let files = CertFiles::new(&ca.leaf("node"));
-    let h = tls::start(&ca, &files, &["--max-connections-per-ip", "2"]).await;
+    let (ca, _files, h, _client) = tls_node(&["--max-connections-per-ip", "2"]).await;
     // Two connections from 127.0.0.7: an SSE stream over h2 and a bare TLS connection.
     let name = || tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("name");
     let handshake = async |alpn: &[&[u8]]| {
