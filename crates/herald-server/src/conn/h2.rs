@@ -23,7 +23,7 @@
 //! accept), and a connection with no open stream for `keep_alive_timeout` is closed (`GOAWAY`),
 //! each counted in `herald_limit_rejections_total` like their HTTP/1.1 counterparts.
 
-use std::{sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -77,7 +77,10 @@ where
     let service_app = app.clone();
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = service_app.clone();
-        async move {
+        // Boxed: hyper keeps a stream's service future inside the stream's task until the
+        // response head is sent; unboxed, every idle SSE stream's task would stay sized for the
+        // whole request handler.
+        let answer: Pin<Box<dyn Future<Output = _> + Send>> = Box::pin(async move {
             // Read while polled inside the stream's task (hyper calls the service before it
             // hands the stream to the executor, so not in the closure above).
             let signal = STREAM
@@ -86,7 +89,8 @@ where
             req.extensions_mut().insert(ConnectionSignal(signal));
             req.extensions_mut().insert(peer);
             super::respond(app, req).await
-        }
+        });
+        answer
     });
     let mut builder = hyper::server::conn::http2::Builder::new(exec);
     builder
@@ -215,7 +219,8 @@ where
                 () = kill.cancelled() => {
                     // The stream is closing: its final event gets a moment to go out; dropping
                     // the stream afterwards resets it even if the client is not reading it.
-                    let _ = tokio::time::timeout(transport::FINAL_NOTICE_DEADLINE, fut).await;
+                    let notice = tokio::time::timeout(transport::FINAL_NOTICE_DEADLINE, fut);
+                    let _ = Box::pin(notice).await;
                 }
             }
         });

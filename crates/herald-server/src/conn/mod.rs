@@ -11,6 +11,10 @@
 //! Every connection holds its [`Permit`] until it ends, and one deadline fixed at accept
 //! (`header_read_timeout`) bounds the TLS handshake and then the first request head (HTTP/1.1)
 //! or the first stream (HTTP/2).
+//!
+//! A task is as large as the largest state of its future, and an idle SSE stream on the fast
+//! path is the most numerous kind of connection: the TLS handshake and the hyper servers are
+//! boxed, so that state is not sized by an HTTP/2 connection it never uses.
 
 mod h1;
 mod h2;
@@ -91,11 +95,11 @@ pub async fn serve(
                 Box::pin(refuse::write_and_close(stream, &response)).await;
                 return;
             }
-            let Some((stream, protocol)) = tls.handshake(stream, head_deadline, failures).await
-            else {
+            let handshake = Box::pin(tls.handshake(stream, head_deadline, failures));
+            let Some((stream, protocol)) = handshake.await else {
                 return;
             };
-            conn.serve(TokioIo::new(stream), protocol, true).await;
+            Box::pin(conn.serve(TokioIo::new(stream), protocol, true)).await;
         }
         None => {
             let served = if draining {
@@ -105,7 +109,7 @@ pub async fn serve(
             };
             // `None`: served as an SSE stream, or closed.
             if let Some((stream, protocol)) = served {
-                conn.serve(TokioIo::new(stream), protocol, false).await;
+                Box::pin(conn.serve(TokioIo::new(stream), protocol, false)).await;
             }
         }
     }

@@ -29,8 +29,11 @@ use herald_core::{
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
+    net::{
+        TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
     time::Sleep,
 };
 use tokio_rustls::server::TlsStream;
@@ -137,23 +140,43 @@ async fn serve(
     who: Option<Identity>,
     permit: Option<Permit>,
 ) {
-    // Back to the bare socket: its halves split without a lock, and nothing of hyper's buffers
-    // stays allocated for the life of the connection.
+    match halves(upgraded) {
+        Some(Halves::Plain(early, read, write)) => {
+            session(app, (early, read), write, channels, who, permit).await;
+        }
+        // Boxed: rarer, and its future would otherwise size every plain WebSocket's task.
+        Some(Halves::Tls(early, read, write)) => {
+            Box::pin(session(app, (early, read), write, channels, who, permit)).await;
+        }
+        None => tracing::error!("WebSocket upgrade on an unexpected IO type"),
+    }
+}
+
+/// The two halves of an upgraded connection, and the bytes hyper read past the handshake.
+enum Halves {
+    /// The bare socket: its halves split without a lock, and nothing of hyper's buffers stays
+    /// allocated for the life of the connection.
+    Plain(Bytes, OwnedReadHalf, OwnedWriteHalf),
+    /// Over TLS the halves share the TLS session (a lock per read or write).
+    Tls(
+        Bytes,
+        ReadHalf<TlsStream<TcpStream>>,
+        WriteHalf<TlsStream<TcpStream>>,
+    ),
+}
+
+fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<Halves> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
             let (read, write) = io.into_inner().into_split();
-            return session(app, (read_buf, read), write, channels, who, permit).await;
+            return Some(Halves::Plain(read_buf, read, write));
         }
         Err(upgraded) => upgraded,
     };
-    // Over TLS the stream's halves share the TLS session (a lock per read or write).
-    match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-        Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-            let (read, write) = tokio::io::split(io.into_inner());
-            session(app, (read_buf, read), write, channels, who, permit).await;
-        }
-        Err(_) => tracing::error!("WebSocket upgrade on an unexpected IO type"),
-    }
+    let hyper::upgrade::Parts { io, read_buf, .. } =
+        upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>().ok()?;
+    let (read, write) = tokio::io::split(io.into_inner());
+    Some(Halves::Tls(read_buf, read, write))
 }
 
 /// Serves a WebSocket on the two halves of its stream. `read_buf` holds bytes the client sent
