@@ -517,7 +517,7 @@
     var current = function () { return self.stream === stream && stream !== null; };
     var handlers = {
       lastEventId: formatToken(positions), events: this.events, timeout: this.pollTimeout,
-      minDelay: this.minDelay, maxDelay: this.maxDelay,
+      minDelay: this.minDelay, maxDelay: this.maxDelay, token: this.token,
       onMessage: function (m) {
         if (!current()) return;
         self._delivered();
@@ -569,14 +569,6 @@
     return parts.join(';');
   }
 
-  /**
-   * Wraps a native EventSource on /v1/sse?channel=... The browser itself reconnects and resumes
-   * with Last-Event-ID; this adds channel/offset to each message and surfaces control events.
-   * handlers: onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info),
-   * onReset(channel, info), onReconnect(info), onServerError(info), onState(state),
-   * events (extra event types to listen for: EventSource cannot subscribe to "any type"),
-   * lastEventId (resume a position stored earlier), withCredentials, minDelay/maxDelay.
-   */
   // Calls handlers[name](...args) if there is one; a throwing handler cannot break the caller.
   function caller(handlers) {
     return function (name) {
@@ -587,6 +579,16 @@
     };
   }
 
+  /**
+   * Wraps a native EventSource on /v1/sse?channel=... The browser itself reconnects and resumes
+   * with Last-Event-ID; this adds channel/offset to each message and surfaces control events.
+   * handlers: onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info),
+   * onReset(channel, info), onReconnect(info), onServerError(info), onState(state),
+   * events (extra event types to listen for: EventSource cannot subscribe to "any type"),
+   * lastEventId (resume a position stored earlier), withCredentials, minDelay/maxDelay, token
+   * (a subscriber token, or a function returning one, called for every new stream; sent as
+   * ?token=, since EventSource cannot send headers: prefer a cookie where you can).
+   */
   function sse(baseUrl, channels, handlers) {
     var h = handlers || {};
     var list = Array.isArray(channels) ? channels : [channels];
@@ -618,11 +620,31 @@
       });
     }
 
+    // Opens a new stream ourselves, with backoff and the positions we have.
+    function reopen() {
+      attempt += 1;
+      var delay = backoff(minDelay, maxDelay, attempt);
+      call('onState', 'reconnecting', { delay: delay, attempt: attempt });
+      timer = setTimeout(open, delay);
+    }
+
     function open() {
+      if (!h.token) return start(null);
+      subscriberToken(h.token).then(function (t) { if (!closed) start(t); }, function (e) {
+        if (closed) return;
+        call('onServerError', { code: 'token', message: String(e) });
+        reopen();
+      });
+    }
+
+    function start(subscriber) {
       var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
       // Only our own re-opens need this: EventSource's own reconnects send Last-Event-ID.
       var token = formatToken(positions);
       if (token) query.push('last_event_id=' + encodeURIComponent(token));
+      // EventSource cannot send headers: a subscriber token goes in the URL (the server keeps it
+      // out of its logs); cookies (withCredentials) keep it out of URLs altogether.
+      if (subscriber) query.push('token=' + encodeURIComponent(subscriber));
       var source = new root.EventSource(httpBase(baseUrl) + '/v1/sse?' + query.join('&'),
         { withCredentials: !!h.withCredentials });
       es = source;
@@ -645,12 +667,9 @@
         if (closed) return;
         if (source.readyState !== 2) return call('onState', 'reconnecting');
         // CLOSED: the browser retries network errors, but gives up for good on any HTTP error,
-        // including the 503 of a node that is draining. Open a new stream ourselves, with
-        // backoff and the positions we have, so a deploy never leaves a page dead.
-        attempt += 1;
-        var delay = backoff(minDelay, maxDelay, attempt);
-        call('onState', 'reconnecting', { delay: delay, attempt: attempt });
-        timer = setTimeout(open, delay);
+        // including the 503 of a node that is draining (or a 401 for an expired token, which a
+        // token function replaces). Reopen, so a deploy never leaves a page dead.
+        reopen();
       };
     }
     open();
@@ -663,10 +682,18 @@
       close: function () {
         closed = true;
         clearTimeout(timer);
-        es.close();
+        if (es) es.close();
         call('onState', 'closed');
       },
     };
+  }
+
+  // A subscriber token option: a string, or a function returning one (or a promise of one),
+  // called for every new stream or poll so an expired token is replaced.
+  function subscriberToken(option) {
+    return Promise.resolve().then(function () {
+      return typeof option === 'function' ? option() : option;
+    });
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -678,8 +705,9 @@
    * Each poll resumes from the previous answer's position, on whichever node answers. Handlers
    * as for sse(): onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info)
    * (each channel's position on the first answer, and again after a reset), onReset(channel,
-   * info), onState(state), onServerError(info), lastEventId, withCredentials, minDelay/maxDelay;
-   * plus timeout (ms one poll may wait for a message, default 25000).
+   * info), onState(state), onServerError(info), lastEventId, withCredentials, minDelay/maxDelay,
+   * token (a subscriber token or a function returning one, called before every poll; sent as
+   * ?token=); plus timeout (ms one poll may wait for a message, default 25000).
    */
   function poll(baseUrl, channels, handlers) {
     var h = handlers || {};
@@ -732,10 +760,20 @@
 
     function once() {
       if (closed) return;
+      if (!h.token) return send(null);
+      subscriberToken(h.token).then(function (t) { if (!closed) send(t); }, function (e) {
+        if (closed) return;
+        call('onServerError', { code: 'token', message: String(e) });
+        retry();
+      });
+    }
+
+    function send(subscriber) {
       var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
       var token = formatToken(positions);
       if (token) query.push('last_event_id=' + encodeURIComponent(token));
       query.push('timeout=' + Math.max(0, Math.round(timeout)) + 'ms');
+      if (subscriber) query.push('token=' + encodeURIComponent(subscriber));
       abort = root.AbortController ? new root.AbortController() : null;
       root.fetch(httpBase(baseUrl) + '/v1/poll?' + query.join('&'), {
         cache: 'no-store',
@@ -754,8 +792,11 @@
           return once();
         }
         // A request refused for what it is (a bad channel, no permission) would be refused
-        // again: report it and stop. 408, 429 and 5xx (draining, overloaded) are retried.
-        if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) {
+        // again: report it and stop. 408, 429 and 5xx (draining, overloaded) are retried, and a
+        // 401 when a token function can supply a fresh token.
+        var fresh = res.status === 401 && typeof h.token === 'function';
+        if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429 &&
+            !fresh) {
           closed = true;
           call('onServerError', (res.body && res.body.error) || { code: 'http_' + res.status });
           return call('onState', 'closed');

@@ -84,10 +84,11 @@ async fn subscribe_once(ctx: &Ctx, args: &Args, i: usize) -> Result<(), End> {
     let mut conn = Conn::open(
         args.transport,
         &ctx.dialer,
-        target,
+        (target, i % ctx.targets.len()),
         &channel,
         &Resume::default(),
         ctx.common.token.as_deref(),
+        None,
     )
     .await?;
     let mut outcome: Option<Result<(), End>> = None;
@@ -105,6 +106,9 @@ async fn subscribe_once(ctx: &Ctx, args: &Args, i: usize) -> Result<(), End> {
 pub async fn run(args: Args) -> Result<bool, String> {
     if args.subscribes == 0 || args.concurrency == 0 || args.channels == 0 {
         return Err("--subscribes, --concurrency and --channels must be at least 1".into());
+    }
+    if args.transport == crate::client::Transport::SseH2 {
+        return Err("subscribe-rate opens a connection per subscribe: use ws or sse".into());
     }
     for &pid in &args.pids {
         if cpu_seconds(pid).is_none() {

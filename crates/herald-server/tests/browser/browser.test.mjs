@@ -623,3 +623,41 @@ test('herald.js falls back to long-polling when a proxy refuses upgrades and buf
     buffering.close();
   }
 });
+
+test('herald.js falls back to long-polling with a token function on a secured node', async () => {
+  const secret = 'browser-test-secret-0123456789abcdef';
+  const node = await startHerald(['--listen', '127.0.0.1:0', '--jwt-secret', secret]);
+  const buffering = await startBufferingProxy(node.url);
+  const channel = `auth.${uniq('poll')}`;
+  const page = await newPage(buffering.url);
+  try {
+    await page.exposeFunction('mintToken', () => new Promise((resolve, reject) => {
+      execFile(HERALD_BIN, ['token', '--sub', 'pat', '--channels', 'auth.*', '--ttl', '1h'],
+        { env: { ...process.env, HERALD_JWT_SECRET: secret } },
+        (err, out) => (err ? reject(err) : resolve(out.trim())));
+    }));
+    await page.evaluate((ch) => {
+      window.p = { got: [], errors: [] };
+      window.client = Herald.connect('', {
+        fallbackAfter: 1000, minDelay: 50, maxDelay: 200, pollTimeout: 2000,
+        token: () => window.mintToken(),
+        onError: (e) => p.errors.push(e.message),
+      });
+      client.subscribe(ch, (m) => p.got.push(m));
+    }, channel);
+    await page.waitForFunction(() => client.transport === 'poll' && client.state === 'open', null, WAIT);
+    for (let n = 1; n <= 3; n++) await publish(node.url, channel, { n });
+    await page.waitForFunction(() => p.got.length >= 3, null, WAIT);
+    const p = await page.evaluate(() => window.p);
+    assert.deepEqual(p.got.map((m) => m.data.n), [1, 2, 3]);
+    // The node refuses polls without a token: what the client sent was the minted one.
+    const bare = await fetch(`${node.url}/v1/poll?channel=${channel}&timeout=0`);
+    assert.equal(bare.status, 401);
+    assert.deepEqual(page.errors, []);
+    await page.evaluate(() => client.close());
+  } finally {
+    await page.close();
+    buffering.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});

@@ -248,3 +248,63 @@ async fn a_chain_of_polls_alternating_between_two_nodes_receives_every_message_e
     assert_eq!(side, expected);
     assert!(polls >= 2, "both nodes were polled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_are_authorised_like_sse_and_never_outlast_their_token() {
+    use crate::auth::{claims, hs256, secured, token};
+    let h = secured(&["--jwt-leeway", "0s"]).await;
+    h.publish("news.a", json!("secret")).await;
+    let get = async |query: &str, bearer: Option<&str>| {
+        let mut req = h.http.get(h.url(&format!("/v1/poll?{query}")));
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = within("a poll", req.send()).await.expect("GET");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.expect("JSON"))
+    };
+    let from_start = token_param(",0,news.a");
+    let q = format!("channel=news.a&timeout=0&last_event_id={from_start}");
+    // No token, or one for other channels: refused, and nothing of the channel comes back.
+    let (status, v) = get(&q, None).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{v}"
+    );
+    let (status, v) = get(&q, Some(&token(None, &["other.*"]))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{v}"
+    );
+    // A token that grants it: the history, as for SSE (also as ?token=).
+    let good = token(None, &["news.*"]);
+    let (status, v) = get(&q, Some(&good)).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(messages(&v)[0].2, json!("secret"));
+    let (status, _) = get(&format!("{q}&token={good}"), None).await;
+    assert_eq!(status, 200);
+    // A poll that would wait past the token's expiry answers at the expiry instead (well before
+    // the test's hang guard), and the next one is refused.
+    let short = hs256(&claims(None, &["news.*"], 2));
+    let live = format!(
+        "channel=news.a&timeout=60s&last_event_id={}",
+        token_param(&v["last_event_id"].as_str().expect("token").to_owned())
+    );
+    let (status, v) = get(&live, Some(&short)).await;
+    assert_eq!((status, v["messages"].clone()), (200, json!([])), "{v}");
+    // Expiry is checked in whole seconds: within the last one a poll is still accepted, and
+    // answered at once.
+    within("token_expired", async {
+        loop {
+            let (status, v) = get(&live, Some(&short)).await;
+            if status == 401 {
+                assert_eq!(v["error"]["code"], "token_expired", "{v}");
+                return;
+            }
+            assert_eq!((status, v["messages"].clone()), (200, json!([])), "{v}");
+        }
+    })
+    .await;
+}
