@@ -290,7 +290,7 @@ async fn polls_are_authorised_like_sse_and_never_outlast_their_token() {
     let short = hs256(&claims(None, &["news.*"], 2));
     let live = format!(
         "channel=news.a&timeout=60s&last_event_id={}",
-        token_param(&v["last_event_id"].as_str().expect("token").to_owned())
+        token_param(v["last_event_id"].as_str().expect("token"))
     );
     let (status, v) = get(&live, Some(&short)).await;
     assert_eq!((status, v["messages"].clone()), (200, json!([])), "{v}");
