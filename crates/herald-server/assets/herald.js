@@ -629,22 +629,14 @@
     }
 
     function open() {
-      if (!h.token) return start(null);
-      subscriberToken(h.token).then(function (t) { if (!closed) start(t); }, function (e) {
-        if (closed) return;
-        call('onServerError', { code: 'token', message: String(e) });
-        reopen();
-      });
+      withSubscriberToken(h, call, function () { return closed; }, start, reopen);
     }
 
     function start(subscriber) {
-      var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
-      // Only our own re-opens need this: EventSource's own reconnects send Last-Event-ID.
-      var token = formatToken(positions);
-      if (token) query.push('last_event_id=' + encodeURIComponent(token));
-      // EventSource cannot send headers: a subscriber token goes in the URL (the server keeps it
-      // out of its logs); cookies (withCredentials) keep it out of URLs altogether.
-      if (subscriber) query.push('token=' + encodeURIComponent(subscriber));
+      // The position matters only for our own re-opens: EventSource's own reconnects send
+      // Last-Event-ID. EventSource cannot send headers: a subscriber token goes in the URL (the
+      // server keeps it out of its logs); cookies (withCredentials) keep it out of URLs.
+      var query = streamQuery(list, positions, subscriber);
       var source = new root.EventSource(httpBase(baseUrl) + '/v1/sse?' + query.join('&'),
         { withCredentials: !!h.withCredentials });
       es = source;
@@ -688,12 +680,27 @@
     };
   }
 
-  // A subscriber token option: a string, or a function returning one (or a promise of one),
-  // called for every new stream or poll so an expired token is replaced.
-  function subscriberToken(option) {
-    return Promise.resolve().then(function () {
-      return typeof option === 'function' ? option() : option;
-    });
+  // Calls use(token) with the subscriber token option of handlers `h` (null without one): a
+  // string, or a function returning one (or a promise of one), asked again for every new stream
+  // or poll so an expired token is replaced. A function that fails is reported, then retry().
+  function withSubscriberToken(h, call, isClosed, use, retry) {
+    if (!h.token) return use(null);
+    Promise.resolve()
+      .then(function () { return typeof h.token === 'function' ? h.token() : h.token; })
+      .then(function (t) { if (!isClosed()) use(t); }, function (e) {
+        if (isClosed()) return;
+        call('onServerError', { code: 'token', message: String(e) });
+        retry();
+      });
+  }
+
+  // The query of an SSE or poll request: its channels, the positions held, the token if any.
+  function streamQuery(channels, positions, subscriber) {
+    var query = channels.map(function (c) { return 'channel=' + encodeURIComponent(c); });
+    var token = formatToken(positions);
+    if (token) query.push('last_event_id=' + encodeURIComponent(token));
+    if (subscriber) query.push('token=' + encodeURIComponent(subscriber));
+    return query;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -760,20 +767,12 @@
 
     function once() {
       if (closed) return;
-      if (!h.token) return send(null);
-      subscriberToken(h.token).then(function (t) { if (!closed) send(t); }, function (e) {
-        if (closed) return;
-        call('onServerError', { code: 'token', message: String(e) });
-        retry();
-      });
+      withSubscriberToken(h, call, function () { return closed; }, send, retry);
     }
 
     function send(subscriber) {
-      var query = list.map(function (c) { return 'channel=' + encodeURIComponent(c); });
-      var token = formatToken(positions);
-      if (token) query.push('last_event_id=' + encodeURIComponent(token));
+      var query = streamQuery(list, positions, subscriber);
       query.push('timeout=' + Math.max(0, Math.round(timeout)) + 'ms');
-      if (subscriber) query.push('token=' + encodeURIComponent(subscriber));
       abort = root.AbortController ? new root.AbortController() : null;
       root.fetch(httpBase(baseUrl) + '/v1/poll?' + query.join('&'), {
         cache: 'no-store',
