@@ -12,6 +12,10 @@ pub const MAX_CHANNEL_LEN: usize = 255;
 pub const MAX_EVENT_LEN: usize = 64;
 /// Event types starting with this prefix are emitted by the server itself (SSE control events).
 pub const RESERVED_EVENT_PREFIX: &str = "herald.";
+/// The event type of a room's join message (a user's first connection entered the channel).
+pub const JOIN_EVENT: &str = "herald.join";
+/// The event type of a room's leave message (a user's last connection left, after the grace).
+pub const LEAVE_EVENT: &str = "herald.leave";
 
 /// Why a name was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +110,35 @@ impl EventName {
         Ok(Self(Arc::from(name)))
     }
 
+    /// The server's own `herald.join`: the only way to make one (publishers cannot).
+    pub fn join() -> Self {
+        static JOIN: std::sync::LazyLock<EventName> =
+            std::sync::LazyLock::new(|| EventName(Arc::from(JOIN_EVENT)));
+        JOIN.clone()
+    }
+
+    /// The server's own `herald.leave`.
+    pub fn leave() -> Self {
+        static LEAVE: std::sync::LazyLock<EventName> =
+            std::sync::LazyLock::new(|| EventName(Arc::from(LEAVE_EVENT)));
+        LEAVE.clone()
+    }
+
+    /// Reads an event type back from storage (history, the backbone): a publisher's, or one of
+    /// the server's own room events. Any other `herald.` type is refused as from a publisher.
+    pub fn parse_stored(name: &str) -> Result<Self, NameError> {
+        match name {
+            JOIN_EVENT => Ok(Self::join()),
+            LEAVE_EVENT => Ok(Self::leave()),
+            other => Self::parse(other),
+        }
+    }
+
+    /// True for the server's own event types (`herald.join`, `herald.leave`).
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(RESERVED_EVENT_PREFIX)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -172,5 +205,18 @@ mod tests {
         );
         assert!(EventName::parse(&"e".repeat(MAX_EVENT_LEN + 1)).is_err());
         assert!(EventName::parse("line\nbreak").is_err());
+    }
+
+    #[test]
+    fn only_the_server_makes_room_events() {
+        assert_eq!(EventName::parse(JOIN_EVENT), Err(NameError::Reserved));
+        assert_eq!(EventName::join().as_str(), JOIN_EVENT);
+        assert!(EventName::join().is_reserved() && !EventName::parse("x").expect("ok").is_reserved());
+        assert_eq!(EventName::parse_stored(LEAVE_EVENT), Ok(EventName::leave()));
+        assert_eq!(EventName::parse_stored("upd"), EventName::parse("upd"));
+        assert_eq!(
+            EventName::parse_stored("herald.other"),
+            Err(NameError::Reserved)
+        );
     }
 }

@@ -11,10 +11,11 @@ pub mod message;
 pub mod pattern;
 pub mod poll;
 pub mod protocol;
+pub mod room;
 pub mod sse;
 pub mod token;
 
 pub use channel::{ChannelName, EventName, NameError};
 pub use error::ErrorCode;
-pub use message::{Epoch, Message, StreamPosition};
+pub use message::{Epoch, Message, Sender, StreamPosition};
 pub use pattern::ChannelPattern;

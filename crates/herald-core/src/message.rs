@@ -119,6 +119,27 @@ impl StreamPosition {
     }
 }
 
+/// Who published a message from a client connection (the WebSocket `publish` op): the user of
+/// the publisher's token (`sub`) and its `info` claim. Set by the server, never taken from what
+/// the client sent, and delivered as the message's `from` and `info`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sender {
+    pub user: Box<str>,
+    /// The token's `info` claim, compact JSON.
+    pub info: Option<Bytes>,
+}
+
+impl Sender {
+    /// What the sender adds to a stored message's size.
+    pub fn len(&self) -> usize {
+        self.user.len() + self.info.as_ref().map_or(0, Bytes::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// One published message, as stored in history and relayed between nodes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
@@ -131,6 +152,9 @@ pub struct Message {
     pub data: Bytes,
     /// Unix time in microseconds when the publish was accepted; drives end-to-end latency metrics.
     pub published_at_us: u64,
+    /// The client that published it, for messages published over WebSocket with a token that
+    /// has a `sub` (boxed: most messages have none).
+    pub sender: Option<Box<Sender>>,
 }
 
 impl Message {
@@ -148,6 +172,7 @@ impl Message {
         self.data.len()
             + self.channel.as_str().len()
             + self.event.as_ref().map_or(0, |e| e.as_str().len())
+            + self.sender.as_ref().map_or(0, |s| s.len())
             + HEADER
     }
 

@@ -55,6 +55,7 @@ mod tests {
             event: event.map(|e| EventName::parse(e).expect("event")),
             data: Bytes::from(data.to_owned()),
             published_at_us: 0,
+            sender: None,
         }
     }
 

@@ -13,10 +13,11 @@ use serde_json::value::RawValue;
 use self::fields::Fields;
 pub use self::fields::distinct_channels;
 use crate::{
-    channel::{ChannelName, EventName},
+    channel::{ChannelName, EventName, JOIN_EVENT, LEAVE_EVENT},
     error::ErrorCode,
     json,
-    message::{Message, StreamPosition},
+    message::{Message, Sender, StreamPosition},
+    room::Roster,
 };
 
 /// Idempotency keys are 1-128 printable ASCII characters.
@@ -56,6 +57,9 @@ pub struct Publish {
     /// Compact single-line JSON.
     pub data: Bytes,
     pub idempotency_key: Option<String>,
+    /// Set by the server for a client's publish (from its token), never parsed from input: a
+    /// `from` or `info` field in a request is ignored like any unknown field.
+    pub sender: Option<Box<Sender>>,
 }
 
 fn channel(name: &str, max_len: usize) -> Result<ChannelName, Rejection> {
@@ -133,6 +137,7 @@ pub fn parse_publish(body: &[u8], limits: &Limits) -> Result<Publish, Rejection>
         event: event(f.event)?,
         data: data(f.data, limits)?,
         idempotency_key: idempotency_key(f.idempotency_key)?,
+        sender: None,
     })
 }
 
@@ -160,6 +165,7 @@ pub fn parse_broadcast(body: &[u8], limits: &Limits) -> Result<Vec<Publish>, Rej
             event: event.clone(),
             data: data.clone(),
             idempotency_key: key.clone(),
+            sender: None,
         })
         .collect())
 }
@@ -192,6 +198,16 @@ pub enum ClientOp {
     Refresh {
         id: Option<u64>,
         token: String,
+    },
+    /// Who is in a channel the connection subscribes to.
+    Presence {
+        id: Option<u64>,
+        channel: ChannelName,
+    },
+    /// How many connections and distinct users are in a channel (cheap for large rooms).
+    PresenceStats {
+        id: Option<u64>,
+        channel: ChannelName,
     },
 }
 
@@ -245,6 +261,7 @@ pub fn parse_client_op(frame: &[u8], limits: &Limits) -> Result<ClientOp, OpReje
                     event: event(f.event)?,
                     data: data(f.data, limits)?,
                     idempotency_key: idempotency_key(f.idempotency_key)?,
+                    sender: None,
                 },
             },
             "ping" => ClientOp::Ping { id },
@@ -256,11 +273,19 @@ pub fn parse_client_op(frame: &[u8], limits: &Limits) -> Result<ClientOp, OpReje
                 id,
                 token: auth_token(f.token)?,
             },
+            "presence" => ClientOp::Presence {
+                id,
+                channel: one_channel(&f, limits)?,
+            },
+            "presence_stats" => ClientOp::PresenceStats {
+                id,
+                channel: one_channel(&f, limits)?,
+            },
             other => {
                 return Err(Rejection::new(
                     ErrorCode::UnknownOp,
                     format!(
-                        "unknown op {:?}; expected subscribe, unsubscribe, publish, ping, auth or refresh",
+                        "unknown op {:?}; expected subscribe, unsubscribe, publish, ping, auth, refresh, presence or presence_stats",
                         truncate(other)
                     ),
                 ));
@@ -287,16 +312,59 @@ fn put_id(out: &mut BytesMut, id: Option<u64>) {
     }
 }
 
-/// `{"type":"message","channel","offset","epoch","event"?,"data"}`: encoded once per message and
-/// shared by every WebSocket subscriber.
+/// Appends `s` as a JSON string (quoted and escaped): for values that may hold any text, such as
+/// a token's `sub`.
+fn put_json_str(out: &mut BytesMut, s: &str) {
+    // Writing into a BytesMut cannot fail.
+    let _ = serde_json::to_writer(out.writer(), s);
+}
+
+/// The WebSocket frame type of a message: `message`, or `join` / `leave` for the server's room
+/// events.
+fn frame_type(msg: &Message) -> &'static str {
+    match msg.event.as_ref().map(EventName::as_str) {
+        Some(JOIN_EVENT) => "join",
+        Some(LEAVE_EVENT) => "leave",
+        _ => "message",
+    }
+}
+
+/// The JSON object a message is delivered as: encoded once per message and shared by every
+/// WebSocket subscriber (and by SSE streams that asked for envelopes).
+///
+/// - `{"type":"message","channel","offset","epoch","event"?,"from"?,"info"?,"data"}`: `from` and
+///   `info` only for a message a client published with a token (see [`Sender`]);
+/// - `{"type":"join"|"leave","channel","offset","epoch","user","client","info"?}`: the server's
+///   room events, whose data is the member (see [`crate::room::Member`]), spliced in.
 pub fn message_frame(msg: &Message) -> Bytes {
-    let mut out = BytesMut::with_capacity(msg.data.len() + msg.channel.as_str().len() + 96);
-    out.put_slice(b"{\"type\":\"message\",");
+    let sender = msg.sender.as_deref();
+    let mut out = BytesMut::with_capacity(
+        msg.data.len() + msg.channel.as_str().len() + sender.map_or(0, |s| s.len() + 32) + 96,
+    );
+    let kind = frame_type(msg);
+    out.put_slice(b"{\"type\":\"");
+    out.put_slice(kind.as_bytes());
+    out.put_slice(b"\",");
     put_position(&mut out, msg);
+    // A room event's data is a member object: its fields join the frame's. (Anything else, which
+    // only a foreign writer of the backbone could produce, is delivered as `data`.)
+    if kind != "message" && msg.data.len() > 2 && msg.data.first() == Some(&b'{') {
+        out.put_u8(b',');
+        out.put_slice(&msg.data[1..]);
+        return out.freeze();
+    }
     if let Some(e) = &msg.event {
         out.put_slice(b",\"event\":\"");
         out.put_slice(e.as_str().as_bytes());
         out.put_slice(b"\"");
+    }
+    if let Some(s) = sender {
+        out.put_slice(b",\"from\":");
+        put_json_str(&mut out, &s.user);
+        if let Some(info) = &s.info {
+            out.put_slice(b",\"info\":");
+            out.put_slice(info);
+        }
     }
     out.put_slice(b",\"data\":");
     out.put_slice(&msg.data);
@@ -314,6 +382,62 @@ pub(crate) fn put_position(out: &mut BytesMut, msg: &Message) {
     out.put_slice(b",\"epoch\":\"");
     out.put_slice(msg.epoch.as_str().as_bytes());
     out.put_u8(b'"');
+}
+
+/// The members part of a presence reply: `"members":[...],"truncated","clients","users"`.
+fn put_roster(out: &mut BytesMut, roster: &Roster) {
+    out.put_slice(b",\"members\":[");
+    for (i, m) in roster.members.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(m);
+    }
+    out.put_slice(
+        format!(
+            "],\"truncated\":{},\"clients\":{},\"users\":{}",
+            roster.truncated, roster.clients, roster.users
+        )
+        .as_bytes(),
+    );
+}
+
+/// `{"type":"presence","channel","members":[{"user","client","info"?}],"truncated","clients",
+/// "users","id"?}`: the reply to the `presence` op.
+pub fn presence_frame(id: Option<u64>, channel: &ChannelName, roster: &Roster) -> Bytes {
+    let size: usize = roster.members.iter().map(|m| m.len() + 1).sum();
+    let mut out = BytesMut::with_capacity(size + 128);
+    out.put_slice(format!("{{\"type\":\"presence\",\"channel\":\"{channel}\"").as_bytes());
+    put_roster(&mut out, roster);
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"channel","members","truncated","clients","users"}`: the body of
+/// `GET /v1/channels/{channel}/presence`.
+pub fn presence_body(channel: &ChannelName, roster: &Roster) -> Bytes {
+    let size: usize = roster.members.iter().map(|m| m.len() + 1).sum();
+    let mut out = BytesMut::with_capacity(size + 128);
+    out.put_slice(format!("{{\"channel\":\"{channel}\"").as_bytes());
+    put_roster(&mut out, roster);
+    out.put_slice(b"}");
+    out.freeze()
+}
+
+/// `{"type":"presence_stats","channel","clients","users","id"?}`: the reply to `presence_stats`.
+pub fn presence_stats_frame(id: Option<u64>, channel: &ChannelName, roster: &Roster) -> Bytes {
+    let mut out = BytesMut::with_capacity(128);
+    out.put_slice(
+        format!(
+            "{{\"type\":\"presence_stats\",\"channel\":\"{channel}\",\"clients\":{},\"users\":{}",
+            roster.clients, roster.users
+        )
+        .as_bytes(),
+    );
+    put_id(&mut out, id);
+    out.put_slice(b"}");
+    out.freeze()
 }
 
 /// `{"type":"subscribed","channel","offset","epoch","recovered","id"?}`. `offset`/`epoch` are the
@@ -423,6 +547,17 @@ pub fn put_frame_header(out: &mut BytesMut, opcode: Opcode, len: usize) {
         out.put_u8(127);
         out.put_u64(len as u64);
     }
+}
+
+/// The payload of a complete frame made by [`frame`] (a view of the same bytes).
+pub fn frame_payload(frame: &Bytes) -> Bytes {
+    let header = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 4,
+        Some(127) => 10,
+        Some(_) => 2,
+        None => return Bytes::new(),
+    };
+    frame.slice(header.min(frame.len())..)
 }
 
 /// A complete frame: header plus payload.

@@ -45,6 +45,18 @@ pub fn message_body(msg: &Message) -> Bytes {
     out.freeze()
 }
 
+/// The shared part of a message event on a stream that asked for envelopes (`?envelope=true`):
+/// `data:` is `json`, the message's JSON object as WebSocket delivers it
+/// ([`crate::protocol::message_frame`]: channel, offset, epoch, sender and data), so a page can
+/// read `from` and `info` from an `EventSource`.
+pub fn envelope_body(msg: &Message, json: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(json.len() + msg.event_name().len() + 16);
+    put_field(&mut out, "event", msg.event_name());
+    put_field(&mut out, "data", std::str::from_utf8(json).unwrap_or("null"));
+    out.put_u8(b'\n');
+    out.freeze()
+}
+
 /// A complete event with optional id, event type and data.
 pub fn event(id: Option<&str>, event: &str, data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 64);
@@ -90,6 +102,7 @@ mod tests {
             event: event.map(|e| EventName::parse(e).expect("event")),
             data: Bytes::copy_from_slice(data.as_bytes()),
             published_at_us: 0,
+            sender: None,
         }
     }
 
@@ -102,6 +115,15 @@ mod tests {
         assert_eq!(
             &message_body(&msg(Some("upd"), "1"))[..],
             b"event: upd\ndata: 1\n\n"
+        );
+    }
+
+    #[test]
+    fn envelopes_carry_the_json_object() {
+        let m = msg(Some("upd"), "1");
+        assert_eq!(
+            &envelope_body(&m, br#"{"type":"message","data":1}"#)[..],
+            b"event: upd\ndata: {\"type\":\"message\",\"data\":1}\n\n"
         );
     }
 

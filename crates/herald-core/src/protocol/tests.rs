@@ -307,6 +307,7 @@ fn server_frames_are_valid_json() {
         event: Some(EventName::parse("upd").expect("event")),
         data: Bytes::from_static(br#"{"x":"y"}"#),
         published_at_us: 1,
+        sender: None,
     };
     let v: serde_json::Value = serde_json::from_slice(&message_frame(&msg)).expect("json");
     assert_eq!(
@@ -414,4 +415,124 @@ fn auth_frames_are_valid_json() {
     let v: serde_json::Value =
         serde_json::from_slice(&authenticated_frame(None, None, 1)).expect("json");
     assert_eq!(v, serde_json::json!({"type":"authenticated","exp":1}));
+}
+
+fn room_message(event: Option<EventName>, data: &'static [u8], sender: Option<Sender>) -> Message {
+    Message {
+        channel: ChannelName::parse("chat:1").expect("name"),
+        offset: 5,
+        epoch: Epoch::parse("e1").expect("epoch"),
+        event,
+        data: Bytes::from_static(data),
+        published_at_us: 1,
+        sender: sender.map(Box::new),
+    }
+}
+
+#[test]
+fn a_senders_identity_is_rendered_from_the_server_side_only() {
+    let sender = Sender {
+        user: "al\"ice".into(),
+        info: Some(Bytes::from_static(br#"{"name":"Al"}"#)),
+    };
+    let msg = room_message(None, b"[1]", Some(sender));
+    let v: serde_json::Value = serde_json::from_slice(&message_frame(&msg)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"message","channel":"chat:1","offset":5,"epoch":"e1",
+            "from":"al\"ice","info":{"name":"Al"},"data":[1]})
+    );
+    // What a client writes into `from` or `info` is never read.
+    let op = parse_client_op(
+        br#"{"op":"publish","channel":"a","data":1,"from":"mallory","info":{"admin":true}}"#,
+        &LIMITS,
+    )
+    .expect("valid");
+    assert!(matches!(op, ClientOp::Publish { publish, .. } if publish.sender.is_none()));
+    let p = parse_publish(br#"{"channel":"a","data":1,"from":"mallory"}"#, &LIMITS).expect("ok");
+    assert!(p.sender.is_none());
+    assert_eq!(
+        code(parse_publish(
+            br#"{"channel":"a","data":1,"event":"herald.join"}"#,
+            &LIMITS
+        )),
+        ErrorCode::InvalidEvent
+    );
+}
+
+#[test]
+fn room_events_render_as_join_and_leave_frames() {
+    let member = crate::room::Member::new("bob", "n1-2", Some(br#"{"c":1}"#));
+    let data: &'static [u8] = Box::leak(member.json.to_vec().into_boxed_slice());
+    for (event, kind) in [(EventName::join(), "join"), (EventName::leave(), "leave")] {
+        let msg = room_message(Some(event), data, None);
+        let v: serde_json::Value = serde_json::from_slice(&message_frame(&msg)).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":kind,"channel":"chat:1","offset":5,"epoch":"e1",
+                "user":"bob","client":"n1-2","info":{"c":1}})
+        );
+    }
+    // Data that is not a member object (only a foreign backbone writer could make one).
+    let odd = room_message(Some(EventName::join()), b"{}", None);
+    let v: serde_json::Value = serde_json::from_slice(&message_frame(&odd)).expect("json");
+    assert_eq!(v["type"], "join");
+    assert_eq!(v["data"], serde_json::json!({}));
+}
+
+#[test]
+fn presence_ops_and_frames() {
+    assert_eq!(
+        parse_client_op(br#"{"op":"presence","channel":"chat:1","id":3}"#, &LIMITS),
+        Ok(ClientOp::Presence {
+            id: Some(3),
+            channel: ChannelName::parse("chat:1").expect("name")
+        })
+    );
+    assert!(matches!(
+        parse_client_op(br#"{"op":"presence_stats","channel":"c"}"#, &LIMITS),
+        Ok(ClientOp::PresenceStats { id: None, .. })
+    ));
+    let err = parse_client_op(br#"{"op":"presence","id":1}"#, &LIMITS).expect_err("no channel");
+    assert_eq!(err.rejection.code, ErrorCode::InvalidJson);
+    let channel = ChannelName::parse("chat:1").expect("name");
+    let roster = crate::room::Roster {
+        members: vec![
+            crate::room::Member::new("a", "c1", None).json,
+            crate::room::Member::new("b", "c2", Some(b"7")).json,
+        ],
+        truncated: true,
+        clients: 5,
+        users: 4,
+    };
+    let v: serde_json::Value =
+        serde_json::from_slice(&presence_frame(Some(9), &channel, &roster)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"presence","channel":"chat:1","members":[
+            {"user":"a","client":"c1"},{"user":"b","client":"c2","info":7}],
+            "truncated":true,"clients":5,"users":4,"id":9})
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&presence_body(&channel, &crate::room::Roster::default()))
+            .expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"channel":"chat:1","members":[],"truncated":false,"clients":0,"users":0})
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&presence_stats_frame(None, &channel, &roster)).expect("json");
+    assert_eq!(
+        v,
+        serde_json::json!({"type":"presence_stats","channel":"chat:1","clients":5,"users":4})
+    );
+}
+
+#[test]
+fn frame_payloads_are_views_of_the_frame() {
+    for len in [0, 125, 126, 65_535, 65_536] {
+        let payload = vec![b'x'; len];
+        let f = frame(Opcode::Text, &payload);
+        assert_eq!(frame_payload(&f), Bytes::from(payload), "{len}");
+    }
 }
