@@ -5,6 +5,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use herald_core::{ChannelName, Message, StreamPosition, auth::namespace_of, protocol::Publish};
 
+use crate::presence::Presence;
+
 /// Failures a broker reports. The server maps them to 503 (retryable) or 500.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -237,4 +239,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for logs (`memory`, `redis`).
     fn kind(&self) -> &'static str;
+
+    /// The broker's rooms (presence, join and leave, see [`crate::presence`]); `None` for a
+    /// broker without them.
+    fn presence(self: Arc<Self>) -> Option<Arc<dyn Presence>> {
+        None
+    }
 }

@@ -7,10 +7,12 @@
 
 mod broker;
 pub mod memory;
+pub mod presence;
 pub mod redis;
 
 pub use broker::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start};
 pub use memory::{MemoryBroker, MemoryConfig, MemoryStats};
+pub use presence::{Presence, RoomPolicy, RoomsConfig};
 pub use redis::{
     Durability, RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot, Secret, TlsFiles,
 };

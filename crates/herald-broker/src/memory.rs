@@ -20,7 +20,13 @@ use herald_core::{ChannelName, Epoch, Message, StreamPosition, protocol::Publish
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::{Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, now_us};
+use crate::{
+    Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, now_us,
+    presence::{
+        Presence, RoomsConfig,
+        memory::{MemoryPresence, Rooms},
+    },
+};
 
 mod channel;
 
@@ -42,6 +48,8 @@ pub struct MemoryConfig {
     /// Most bytes of history, idempotency keys and channel state the broker keeps. A publish
     /// that would go beyond fails with [`BrokerError::Full`] (nothing is stored or forgotten).
     pub max_bytes: usize,
+    /// Which channels are rooms (presence, join/leave) and how they behave.
+    pub rooms: RoomsConfig,
 }
 
 impl Default for MemoryConfig {
@@ -51,6 +59,7 @@ impl Default for MemoryConfig {
             history_ttl: Duration::from_secs(3600),
             retention_by_namespace: HashMap::new(),
             max_bytes: 512 << 20,
+            rooms: RoomsConfig::default(),
         }
     }
 }
@@ -70,6 +79,8 @@ pub struct MemoryBroker {
     hasher: RandomState,
     config: MemoryConfig,
     stats: Arc<MemoryStats>,
+    /// Presence and join/leave state of the node's rooms.
+    rooms: Rooms,
 }
 
 impl MemoryBroker {
@@ -80,6 +91,7 @@ impl MemoryBroker {
         let broker = Arc::new(Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            rooms: Rooms::new(config.rooms.clone()),
             config,
             stats: Arc::default(),
         });
@@ -162,6 +174,10 @@ impl MemoryBroker {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
+    pub(crate) fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
     /// What the broker holds, for metrics.
     pub fn stats(&self) -> Arc<MemoryStats> {
         self.stats.clone()
@@ -196,9 +212,10 @@ async fn sweep_loop(broker: Weak<MemoryBroker>) {
     }
 }
 
-#[async_trait]
-impl Broker for MemoryBroker {
-    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
+impl MemoryBroker {
+    /// The publish itself, synchronous: nothing in it waits, so the room state can publish its
+    /// join and leave messages under its own lock, in the order their transitions happened.
+    pub(crate) fn publish_now(&self, publish: Publish) -> Result<Published, BrokerError> {
         let now = Instant::now();
         let retention = self.retention(&publish.channel);
         let mut shard = self.shard(&publish.channel).lock();
@@ -247,6 +264,7 @@ impl Broker for MemoryBroker {
             event: publish.event,
             data: publish.data,
             published_at_us: now_us(),
+            sender: publish.sender,
         });
         let cost = state.append_cost(
             message_cost(&msg),
@@ -278,6 +296,13 @@ impl Broker for MemoryBroker {
             position: state.top(),
             duplicate: false,
         })
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
+        self.publish_now(publish)
     }
 
     async fn history(
@@ -345,6 +370,10 @@ impl Broker for MemoryBroker {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn presence(self: Arc<Self>) -> Option<Arc<dyn Presence>> {
+        Some(Arc::new(MemoryPresence(self)))
     }
 }
 

@@ -14,7 +14,7 @@ mod commands;
 mod config;
 mod durability;
 mod endpoint;
-mod keys;
+pub(crate) mod keys;
 mod probe;
 mod pubsub;
 mod relay;
@@ -30,3 +30,4 @@ pub use stats::{RedisStats, RedisStatsSnapshot};
 pub use url::{redact_url, validate_url};
 
 pub(crate) use broker::Shared;
+pub(crate) use scripts::append_fn;

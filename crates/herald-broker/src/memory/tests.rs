@@ -28,6 +28,7 @@ fn publish(channel: &str, n: u64, key: Option<&str>) -> Publish {
         event: None,
         data: Bytes::from(n.to_string()),
         idempotency_key: key.map(str::to_owned),
+        sender: None,
     }
 }
 

@@ -34,6 +34,7 @@ use super::{
 };
 use crate::{
     Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start, now_us,
+    presence::{Presence, redis::RedisPresence},
 };
 
 /// Subscribe/unsubscribe of one channel are serialised (so SUBSCRIBE and UNSUBSCRIBE cannot
@@ -219,6 +220,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 /// The Redis-backed broker: standalone Redis, a Sentinel-managed primary, or Redis Cluster.
 pub struct RedisBroker {
     shared: Arc<Shared>,
+    presence: Arc<RedisPresence>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -277,8 +279,9 @@ impl RedisBroker {
             None => format!("{:016x}", rand::random::<u64>()),
         };
         let (events, events_rx) = mpsc::unbounded_channel();
+        let rooms = config.rooms.clone();
         let shared = Arc::new(Shared {
-            probes: Probes::new(node_id),
+            probes: Probes::new(node_id.clone()),
             cfg: config,
             endpoint,
             commands,
@@ -301,10 +304,12 @@ impl RedisBroker {
             announced_primary: Mutex::new(String::new()),
             next_sub: AtomicU64::new(1),
         });
+        let (presence, presence_task) = RedisPresence::start(shared.clone(), node_id, rooms);
         let mut tasks = vec![
             tokio::spawn(relay::run(shared.clone(), events_rx)),
             tokio::spawn(supervisor::supervise(shared.clone())),
             tokio::spawn(probe::run(shared.clone())),
+            presence_task,
         ];
         if let Some(s) = shared.endpoint.sentinel()
             && shared.cfg.follow_switch_master
@@ -313,7 +318,11 @@ impl RedisBroker {
                 tasks.push(tokio::spawn(sentinel::follow(shared.clone(), idx)));
             }
         }
-        let broker = Arc::new(Self { shared, tasks });
+        let broker = Arc::new(Self {
+            shared,
+            presence,
+            tasks,
+        });
         if broker.wait_connected(false).await.is_err() {
             tracing::warn!("redis is not reachable yet; retrying in the background");
         } else {
@@ -417,6 +426,12 @@ impl Broker for RedisBroker {
             .arg(c.as_str())
             .arg(&publish.data[..])
             .arg(if s.commands.is_cluster() { "s" } else { "p" });
+        match &publish.sender {
+            Some(sender) => inv
+                .arg(sender.user.as_bytes())
+                .arg(sender.info.as_deref().unwrap_or_default()),
+            None => inv.arg("").arg(""),
+        };
         let (reply, server) = s
             .commands
             .script(&inv, s.cfg.timeout)
@@ -518,5 +533,9 @@ impl Broker for RedisBroker {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+
+    fn presence(self: Arc<Self>) -> Option<Arc<dyn Presence>> {
+        Some(self.presence.clone())
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! h1 <offset> <epoch> <published_at_us> <event> <channel>\n<data>
+//! h2 <offset> <epoch> <published_at_us> <event> <channel> <from_len> <info_len>\n<from><info><data>
 //! ```
 //!
 //! The header is ASCII, space separated; `<event>` is empty for the default event type (an
@@ -10,11 +11,18 @@
 //! taken as a zero-copy slice of the received buffer. The publish script builds the payload
 //! (only it knows the offset and epoch), so the same bytes are stored in history and relayed,
 //! and a node decodes each message once, whichever way it arrived.
+//!
+//! `h2` is a message a client published with a token: its sender's user id (`from`, any text)
+//! and `info` (compact JSON, possibly empty) come after the header, delimited by their byte
+//! lengths. Every other message is still written as `h1`, so nodes that know only `h1` keep
+//! relaying everything but client publishes during a rolling upgrade. The server's room events
+//! (`herald.join`, `herald.leave`) are `h1` with that event type.
 
 use bytes::Bytes;
-use herald_core::{ChannelName, Epoch, EventName, Message};
+use herald_core::{ChannelName, Epoch, EventName, Message, Sender};
 
 const VERSION: &str = "h1";
+const VERSION_SENDER: &str = "h2";
 /// A header is at most ~400 bytes (255-byte channel, 64-byte event, 32-byte epoch, numbers).
 const MAX_HEADER: usize = 512;
 
@@ -31,11 +39,14 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
         .position(|&b| b == b'\n')
         .ok_or(DecodeError("no header"))?;
     let header = std::str::from_utf8(&buf[..nl]).map_err(|_| DecodeError("header not UTF-8"))?;
-    let mut fields = header.splitn(6, ' ');
+    let (version, header) = header.split_once(' ').ok_or(DecodeError("short header"))?;
+    let with_sender = match version {
+        VERSION => false,
+        VERSION_SENDER => true,
+        _ => return Err(DecodeError("unknown version")),
+    };
+    let mut fields = header.splitn(if with_sender { 7 } else { 5 }, ' ');
     let mut next = || fields.next().ok_or(DecodeError("short header"));
-    if next()? != VERSION {
-        return Err(DecodeError("unknown version"));
-    }
     let offset = next()?.parse().map_err(|_| DecodeError("bad offset"))?;
     let epoch = Epoch::parse(next()?)
         .filter(|e| !e.is_none())
@@ -43,16 +54,40 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
     let published_at_us = next()?.parse().map_err(|_| DecodeError("bad timestamp"))?;
     let event = match next()? {
         "" => None,
-        e => Some(EventName::parse(e).map_err(|_| DecodeError("bad event"))?),
+        e => Some(EventName::parse_stored(e).map_err(|_| DecodeError("bad event"))?),
     };
     let channel = ChannelName::parse(next()?).map_err(|_| DecodeError("bad channel"))?;
+    let mut body = nl + 1;
+    let sender = if with_sender {
+        let mut len = || -> Result<usize, DecodeError> {
+            next()?.parse().map_err(|_| DecodeError("bad sender length"))
+        };
+        let (user_len, info_len) = (len()?, len()?);
+        let info_at = body
+            .checked_add(user_len)
+            .filter(|&at| at.checked_add(info_len).is_some_and(|end| end <= buf.len()))
+            .ok_or(DecodeError("short sender"))?;
+        let user = std::str::from_utf8(&buf[body..info_at])
+            .map_err(|_| DecodeError("sender not UTF-8"))?;
+        if user.is_empty() {
+            return Err(DecodeError("empty sender"));
+        }
+        body = info_at + info_len;
+        Some(Box::new(Sender {
+            user: user.into(),
+            info: (info_len > 0).then(|| buf.slice(info_at..body)),
+        }))
+    } else {
+        None
+    };
     Ok(Message {
         channel,
         offset,
         epoch,
         event,
-        data: buf.slice(nl + 1..),
+        data: buf.slice(body..),
         published_at_us,
+        sender,
     })
 }
 
@@ -60,11 +95,18 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
 #[cfg(test)]
 pub(crate) fn encode(m: &Message) -> Bytes {
     let event = m.event.as_ref().map_or("", EventName::as_str);
-    let mut out = format!(
-        "{VERSION} {} {} {} {event} {}\n",
-        m.offset, m.epoch, m.published_at_us, m.channel
-    )
-    .into_bytes();
+    let head = format!("{} {} {} {event} {}", m.offset, m.epoch, m.published_at_us, m.channel);
+    let mut out = match &m.sender {
+        None => format!("{VERSION} {head}\n").into_bytes(),
+        Some(s) => {
+            let info = s.info.as_deref().unwrap_or_default();
+            let mut out =
+                format!("{VERSION_SENDER} {head} {} {}\n", s.user.len(), info.len()).into_bytes();
+            out.extend_from_slice(s.user.as_bytes());
+            out.extend_from_slice(info);
+            out
+        }
+    };
     out.extend_from_slice(&m.data);
     Bytes::from(out)
 }
@@ -78,9 +120,20 @@ mod tests {
             channel: ChannelName::parse("a/b:c").expect("name"),
             offset: 42,
             epoch: Epoch::from_random(7),
-            event: event.map(|e| EventName::parse(e).expect("event")),
+            event: event.map(|e| EventName::parse_stored(e).expect("event")),
             data: Bytes::from_static(data.as_bytes()),
             published_at_us: 1_700_000_000_000_000,
+            sender: None,
+        }
+    }
+
+    fn from(m: Message, user: &str, info: Option<&'static str>) -> Message {
+        Message {
+            sender: Some(Box::new(Sender {
+                user: user.into(),
+                info: info.map(|i| Bytes::from_static(i.as_bytes())),
+            })),
+            ..m
         }
     }
 
@@ -90,9 +143,17 @@ mod tests {
             msg(None, "{\"a\":1}"),
             msg(Some("e-1"), ""),
             msg(None, "\"x\\ny\""),
+            from(msg(None, "[1]"), "al ice\n\u{e9}", Some(r#"{"n":"A"}"#)),
+            from(msg(Some("e"), ""), "b", None),
+            msg(Some("herald.join"), r#"{"user":"a","client":"c"}"#),
         ] {
             assert_eq!(decode(encode(&m)), Ok(m));
         }
+        let m = from(msg(None, "1"), "bob", Some("{}"));
+        assert_eq!(
+            &encode(&m)[..],
+            &b"h2 42 0000000000000007 1700000000000000  a/b:c 3 2\nbob{}1"[..]
+        );
     }
 
     #[test]
@@ -107,6 +168,11 @@ mod tests {
             b"h1 1 e 1 herald.x c\n{}",
             b"h1 1 e 1 ",
             b"h1 1  1  c\n{}",
+            b"h2 1 e 1  c\n{}",
+            b"h2 1 e 1  c 5 0\nab",
+            b"h2 1 e 1  c 0 0\n1",
+            b"h2 1 e 1  c 1 99999999999999999999\na1",
+            b"h2 1 e 1  c x 0\na1",
         ] {
             assert!(decode(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use super::url::redact_url;
-use crate::Retention;
+use crate::{Retention, RoomsConfig};
 
 /// A password or other credential: `Debug` never prints it.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -120,6 +120,9 @@ pub struct RedisConfig {
     /// prove that the self-probe alone catches a pub/sub connection left on a stale primary.
     #[doc(hidden)]
     pub follow_switch_master: bool,
+    /// Which channels are rooms (presence, join/leave), how they behave, and how long a node's
+    /// presence lasts without a refresh.
+    pub rooms: RoomsConfig,
 }
 
 impl Default for RedisConfig {
@@ -146,6 +149,7 @@ impl Default for RedisConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             follow_switch_master: true,
+            rooms: RoomsConfig::default(),
         }
     }
 }

@@ -18,43 +18,73 @@ use redis::Value;
 use super::codec;
 use crate::BrokerError;
 
+/// The Lua function that appends one message to a channel's stream and relays it: the heart of
+/// [`PUBLISH`], shared with the room script (`crate::presence`), whose join and leave messages
+/// take the same path (offset, history, backbone).
+///
+/// `herald_append(meta, stream, backbone, new_epoch, size, ttl, ts, event, channel, from, info,
+/// data, sharded)` creates the channel's epoch if it has none, takes the next offset, builds the
+/// payload (`h1`, or `h2` when `from` is not empty: see `codec`), appends it to history (unless
+/// `size` is 0), refreshes the TTLs and publishes it. Returns the epoch and the offset.
+macro_rules! append_fn {
+    () => {
+        r#"
+local function herald_append(meta, stream, backbone, new_epoch, size, ttl, ts, event, channel,
+                             from, info, data, sharded)
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    -- A new incarnation: whatever history is left belongs to a lost epoch.
+    epoch = new_epoch
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch, 'o', 0)
+  end
+  local offset = string.format('%d', redis.call('HINCRBY', meta, 'o', 1))
+  local head = offset .. ' ' .. epoch .. ' ' .. ts .. ' ' .. event .. ' ' .. channel
+  local payload
+  if from ~= '' then
+    payload = 'h2 ' .. head .. ' ' .. #from .. ' ' .. #info .. '\n' .. from .. info .. data
+  else
+    payload = 'h1 ' .. head .. '\n' .. data
+  end
+  redis.call('PEXPIRE', meta, ttl)
+  if tonumber(size) > 0 then
+    local now = redis.call('TIME')
+    local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
+    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 't', ms, 'p', payload)
+    redis.call('PEXPIRE', stream, ttl)
+  end
+  if sharded == 's' then
+    redis.call('SPUBLISH', backbone, payload)
+  else
+    redis.call('PUBLISH', backbone, payload)
+  end
+  return epoch, offset
+end
+"#
+    };
+}
+pub(crate) use append_fn;
+
 /// KEYS: meta, stream, backbone channel, [idempotency key].
 /// ARGV: new epoch, history size, ttl ms, published_at_us, event ('' = default), channel, data,
-/// 's' to SPUBLISH (Cluster) or 'p' to PUBLISH.
+/// 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' = none), info.
 /// Returns `{duplicate 0|1, "<epoch>:<offset>"}`.
-pub(crate) const PUBLISH: &str = r#"
+pub(crate) const PUBLISH: &str = concat!(
+    append_fn!(),
+    r#"
 local ttl = ARGV[3]
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {1, prev} end
 end
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  -- A new incarnation: whatever history is left belongs to a lost epoch.
-  epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0)
-end
-local offset = string.format('%d', redis.call('HINCRBY', KEYS[1], 'o', 1))
-local payload = 'h1 ' .. offset .. ' ' .. epoch .. ' ' .. ARGV[4] .. ' ' .. ARGV[5] .. ' '
-  .. ARGV[6] .. '\n' .. ARGV[7]
-redis.call('PEXPIRE', KEYS[1], ttl)
-if tonumber(ARGV[2]) > 0 then
-  local now = redis.call('TIME')
-  local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], offset .. '-0', 't', ms, 'p', payload)
-  redis.call('PEXPIRE', KEYS[2], ttl)
-end
+local epoch, offset = herald_append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ttl, ARGV[4],
+  ARGV[5], ARGV[6], ARGV[9], ARGV[10], ARGV[7], ARGV[8])
 if KEYS[4] then
   redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ttl)
 end
-if ARGV[8] == 's' then
-  redis.call('SPUBLISH', KEYS[3], payload)
-else
-  redis.call('PUBLISH', KEYS[3], payload)
-end
 return {0, epoch .. ':' .. offset}
-"#;
+"#
+);
 
 /// KEYS: meta, stream.
 /// ARGV: ttl ms, mode, since epoch, since offset, limit, max bytes, max entry bytes.

@@ -24,6 +24,7 @@ pub fn publish(channel: &str, n: u64, key: Option<&str>) -> Publish {
         event: None,
         data: bytes::Bytes::from(n.to_string()),
         idempotency_key: key.map(str::to_owned),
+        sender: None,
     }
 }
 

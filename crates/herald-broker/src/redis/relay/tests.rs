@@ -19,6 +19,7 @@ fn msg(e: u64, offset: u64) -> Arc<Message> {
         event: None,
         data: Bytes::new(),
         published_at_us: 0,
+        sender: None,
     })
 }
 
