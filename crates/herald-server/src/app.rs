@@ -5,17 +5,22 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use herald_broker::Broker;
 use herald_core::protocol::Limits;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     auth::Auth, config::Config, hub::Hub, limits::ConnectionLimits, metrics::Metrics,
-    publishers::Publishers,
+    publishers::Publishers, rooms::Rooms,
 };
 
 pub struct App {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// Where publishes go (the hub's broker: the one the node subscribes through).
+    pub broker: Arc<dyn Broker>,
+    /// Presence and join/leave: which subscriptions make a connection a room member.
+    pub rooms: Rooms,
     /// Subscriber tokens and namespace rules: who may read and publish what.
     pub auth: Auth,
     pub limits: Limits,
@@ -35,8 +40,12 @@ pub struct App {
 
 impl App {
     pub fn new(config: Config, hub: Arc<Hub>, metrics: Metrics, auth: Auth) -> Arc<Self> {
+        let broker = hub.broker().clone();
+        let rooms = Rooms::new(&config, broker.clone().presence(), metrics.presence.clone());
         Arc::new(Self {
             auth,
+            broker,
+            rooms,
             limits: config.limits(),
             publishers: Publishers::new(&config.api_keys, &metrics),
             connections: ConnectionLimits::new(&config, metrics.limits.clone()),

@@ -451,6 +451,16 @@ options! {
     /// Longest a long-poll (GET /v1/poll) is held; a client's `timeout` above it is lowered to it. [default: 60s]
     poll_max_timeout: Duration = Duration::from_secs(60), env = "HERALD_POLL_MAX_TIMEOUT", parse = parse_duration;
     // --- end of TLS, HTTP/2 and long-polling ---
+    // ---- rooms: presence and join/leave (docs/operations.md, "Rooms") ----
+    /// How long a node's presence in its rooms lasts without a refresh (with Redis): the members of a node that dies drop out of presence within this time and their users leave. Nodes refresh every third of it. [default: 15s]
+    presence_ttl: Duration = Duration::from_secs(15), env = "HERALD_PRESENCE_TTL", parse = parse_duration;
+    /// How long a user's last connection to a room must be gone before `leave` is sent: a page reload inside it sends neither leave nor join. A namespace's own `leave_grace` wins. [default: 5s]
+    leave_grace: Duration = Duration::from_secs(5), env = "HERALD_LEAVE_GRACE", parse = parse_duration;
+    /// No join or leave messages in a room holding more connections than this (against storms in big rooms). A namespace's own `join_leave_max_members` wins. [default: 1000]
+    join_leave_max_members: usize = 1000, env = "HERALD_JOIN_LEAVE_MAX_MEMBERS", parse = parse_usize;
+    /// Most members one presence listing returns (WebSocket `presence`, GET .../presence); a larger room's listing says `truncated: true` (its counts stay exact). [default: 1000]
+    presence_list_max: usize = 1000, env = "HERALD_PRESENCE_LIST_MAX", parse = parse_usize;
+    // ---- end of rooms ----
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]
@@ -482,6 +492,7 @@ impl Config {
             ("queue_max_bytes", self.queue_max_bytes),
             ("history_page_bytes", self.history_page_bytes),
             ("memory_max_bytes", self.memory_max_bytes),
+            ("presence_list_max", self.presence_list_max),
         ] {
             if v == 0 {
                 return invalid(option, "must be greater than 0");
@@ -494,6 +505,7 @@ impl Config {
             ("history_ttl", self.history_ttl),
             ("header_read_timeout", self.header_read_timeout),
             ("keep_alive_timeout", self.keep_alive_timeout),
+            ("presence_ttl", self.presence_ttl),
         ] {
             if d.is_zero() {
                 return invalid(option, "must be greater than 0");

@@ -145,6 +145,9 @@ pub struct Metrics {
     broker_channels: IntGauge,
     /// Bytes of history responses produced and not yet written to their sockets.
     pub history_response_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Room work asked of the broker, by operation (`enter`, `exit`, `list`, `stats`) and
+    /// outcome (`ok`, `error`).
+    pub presence: IntCounterVec,
     broker: BrokerStats,
 }
 
@@ -368,6 +371,12 @@ impl Metrics {
                 "Channels the embedded broker holds (published within the TTL, or subscribed); 0 with Redis.",
             ),
             history_response_bytes: Arc::default(),
+            presence: counter_vec(
+                &r,
+                "herald_presence_total",
+                "Room work asked of the broker, by operation (enter, exit, list, stats) and outcome (ok, error).",
+                &["op", "outcome"],
+            ),
             broker,
             registry: r,
         }

@@ -45,6 +45,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
             history_ttl: config.history_ttl,
             retention_by_namespace: config.retention_by_namespace(),
             max_bytes: config.memory_max_bytes,
+            rooms: config.rooms_config(),
         });
         let stats = BrokerStats::Memory(broker.stats());
         return Ok((broker, stats));
@@ -59,6 +60,7 @@ pub async fn build_broker(config: &Config) -> Result<(Arc<dyn Broker>, BrokerSta
         max_entry_bytes: config.max_message_bytes + 1024,
         probe_interval: config.redis_probe_interval,
         probe_timeout: config.redis_timeout,
+        rooms: config.rooms_config(),
         ..config.production_redis()
     })
     .await?;

@@ -50,28 +50,23 @@ impl Room {
         self.members.is_empty() && self.leaving.is_empty()
     }
 
-    /// Publishes a join or leave of `json` unless the room is above the policy's cap.
-    fn announce(
-        &self,
-        broker: &MemoryBroker,
-        channel: &ChannelName,
-        policy: &RoomPolicy,
-        event: EventName,
-        json: Bytes,
-    ) {
-        if !policy.join_leave || self.members.len() > policy.max_members {
-            return;
-        }
-        let publish = Publish {
-            channel: channel.clone(),
-            event: Some(event),
-            data: json,
-            idempotency_key: None,
-            sender: None,
-        };
-        if let Err(e) = broker.publish_now(publish) {
-            tracing::warn!(%channel, error = %e, "a join or leave message could not be published");
-        }
+    /// A transition is announced when the room holds at most the policy's cap after it.
+    fn announces(&self, policy: &RoomPolicy) -> bool {
+        policy.join_leave && self.members.len() <= policy.max_members
+    }
+}
+
+/// Publishes a join or leave message into `channel`'s stream.
+fn announce(broker: &MemoryBroker, channel: &ChannelName, event: EventName, json: Bytes) {
+    let publish = Publish {
+        channel: channel.clone(),
+        event: Some(event),
+        data: json,
+        idempotency_key: None,
+        sender: None,
+    };
+    if let Err(e) = broker.publish_now(publish) {
+        tracing::warn!(%channel, error = %e, "a join or leave message could not be published");
     }
 }
 
@@ -101,8 +96,8 @@ impl Rooms {
         let count = room.users.entry(member.user.clone()).or_insert(0);
         *count += 1;
         // Back within the grace (a page reload): no leave was sent, so no join either.
-        if *count == 1 && room.leaving.remove(&member.user).is_none() {
-            room.announce(broker, channel, &policy, EventName::join(), member.json);
+        if *count == 1 && room.leaving.remove(&member.user).is_none() && room.announces(&policy) {
+            announce(broker, channel, EventName::join(), member.json);
         }
     }
 
@@ -127,9 +122,11 @@ impl Rooms {
                 true
             }
         };
-        if last && policy.join_leave {
+        // Whether the leave is sent is decided now, by the room's size; it goes out when the
+        // grace ends, unless the user comes back.
+        if last && room.announces(&policy) {
             if policy.grace.is_zero() {
-                room.announce(broker, channel, &policy, EventName::leave(), member.json);
+                announce(broker, channel, EventName::leave(), member.json);
             } else {
                 let at = Instant::now() + policy.grace;
                 room.leaving.insert(member.user.clone(), (at, member.json));
@@ -145,9 +142,6 @@ impl Rooms {
 
     /// Sends the leaves whose grace is over.
     fn sweep(&self, broker: &MemoryBroker, channel: &ChannelName) {
-        let Some(policy) = self.config.policy(channel) else {
-            return;
-        };
         let now = Instant::now();
         let mut shard = self.shard(channel).lock();
         let Some(room) = shard.get_mut(channel) else {
@@ -163,7 +157,7 @@ impl Rooms {
             if let Some((_, json)) = room.leaving.remove(&user)
                 && !room.users.contains_key(&user)
             {
-                room.announce(broker, channel, &policy, EventName::leave(), json);
+                announce(broker, channel, EventName::leave(), json);
             }
         }
         if room.is_empty() {

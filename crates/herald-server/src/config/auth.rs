@@ -80,6 +80,14 @@ impl Config {
                         ),
                     );
                 }
+                if ns.presence == Some(true) {
+                    return invalid(
+                        "namespaces",
+                        format!(
+                            "[namespaces.{name}] presence needs a subscriber key (jwt_secret, jwt_secret_file, jwt_public_key_file or jwks_file): room members are the users of tokens"
+                        ),
+                    );
+                }
                 if ns.client_publish == Some(herald_core::auth::ClientPublish::Token) {
                     return invalid(
                         "namespaces",

@@ -11,18 +11,24 @@
 //!
 //! [namespaces.user]             # user:42 is readable only by a token with sub = "42"
 //! user_channels = true
+//!
+//! [namespaces.room]             # rooms: who is here, who joins and leaves
+//! presence = true
+//! join_leave = true
+//! leave_grace = "5s"            # default: the global leave_grace
+//! join_leave_max_members = 500  # default: the global join_leave_max_members
 //! ```
 //!
 //! Unset fields (and namespaces with no table) take the global defaults: `history_size`,
-//! `history_ttl`, no anonymous read, no user channels, and the `client_publish` that
-//! `allow_client_publish` implies. Tables are TOML only (no flag or environment form).
+//! `history_ttl`, no anonymous read, no user channels, no presence, and the `client_publish`
+//! that `allow_client_publish` implies. Tables are TOML only (no flag or environment form).
 
 use std::{
     collections::{BTreeMap, HashMap},
     time::Duration,
 };
 
-use herald_broker::Retention;
+use herald_broker::{Retention, RoomPolicy, RoomsConfig};
 use herald_core::auth::ClientPublish;
 use serde::Deserialize;
 
@@ -36,7 +42,12 @@ pub struct NamespaceSettings {
     pub history_size: Option<usize>,
     pub history_ttl: Option<Duration>,
     pub user_channels: Option<bool>,
-    // Room for the rooms issue: `presence`, `join_leave`.
+    /// Rooms: who is subscribed is listed (presence).
+    pub presence: Option<bool>,
+    /// Rooms: `herald.join` / `herald.leave` messages (needs presence).
+    pub join_leave: Option<bool>,
+    pub leave_grace: Option<Duration>,
+    pub join_leave_max_members: Option<usize>,
 }
 
 /// Every `[namespaces.NAME]` table, by name.
@@ -51,6 +62,10 @@ struct RawSettings {
     history_size: Option<toml::Value>,
     history_ttl: Option<toml::Value>,
     user_channels: Option<bool>,
+    presence: Option<bool>,
+    join_leave: Option<bool>,
+    leave_grace: Option<toml::Value>,
+    join_leave_max_members: Option<toml::Value>,
 }
 
 /// A namespace name: what may stand before the `:` of a channel name.
@@ -105,6 +120,26 @@ impl Namespaces {
                     Some(ttl)
                 }
             };
+            let leave_grace = match raw.leave_grace {
+                None => None,
+                Some(v) => Some(
+                    parse_duration(&file_text(v))
+                        .map_err(|e| format!("[namespaces.{name}] leave_grace: {e}"))?,
+                ),
+            };
+            let join_leave_max_members = match raw.join_leave_max_members {
+                None => None,
+                Some(v) => Some(file_text(v).trim().parse::<usize>().map_err(|_| {
+                    format!(
+                        "[namespaces.{name}] join_leave_max_members must be a non-negative integer"
+                    )
+                })?),
+            };
+            if raw.join_leave == Some(true) && raw.presence != Some(true) {
+                return Err(format!(
+                    "[namespaces.{name}] join_leave = true needs presence = true (join and leave are computed from presence)"
+                ));
+            }
             out.insert(
                 name,
                 NamespaceSettings {
@@ -113,6 +148,10 @@ impl Namespaces {
                     history_size,
                     history_ttl,
                     user_channels: raw.user_channels,
+                    presence: raw.presence,
+                    join_leave: raw.join_leave,
+                    leave_grace,
+                    join_leave_max_members,
                 },
             );
         }
@@ -144,6 +183,30 @@ impl Config {
                 (name.to_owned(), r)
             })
             .collect()
+    }
+
+    /// The rooms of the namespaces with `presence = true`, with their join/leave policy (unset
+    /// fields take the global `leave_grace` and `join_leave_max_members`), and the presence TTL.
+    pub fn rooms_config(&self) -> RoomsConfig {
+        let by_namespace = self
+            .namespaces
+            .iter()
+            .filter(|(_, s)| s.presence == Some(true))
+            .map(|(name, s)| {
+                let policy = RoomPolicy {
+                    join_leave: s.join_leave == Some(true),
+                    grace: s.leave_grace.unwrap_or(self.leave_grace),
+                    max_members: s
+                        .join_leave_max_members
+                        .unwrap_or(self.join_leave_max_members),
+                };
+                (name.to_owned(), policy)
+            })
+            .collect();
+        RoomsConfig {
+            by_namespace,
+            ttl: self.presence_ttl,
+        }
     }
 }
 
@@ -220,6 +283,40 @@ mod tests {
     }
 
     #[test]
+    fn rooms_follow_the_namespace_and_the_global_defaults() {
+        let config = Config {
+            namespaces: parse(
+                "[namespaces.chat]\npresence = true\njoin_leave = true\nleave_grace = \"250ms\"\n\
+                 [namespaces.lobby]\npresence = true\njoin_leave_max_members = 7\n\
+                 [namespaces.news]\nanonymous_read = true\n",
+            )
+            .expect("valid"),
+            ..Config::default()
+        };
+        let rooms = config.rooms_config();
+        let of = |c: &str| rooms.policy(&herald_core::ChannelName::parse(c).expect("name"));
+        assert_eq!(
+            of("chat:1"),
+            Some(RoomPolicy {
+                join_leave: true,
+                grace: Duration::from_millis(250),
+                max_members: config.join_leave_max_members,
+            })
+        );
+        assert_eq!(
+            of("lobby:a"),
+            Some(RoomPolicy {
+                join_leave: false,
+                grace: config.leave_grace,
+                max_members: 7,
+            })
+        );
+        assert_eq!(of("news:x"), None);
+        assert_eq!(of("plain"), None);
+        assert_eq!(rooms.ttl, config.presence_ttl);
+    }
+
+    #[test]
     fn mistakes_are_named() {
         for (text, needle) in [
             (
@@ -231,6 +328,12 @@ mod tests {
             ("[namespaces.chat]\nhistory_ttl = \"0s\"\n", "history_ttl"),
             ("[namespaces.\"a:b\"]\nanonymous_read = true\n", "a:b"),
             ("[namespaces]\nchat = 1\n", "[namespaces.chat]"),
+            ("[namespaces.chat]\njoin_leave = true\n", "needs presence"),
+            ("[namespaces.chat]\npresence = true\nleave_grace = \"soon\"\n", "leave_grace"),
+            (
+                "[namespaces.chat]\njoin_leave_max_members = -3\n",
+                "join_leave_max_members",
+            ),
         ] {
             let err = parse(text).expect_err(text);
             assert!(err.contains(needle), "{err:?} should mention {needle}");

@@ -203,7 +203,7 @@ impl Pages {
             64 + page
                 .messages
                 .iter()
-                .map(|m| m.data.len() + 80)
+                .map(|m| m.stored_len() + 32)
                 .sum::<usize>(),
         );
         if !self.sent_any {
@@ -267,13 +267,23 @@ fn log_cut(channel: &ChannelName, e: &BrokerError) {
     tracing::debug!(%channel, error = %e, "history response ended early: a page read failed");
 }
 
-/// `{"offset":N,"event":"e","published_at_us":T,"data":DATA}`.
+/// `{"offset":N,"event":"e","from":"u","info":{..},"published_at_us":T,"data":DATA}`.
 fn render(out: &mut Vec<u8>, m: &Message) {
     let _ = std::io::Write::write_fmt(out, format_args!("{{\"offset\":{},", m.offset));
     if let Some(e) = &m.event {
         out.put_slice(b"\"event\":\"");
         out.put_slice(e.as_str().as_bytes());
         out.put_slice(b"\",");
+    }
+    if let Some(sender) = &m.sender {
+        out.put_slice(b"\"from\":");
+        let _ = serde_json::to_writer(&mut *out, &*sender.user);
+        out.push(b',');
+        if let Some(info) = &sender.info {
+            out.put_slice(b"\"info\":");
+            out.put_slice(info);
+            out.push(b',');
+        }
     }
     let _ = std::io::Write::write_fmt(
         out,

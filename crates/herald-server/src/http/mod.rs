@@ -4,6 +4,7 @@ mod assets;
 pub mod cors;
 pub mod head;
 mod history;
+mod presence;
 pub mod publish;
 pub mod query;
 
@@ -114,6 +115,7 @@ fn route_label(method: &Method, path: &str) -> &'static str {
         (_, "/") => "console",
         (_, "/herald.js") => "client_js",
         (_, p) if history::matches(p) => "history",
+        (_, p) if presence::matches(p) => "presence",
         _ => "other",
     }
 }
@@ -140,6 +142,7 @@ async fn route_request(app: &Arc<App>, req: Request<Incoming>) -> Response<Body>
         (&Method::GET | &Method::HEAD, "/") => assets::console(),
         (&Method::GET | &Method::HEAD, "/herald.js") => assets::client_js(),
         (&Method::GET, p) if history::matches(p) => history::handle(app, &req).await,
+        (&Method::GET, p) if presence::matches(p) => presence::handle(app, &req).await,
         (_, p) => match allowed_methods(p) {
             Some(allow) => {
                 let mut resp = error(
@@ -160,7 +163,7 @@ fn allowed_methods(path: &str) -> Option<&'static str> {
         "/v1/publish" | "/v1/broadcast" => Some("POST"),
         "/healthz" | "/readyz" | "/metrics" | "/" | "/herald.js" => Some("GET, HEAD"),
         "/v1/sse" | "/v1/ws" | "/v1/poll" => Some("GET"),
-        p if history::matches(p) => Some("GET"),
+        p if history::matches(p) || presence::matches(p) => Some("GET"),
         _ => None,
     }
 }

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use futures_util::future::join_all;
-use herald_broker::BrokerError;
+use herald_broker::Published;
 use herald_core::{
-    ErrorCode,
+    ChannelName, ErrorCode,
     protocol::{self, Publish, Rejection},
 };
 use http_body_util::{BodyExt, Limited};
@@ -29,7 +29,7 @@ fn presented_key(req: &Request<Incoming>) -> Option<&str> {
 
 /// Authenticates the publisher (see [`crate::publishers`]) and takes one request from its
 /// rate. `None` when publishing is open.
-fn authorize<'a>(
+pub(crate) fn authorize<'a>(
     app: &'a App,
     req: &Request<Incoming>,
 ) -> Result<Option<&'a Publisher>, Response<Body>> {
@@ -56,7 +56,7 @@ fn authorize<'a>(
 }
 
 /// Refuses a channel the publisher's key does not cover.
-fn check_scope(publisher: Option<&Publisher>, channel: &str) -> Result<(), (ErrorCode, String)> {
+pub(crate) fn check_scope(publisher: Option<&Publisher>, channel: &str) -> Result<(), (ErrorCode, String)> {
     match publisher {
         Some(p) if !p.may_publish(channel) => Err((
             ErrorCode::Forbidden,
@@ -124,64 +124,26 @@ async fn read_body(
 }
 
 fn rejected(app: &App, r: Rejection) -> Response<Body> {
-    app.metrics.published.with_label_values(&["rejected"]).inc();
-    if r.code == ErrorCode::PayloadTooLarge {
-        app.metrics.limits.hit(Limit::MaxMessageBytes);
-    }
+    crate::publish::rejected(&app.metrics, &r);
     error(r.code, &r.message)
 }
 
-fn broker_error(app: &App, e: &BrokerError) -> (ErrorCode, String) {
-    match e {
-        BrokerError::Unavailable(_) => {
-            app.metrics
-                .published
-                .with_label_values(&["unavailable"])
-                .inc();
-            (
-                ErrorCode::Unavailable,
-                format!("{e}; retry with the same idempotency_key"),
-            )
-        }
-        BrokerError::Full(_) => {
-            app.metrics.published.with_label_values(&["full"]).inc();
-            app.metrics.limits.hit(crate::limits::Limit::MemoryMaxBytes);
-            tracing::warn!(error = %e, "publish refused");
-            (
-                ErrorCode::StorageFull,
-                format!("{e}; retry later with the same idempotency_key"),
-            )
-        }
-        BrokerError::Internal(_) => {
-            app.metrics.published.with_label_values(&["error"]).inc();
-            tracing::error!(error = %e, "publish failed");
-            (ErrorCode::Internal, e.to_string())
-        }
-    }
+/// `{"channel","offset","epoch"}`: a publish's result, rendered for HTTP.
+fn published_json(channel: &ChannelName, p: &Published) -> serde_json::Value {
+    serde_json::json!({
+        "channel": channel.as_str(),
+        "offset": p.position.offset,
+        "epoch": p.position.epoch.as_str(),
+    })
 }
 
-/// Publishes one message through the broker; the JSON result or error for one channel.
-pub async fn publish_one(app: &App, p: Publish) -> Result<serde_json::Value, (ErrorCode, String)> {
+/// Publishes one message: the JSON result or the error for one channel.
+async fn publish_one(app: &App, p: Publish) -> Result<serde_json::Value, (ErrorCode, String)> {
     let channel = p.channel.clone();
-    let timer = app.metrics.publish_duration.start_timer();
-    let result = app.hub.broker().publish(p).await;
-    timer.observe_duration();
-    match result {
-        Ok(published) => {
-            let outcome = if published.duplicate {
-                "duplicate"
-            } else {
-                "ok"
-            };
-            app.metrics.published.with_label_values(&[outcome]).inc();
-            Ok(serde_json::json!({
-                "channel": channel.as_str(),
-                "offset": published.position.offset,
-                "epoch": published.position.epoch.as_str(),
-            }))
-        }
-        Err(e) => Err(broker_error(app, &e)),
-    }
+    crate::publish::publish(app.broker.as_ref(), &app.metrics, p)
+        .await
+        .map(|published| published_json(&channel, &published))
+        .map_err(|r| (r.code, r.message))
 }
 
 pub async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {

@@ -18,6 +18,8 @@ pub struct Delivery {
     ws: OnceLock<Bytes>,
     /// The SSE `event:` + `data:` lines; the `id:` line is per connection.
     sse: OnceLock<Bytes>,
+    /// The same for SSE streams that asked for envelopes (`data:` is the WebSocket JSON).
+    envelope: OnceLock<Bytes>,
 }
 
 impl Delivery {
@@ -26,6 +28,7 @@ impl Delivery {
             msg,
             ws: OnceLock::new(),
             sse: OnceLock::new(),
+            envelope: OnceLock::new(),
         })
     }
 
@@ -41,5 +44,14 @@ impl Delivery {
 
     pub fn sse_body(&self) -> &Bytes {
         self.sse.get_or_init(|| sse::message_body(&self.msg))
+    }
+
+    /// The SSE event for streams with envelopes: built from the WebSocket frame's JSON, so the
+    /// message is serialized once whichever of the two asks first.
+    pub fn sse_envelope(&self) -> &Bytes {
+        self.envelope.get_or_init(|| {
+            let json = protocol::frame_payload(self.ws_frame());
+            sse::envelope_body(&self.msg, &json)
+        })
     }
 }

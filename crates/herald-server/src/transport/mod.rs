@@ -126,7 +126,10 @@ pub async fn open(
             .subscribe(conn.id, &conn.outbox, &channel, since, None)
             .await
         {
-            Ok(()) => conn.add(channel),
+            Ok(()) => {
+                conn.add(channel.clone());
+                app.rooms.enter(conn.id, &channel, who.as_deref()).await;
+            }
             Err(SubscribeError::AlreadySubscribed(_)) => {}
             Err(SubscribeError::Broker(e)) => {
                 tracing::warn!(%channel, error = %e, "subscribe failed: broker unavailable");
@@ -207,6 +210,7 @@ impl Connection {
         drop(channels);
         if removed {
             self.hub.unsubscribe(self.id, channel);
+            self.app.rooms.exit(self.id, channel);
         }
         removed
     }
@@ -247,6 +251,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         for channel in self.channels.get_mut().drain(..) {
             self.hub.unsubscribe(self.id, &channel);
+            self.app.rooms.exit(self.id, &channel);
         }
         self.app
             .metrics

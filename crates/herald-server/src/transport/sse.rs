@@ -29,8 +29,8 @@ use super::Connection;
 use crate::{
     app::App,
     auth::credentials,
-    http::{Body, refused},
-    hub::{CloseReason, Item},
+    http::{Body, query, refused},
+    hub::{CloseReason, Delivery, Item},
     limits::{Peer, Permit},
 };
 
@@ -125,7 +125,9 @@ pub async fn open(
     let super::Opened { conn, who, .. } =
         super::open(app, "sse", q, header_token, subscriber_token, signal).await?;
     let heartbeat = app.config.sse_heartbeat;
+    let envelope = query::first(q, "envelope").is_some_and(|v| matches!(&*v, "true" | "1"));
     let body = SseBody {
+        envelope,
         preamble: Some(sse::retry(app.config.sse_retry.as_millis() as u64)),
         conn,
         token: ResumeToken::default(),
@@ -149,6 +151,9 @@ const ID_LINE_ESTIMATE: usize = 64;
 pub struct SseBody {
     /// `retry:`, sent first.
     preamble: Option<Bytes>,
+    /// `?envelope=true`: each message's `data:` is its JSON object (channel, offset, sender,
+    /// data) as WebSocket delivers it.
+    envelope: bool,
     conn: Connection,
     /// This stream's position in each channel, written as every event's `id:`.
     token: ResumeToken,
@@ -173,6 +178,15 @@ impl SseBody {
         self.conn.hold(permit);
     }
 
+    /// The shared event a message is written as on a stream with or without envelopes.
+    fn event_of(envelope: bool, d: &Delivery) -> &Bytes {
+        if envelope {
+            d.sse_envelope()
+        } else {
+            d.sse_body()
+        }
+    }
+
     /// Renders the events of `self.batch` (emptying it) into one buffer; returns it with the
     /// message count and the oldest message's publish time, for metrics.
     fn render(&mut self) -> (BytesMut, u64, Option<u64>) {
@@ -180,7 +194,7 @@ impl SseBody {
             .batch
             .iter()
             .map(|item| match item {
-                Item::Message(d) => d.sse_body().len() + ID_LINE_ESTIMATE,
+                Item::Message(d) => Self::event_of(self.envelope, d).len() + ID_LINE_ESTIMATE,
                 Item::Subscribed(_) => 256,
                 Item::Raw(b) => b.len(),
             })
@@ -197,7 +211,7 @@ impl SseBody {
                     self.id.clear();
                     self.token.write_to(&mut self.id);
                     sse::id_line(&mut out, &self.id);
-                    out.extend_from_slice(d.sse_body());
+                    out.extend_from_slice(Self::event_of(self.envelope, &d));
                 }
                 Item::Subscribed(s) => {
                     let data = format!(

@@ -204,7 +204,7 @@ async fn session<R, W>(
     let conn = Arc::new(conn);
     for channel in channels {
         // Boxed so the connection task's idle state is not sized by the subscribe future.
-        Box::pin(subscribe(&app, &conn, channel, None, None)).await;
+        Box::pin(subscribe(&app, &conn, channel, None, None, who.as_deref())).await;
     }
 
     let clock = tokio::time::Instant::now();
@@ -246,13 +246,15 @@ async fn session<R, W>(
     }
 }
 
-/// Subscribes and reports failures to the client as error frames.
+/// Subscribes (and, in a room, enters it as `who`) and reports failures to the client as error
+/// frames.
 pub async fn subscribe(
     app: &App,
     conn: &Connection,
     channel: ChannelName,
     since: Option<herald_core::StreamPosition>,
     id: Option<u64>,
+    who: Option<&herald_core::auth::Claims>,
 ) {
     if conn.is_subscribed(&channel) {
         send_error(
@@ -277,7 +279,11 @@ pub async fn subscribe(
         .subscribe(conn.id, &conn.outbox, &channel, since, id)
         .await
     {
-        Ok(()) => conn.add(channel),
+        Ok(()) => {
+            // Recorded first: a connection that ends while entering still exits the room.
+            conn.add(channel.clone());
+            app.rooms.enter(conn.id, &channel, who).await;
+        }
         Err(SubscribeError::AlreadySubscribed(c)) => {
             send_error(
                 conn,

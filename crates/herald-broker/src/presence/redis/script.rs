@@ -74,6 +74,7 @@ local limit, pc = tonumber(ARGV[8]), ARGV[9]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sent = 0
+-- A transition is announced when the room holds at most `cap` connections after it.
 local function announce(event, json)
   if join_leave and redis.call('HLEN', pm) <= cap then
     herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], ARGV[13], event,
@@ -96,8 +97,9 @@ local function drop(client, set, later)
   local user, json = split(v)
   if redis.call('HINCRBY', pu, user, -1) > 0 then return end
   redis.call('HDEL', pu, user)
-  if not join_leave then return end
+  if not join_leave or redis.call('HLEN', pm) > cap then return end
   if later then
+    -- Decided now, sent when the grace ends (unless the user comes back).
     redis.call('ZADD', pg, now + grace, user)
     redis.call('HSET', pl, user, json)
   else
@@ -142,7 +144,11 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', pg, '-inf', now)) do
   redis.call('ZREM', pg, user)
   local json = redis.call('HGET', pl, user)
   redis.call('HDEL', pl, user)
-  if json and redis.call('HEXISTS', pu, user) == 0 then announce('herald.leave', json) end
+  if json and redis.call('HEXISTS', pu, user) == 0 then
+    herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], ARGV[13],
+      'herald.leave', ARGV[14], '', '', json, ARGV[15])
+    sent = sent + 1
+  end
 end
 -- 4. This node's presence: refreshed while it has members. Its connection set outlives the
 -- room's other keys by a presence TTL, so whoever finds the node expired can still read it.

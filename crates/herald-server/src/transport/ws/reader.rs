@@ -12,7 +12,7 @@ use std::{
 };
 
 use herald_core::{
-    ErrorCode,
+    ErrorCode, Sender,
     protocol::{self, ClientOp, Opcode},
 };
 use tokio::io::AsyncRead;
@@ -26,12 +26,12 @@ use super::{
 };
 use crate::{
     app::App,
-    http::publish::publish_one,
     hub::{CloseReason, Item},
     limits::{
         Limit,
         bucket::{Rate, Taken, TokenBucket},
     },
+    rooms,
     transport::Connection,
 };
 
@@ -240,7 +240,7 @@ async fn handle_op(
         ClientOp::Subscribe { id, channel, since } => {
             // A resume (`since`) is authorised exactly like a fresh subscribe.
             match app.auth.check_read(session.who(), &channel) {
-                Ok(()) => subscribe(app, conn, channel, since, id).await,
+                Ok(()) => subscribe(app, conn, channel, since, id, session.who()).await,
                 Err(r) => send_error(conn, id, r.code, &r.message),
             }
         }
@@ -256,7 +256,7 @@ async fn handle_op(
                 );
             }
         }
-        ClientOp::Publish { id, publish } => {
+        ClientOp::Publish { id, mut publish } => {
             if let Err(r) = app.auth.check_publish(session.who(), &publish.channel) {
                 send_error(conn, id, r.code, &r.message);
                 return Ok(());
@@ -270,33 +270,35 @@ async fn handle_op(
                 }
                 Taken::Flooding => return Err((close::RATE_LIMITED, "too many publishes")),
             }
+            // Who published it is the server's to say: the token's `sub` and `info`, never
+            // anything the client wrote (parsing ignores such fields).
+            publish.sender = session.who().and_then(|claims| {
+                Some(Box::new(Sender {
+                    user: claims.sub.clone()?,
+                    info: claims.info.clone(),
+                }))
+            });
             let channel = publish.channel.clone();
-            match publish_one(app, publish).await {
-                Ok(v) => {
-                    let offset = v["offset"].as_u64().unwrap_or(0);
-                    let epoch = v["epoch"].as_str().and_then(herald_core::Epoch::parse);
-                    match epoch {
-                        Some(epoch) => send_text(
-                            conn,
-                            &protocol::published_frame(
-                                id,
-                                &channel,
-                                &herald_core::StreamPosition { epoch, offset },
-                            ),
-                        ),
-                        None => send_error(
-                            conn,
-                            id,
-                            ErrorCode::Internal,
-                            "publish result without epoch",
-                        ),
-                    }
-                }
-                Err((code, message)) => send_error(conn, id, code, &message),
+            match crate::publish::publish(app.broker.as_ref(), &app.metrics, publish).await {
+                Ok(published) => send_text(
+                    conn,
+                    &protocol::published_frame(id, &channel, &published.position),
+                ),
+                Err(r) => send_error(conn, id, r.code, &r.message),
             }
         }
+        ClientOp::Presence { id, channel } => {
+            let subscribed = conn.is_subscribed(&channel);
+            let frame = rooms::presence_op(&app.rooms, subscribed, id, &channel).await;
+            send_text(conn, &frame);
+        }
+        ClientOp::PresenceStats { id, channel } => {
+            let subscribed = conn.is_subscribed(&channel);
+            let frame = rooms::presence_stats_op(&app.rooms, subscribed, id, &channel).await;
+            send_text(conn, &frame);
+        }
         ClientOp::Ping { id } => send_text(conn, &protocol::pong_frame(id)),
-        ClientOp::Auth { id, token } => session.auth(app, conn, id, &token)?,
+        ClientOp::Auth { id, token } => session.auth(app, conn, id, &token).await?,
         ClientOp::Refresh { id, token } => session.refresh(app, conn, id, &token),
     }
     Ok(())

@@ -131,7 +131,7 @@ impl Session {
     /// The `auth` op: authenticates a connection that has no token yet. A token that is not
     /// valid ends the connection: `Err` with the close code (4401 if it only expired, 4403
     /// otherwise), after the `error` frame.
-    pub fn auth(
+    pub async fn auth(
         &mut self,
         app: &App,
         conn: &Connection,
@@ -149,6 +149,8 @@ impl Session {
         }
         match app.auth.verify(token) {
             Ok(who) => {
+                // Rooms it subscribed to anonymously now have it as a member.
+                app.rooms.reenter(conn.id, &conn.channels(), &who).await;
                 self.set(app, who);
                 self.reply(conn, id);
                 Ok(())
