@@ -44,6 +44,7 @@ async fn publish(hub: &Hub, channel: &str, n: u64) -> StreamPosition {
         event: None,
         data: Bytes::from(n.to_string()),
         idempotency_key: None,
+        sender: None,
     };
     hub.broker().publish(p).await.expect("publish").position
 }
