@@ -6,6 +6,11 @@
  *   client.subscribe('news', (msg) => console.log(msg.offset, msg.data));
  *   await client.publish('news', { title: 'hi' });   // needs --allow-client-publish true
  *
+ *   // Rooms (docs/client.md): who is here, who comes and goes, who said what.
+ *   client.subscribe('chat:lobby', (msg) => console.log(msg.from, msg.data), {
+ *     onJoin: (m) => console.log(m.user, 'joined'), onLeave: (m) => console.log(m.user, 'left') });
+ *   const { members } = await client.presence('chat:lobby');
+ *
  *   const stream = Herald.sse('', ['news'], { onMessage: (msg) => console.log(msg.data) });
  *   const polled = Herald.poll('', ['news'], { onMessage: (msg) => console.log(msg.data) });
  *
@@ -96,7 +101,8 @@
    * the URL; over SSE and polling, which cannot send headers or frames, as ?token=), WebSocket
    * (constructor, for tests and polyfills), and the callbacks onState(state, info),
    * onReset(channel, info), onError(err).
-   * Events via client.on(): 'state', 'reset', 'subscribed', 'unsubscribed', 'fallback', 'error'.
+   * Events via client.on(): 'state', 'reset', 'subscribed', 'unsubscribed', 'fallback', 'error',
+   * and in rooms 'join' and 'leave' ({channel, offset, epoch, user, client, info}).
    * client.transport is the transport in use.
    */
   function Client(baseUrl, options) {
@@ -309,6 +315,20 @@
           try { fn(f); } catch (e) { setTimeout(function () { throw e; }); }
         });
         return;
+      case 'join':
+      case 'leave':
+        // Room events are messages of the channel's stream: they have offsets, come in order
+        // with the messages, and are replayed on resume like them.
+        if (!sub || isDuplicate(sub.pos, f.epoch, f.offset)) return;
+        sub.pos = { epoch: f.epoch, offset: f.offset };
+        var hook = f.type === 'join' ? sub.onJoin : sub.onLeave;
+        if (hook) { try { hook(f); } catch (e) { setTimeout(function () { throw e; }); } }
+        this._emit(f.type, f);
+        return;
+      case 'presence':
+      case 'presence_stats':
+        if (waiter) waiter.resolve(f);
+        return;
       case 'subscribed':
         if (!sub) return;
         var info = { channel: f.channel, epoch: f.epoch, offset: f.offset, recovered: f.recovered,
@@ -345,19 +365,24 @@
   };
 
   /**
-   * Subscribes onMessage(frame) to a channel; frame is {channel, offset, epoch, event?, data}.
+   * Subscribes onMessage(frame) to a channel; frame is {channel, offset, epoch, event?, from?,
+   * info?, data} (from and info: the user who published it over a WebSocket, set by the server).
    * Returns a promise of the first `subscribed` reply ({channel, epoch, offset, recovered}).
-   * Pass opts.since ({epoch, offset}) to resume from a position the app persisted itself.
+   * opts.since ({epoch, offset}) resumes from a position the app persisted itself; in a room,
+   * opts.onJoin(ev) and opts.onLeave(ev) get its join and leave events ({user, client, info}),
+   * over every transport.
    */
   Client.prototype.subscribe = function (channel, onMessage, opts) {
     var sub = this.subs.get(channel);
     if (sub) {
       if (onMessage) sub.handlers.add(onMessage);
+      if (opts && opts.onJoin) sub.onJoin = opts.onJoin;
+      if (opts && opts.onLeave) sub.onLeave = opts.onLeave;
       return sub.pending || Promise.resolve({ channel: channel, epoch: sub.pos && sub.pos.epoch,
         offset: sub.pos && sub.pos.offset, recovered: true });
     }
     sub = { handlers: new Set(onMessage ? [onMessage] : []), pos: (opts && opts.since) || null,
-      pending: null };
+      pending: null, onJoin: opts && opts.onJoin, onLeave: opts && opts.onLeave };
     this.subs.set(channel, sub);
     if (this.ws && this.ws.readyState === 1) return this._sendSubscribe(channel, sub);
     // SSE or polling: the stream is reopened with the new channel among the others.
@@ -393,19 +418,44 @@
   };
 
   /**
-   * Publishes over the socket (the server must allow client publish). Resolves with
-   * {channel, offset, epoch} once the message is in history. opts: event, idempotencyKey.
+   * Publishes over the socket (the namespace must allow client publish, and with tokens the
+   * token's `publish` claim must cover the channel). Resolves with the acknowledgement,
+   * {type: 'published', channel, offset, epoch}, once the message is in history; rejects with
+   * the server's error (err.code: forbidden, unauthorized, invalid_event, rate_limited, ...).
+   * Published while offline, it is sent on reconnect. opts: event, idempotencyKey (makes a
+   * retry after a lost connection safe). Subscribers see it with `from` (the token's sub).
    */
   Client.prototype.publish = function (channel, data, opts) {
-    if (this.closed) return Promise.reject(new Error('client closed'));
-    if (this.transport !== 'websocket') {
-      return Promise.reject(new Error('publish needs the WebSocket transport (this client uses ' +
-        this.transport + ')'));
-    }
+    var refused = this._needsWebSocket('publish');
+    if (refused) return refused;
     var frame = { op: 'publish', channel: channel, data: data };
     if (opts && opts.event) frame.event = opts.event;
     if (opts && opts.idempotencyKey) frame.idempotency_key = opts.idempotencyKey;
     return this._request(frame, true);
+  };
+
+  /**
+   * Who is in a room the client subscribes to, on every node: resolves with {channel, members:
+   * [{user, client, info}], truncated, clients, users}. A big room's listing is capped
+   * (truncated: true; the counts stay exact). Needs the WebSocket transport.
+   */
+  Client.prototype.presence = function (channel) {
+    return this._needsWebSocket('presence') || this._request({ op: 'presence', channel: channel });
+  };
+
+  /** How many connections and distinct users are in a room: {channel, clients, users}. */
+  Client.prototype.presenceStats = function (channel) {
+    return this._needsWebSocket('presenceStats') ||
+      this._request({ op: 'presence_stats', channel: channel });
+  };
+
+  // A rejected promise when `what` cannot be done now: the client is closed, or it fell back to
+  // a transport that only receives.
+  Client.prototype._needsWebSocket = function (what) {
+    if (this.closed) return Promise.reject(new Error('client closed'));
+    if (this.transport === 'websocket') return null;
+    return Promise.reject(new Error(what + ' needs the WebSocket transport (this client uses ' +
+      this.transport + ')'));
   };
 
   /**
@@ -522,8 +572,10 @@
         if (!current()) return;
         self._delivered();
         self._onFrame({ type: 'message', channel: m.channel, offset: m.offset, epoch: m.epoch,
-          event: m.event, data: m.data });
+          event: m.event, from: m.from, info: m.info, data: m.data });
       },
+      onJoin: function (m) { if (current()) self._onFrame(roomFrame('join', m)); },
+      onLeave: function (m) { if (current()) self._onFrame(roomFrame('leave', m)); },
       // id 0: the reply to this stream's own request (WebSocket request ids start at 1), so
       // recovered:false counts as a reset only when a position was asked for.
       onSubscribed: function (i) {
@@ -582,12 +634,15 @@
   /**
    * Wraps a native EventSource on /v1/sse?channel=... The browser itself reconnects and resumes
    * with Last-Event-ID; this adds channel/offset to each message and surfaces control events.
-   * handlers: onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info),
+   * handlers: onMessage({channel, offset, epoch, event, data, from, info, id}), onJoin(ev),
+   * onLeave(ev) (rooms: {channel, offset, epoch, user, client, info}), onSubscribed(info),
    * onReset(channel, info), onReconnect(info), onServerError(info), onState(state),
    * events (extra event types to listen for: EventSource cannot subscribe to "any type"),
    * lastEventId (resume a position stored earlier), withCredentials, minDelay/maxDelay, token
    * (a subscriber token, or a function returning one, called for every new stream; sent as
-   * ?token=, since EventSource cannot send headers: prefer a cookie where you can).
+   * ?token=, since EventSource cannot send headers: prefer a cookie where you can),
+   * envelope (default true: asks for ?envelope=true, whose events carry channel, offset and
+   * the sender; false gets each message's bare data, as a plain EventSource does).
    */
   function sse(baseUrl, channels, handlers) {
     var h = handlers || {};
@@ -602,22 +657,52 @@
     var call = caller(h);
     var json = function (text) { try { return JSON.parse(text); } catch (e) { return text; } };
 
-    // A data event's token differs from the previous one in exactly one channel: the one the
-    // message belongs to. That recovers channel and offset, which SSE events do not carry.
-    function onData(ev) {
+    var envelope = h.envelope !== false;
+
+    // Which channel and position an event belongs to: an envelope says so; otherwise the event's
+    // token differs from the previous one in exactly one channel, the message's. Null for a
+    // duplicate (already seen before a reconnect).
+    function place(ev, body) {
       var hit = null;
-      parseToken(ev.lastEventId).forEach(function (pos, channel) {
-        var prev = positions.get(channel);
-        if (!prev || prev.epoch !== pos.epoch || prev.offset !== pos.offset) {
-          hit = { channel: channel, epoch: pos.epoch, offset: pos.offset, prev: prev || null };
-        }
-      });
-      if (hit && isDuplicate(hit.prev, hit.epoch, hit.offset)) return;
+      if (envelope && body && typeof body === 'object' && body.channel != null) {
+        var prev = positions.get(body.channel) || null;
+        hit = { channel: body.channel, epoch: body.epoch, offset: body.offset, prev: prev };
+      } else {
+        parseToken(ev.lastEventId).forEach(function (pos, channel) {
+          var p = positions.get(channel);
+          if (!p || p.epoch !== pos.epoch || p.offset !== pos.offset) {
+            hit = { channel: channel, epoch: pos.epoch, offset: pos.offset, prev: p || null };
+          }
+        });
+      }
+      if (hit && isDuplicate(hit.prev, hit.epoch, hit.offset)) return null;
       if (hit) positions.set(hit.channel, { epoch: hit.epoch, offset: hit.offset });
+      return hit || {};
+    }
+
+    function onData(ev) {
+      var body = json(ev.data);
+      var at = place(ev, body);
+      if (!at) return;
+      var wrapped = envelope && body && typeof body === 'object' && body.type === 'message';
       call('onMessage', {
-        channel: hit && hit.channel, offset: hit && hit.offset, epoch: hit && hit.epoch,
-        event: ev.type, data: json(ev.data), id: ev.lastEventId,
+        channel: at.channel, offset: at.offset, epoch: at.epoch, event: ev.type,
+        data: wrapped ? body.data : body, from: wrapped ? body.from : undefined,
+        info: wrapped ? body.info : undefined, id: ev.lastEventId,
       });
+    }
+
+    // herald.join / herald.leave: the member ({user, client, info}), with its place in the stream.
+    function onRoom(name) {
+      return function (ev) {
+        var body = json(ev.data);
+        var at = place(ev, body);
+        if (!at) return;
+        call(name, {
+          channel: at.channel, offset: at.offset, epoch: at.epoch, user: body.user,
+          client: body.client, info: body.info, id: ev.lastEventId,
+        });
+      };
     }
 
     // Opens a new stream ourselves, with backoff and the positions we have.
@@ -637,11 +722,14 @@
       // Last-Event-ID. EventSource cannot send headers: a subscriber token goes in the URL (the
       // server keeps it out of its logs); cookies (withCredentials) keep it out of URLs.
       var query = streamQuery(list, positions, subscriber);
+      if (envelope) query.push('envelope=true');
       var source = new root.EventSource(httpBase(baseUrl) + '/v1/sse?' + query.join('&'),
         { withCredentials: !!h.withCredentials });
       es = source;
       source.addEventListener('message', onData);
       (h.events || []).forEach(function (type) { source.addEventListener(type, onData); });
+      source.addEventListener('herald.join', onRoom('onJoin'));
+      source.addEventListener('herald.leave', onRoom('onLeave'));
       source.addEventListener('herald.subscribed', function (ev) {
         var info = json(ev.data);
         var prev = positions.get(info.channel) || null;
@@ -680,6 +768,13 @@
     };
   }
 
+  // The WebSocket frame an SSE or poll room event stands for (Client handles all transports'
+  // events as frames).
+  function roomFrame(type, m) {
+    return { type: type, channel: m.channel, offset: m.offset, epoch: m.epoch, user: m.user,
+      client: m.client, info: m.info };
+  }
+
   // Calls use(token) with the subscriber token option of handlers `h` (null without one): a
   // string, or a function returning one (or a promise of one), asked again for every new stream
   // or poll so an expired token is replaced. A function that fails is reported, then retry().
@@ -710,7 +805,8 @@
   /**
    * Long-polls /v1/poll?channel=...: the fallback for networks whose proxies buffer streams.
    * Each poll resumes from the previous answer's position, on whichever node answers. Handlers
-   * as for sse(): onMessage({channel, offset, epoch, event, data, id}), onSubscribed(info)
+   * as for sse(): onMessage({channel, offset, epoch, event, data, from, info, id}), onJoin(ev)
+   * and onLeave(ev) (rooms: {channel, offset, epoch, user, client, info}), onSubscribed(info)
    * (each channel's position on the first answer, and again after a reset), onReset(channel,
    * info), onState(state), onServerError(info), lastEventId, withCredentials, minDelay/maxDelay,
    * token (a subscriber token or a function returning one, called before every poll; sent as
@@ -752,8 +848,15 @@
       messages.forEach(function (m) {
         if (isDuplicate(positions.get(m.channel) || null, m.epoch, m.offset)) return;
         positions.set(m.channel, { epoch: m.epoch, offset: m.offset });
-        call('onMessage', { channel: m.channel, offset: m.offset, epoch: m.epoch, event: m.event,
-          data: m.data, id: formatToken(positions) });
+        var at = { channel: m.channel, offset: m.offset, epoch: m.epoch, id: formatToken(positions) };
+        // A room's join and leave are messages of its stream whose data is the member.
+        var room = m.event === 'herald.join' ? 'onJoin' : m.event === 'herald.leave' ? 'onLeave' : null;
+        if (room && m.data && typeof m.data === 'object') {
+          return call(room, { channel: at.channel, offset: at.offset, epoch: at.epoch,
+            user: m.data.user, client: m.data.client, info: m.data.info, id: at.id });
+        }
+        call('onMessage', { channel: at.channel, offset: at.offset, epoch: at.epoch,
+          event: m.event, data: m.data, from: m.from, info: m.info, id: at.id });
       });
       next.forEach(function (pos, channel) { positions.set(channel, pos); });
     }

@@ -15,6 +15,7 @@ import net from 'node:net';
 import os from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
+import { start as startChat, tokenFor } from '../../../../examples/chat/server.mjs';
 
 const HERALD_BIN = process.env.HERALD_BIN ?? new URL('../../../../target/debug/herald', import.meta.url).pathname;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
@@ -247,7 +248,7 @@ test('console: SSE and WebSocket modes show messages published by fetch and by i
   const row1 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="1"]`);
   await row1.waitFor(WAIT);
   const cells1 = await row1.locator('td').allTextContents();
-  assert.deepEqual(cells1.slice(1), [channel, '1', res.epoch, 'message', '{"title":"from fetch"}']);
+  assert.deepEqual(cells1.slice(1), [channel, '1', res.epoch, 'message', '', '{"title":"from fetch"}']);
 
   // Published with the console's own form, with an event type.
   await page.fill('#pub-channel', channel);
@@ -257,7 +258,7 @@ test('console: SSE and WebSocket modes show messages published by fetch and by i
   await page.waitForSelector('#publish-result.ok', WAIT);
   const row2 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="2"]`);
   await row2.waitFor(WAIT);
-  assert.deepEqual((await row2.locator('td').allTextContents()).slice(4), ['headline', '{"title":"from the form","n":2}']);
+  assert.deepEqual((await row2.locator('td').allTextContents()).slice(4), ['headline', '', '{"title":"from the form","n":2}']);
 
   // A publish error is shown, not thrown.
   await page.fill('#pub-data', 'not json');
@@ -278,7 +279,7 @@ test('console: SSE and WebSocket modes show messages published by fetch and by i
   await publish(heraldUrl, channel, { title: 'over websocket' }, { event: 'headline' });
   const row4 = page.locator(`#log tr:not(.control)[data-channel="${channel}"][data-offset="4"]`);
   await row4.waitFor(WAIT);
-  assert.deepEqual((await row4.locator('td').allTextContents()).slice(4), ['headline', '{"title":"over websocket"}']);
+  assert.deepEqual((await row4.locator('td').allTextContents()).slice(4), ['headline', '', '{"title":"over websocket"}']);
 
   // The form publishes in WebSocket mode too.
   await page.fill('#pub-data', '{"title": "form, websocket mode"}');
@@ -658,6 +659,102 @@ test('herald.js falls back to long-polling with a token function on a secured no
   } finally {
     await page.close();
     buffering.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});
+
+// ---- rooms: the chat example and the console's member list -------------------------------------
+
+const CHAT_CONFIG = new URL('../../../../examples/chat/herald.toml', import.meta.url).pathname;
+const CHAT_SECRET = 'chat-example-development-secret-not-for-production';
+
+/** A herald node with the chat example's configuration and a short leave grace. */
+function startChatHerald() {
+  return startHerald(['--config', CHAT_CONFIG, '--listen', '127.0.0.1:0', '--leave-grace', '300ms']);
+}
+
+/** The names in a page's member list. */
+const members = (page) => page.$$eval('#members li', (lis) => lis.map((li) => li.dataset.user).sort());
+
+test('chat example: two pages in one room see each other, talk, DM, and one leaving shows on the other', async () => {
+  const node = await startChatHerald();
+  const chat = await startChat({ port: 0, herald: node.url });
+  const room = uniq('room').replace(/[^A-Za-z0-9_-]/g, '');
+  const open = async (user) => {
+    const page = await browser.newPage();
+    page.errors = [];
+    page.on('pageerror', (e) => page.errors.push(e));
+    await page.goto(`${chat.url}/?user=${user}&room=${room}`);
+    await page.waitForSelector(`#rooms li.current[data-room="${room}"]`, WAIT);
+    return page;
+  };
+  const alice = await open('alice');
+  const bob = await open('bob');
+  try {
+    // Each sees both in the member list (presence, then join events).
+    for (const page of [alice, bob]) {
+      await page.waitForFunction(() => [...document.querySelectorAll('#members li')].map((li) => li.dataset.user).sort().join() === 'alice,bob', null, WAIT);
+    }
+    assert.deepEqual(await members(alice), ['alice', 'bob']);
+    // A room message, published over alice's WebSocket, reaches bob with alice as its sender.
+    await alice.fill('#text', 'hello bob');
+    await alice.press('#text', 'Enter');
+    await bob.waitForFunction(() => [...document.querySelectorAll('#log li')].some((li) => li.textContent === 'alicehello bob'), null, WAIT);
+    await bob.fill('#text', 'hi alice');
+    await bob.press('#text', 'Enter');
+    await alice.waitForFunction(() => [...document.querySelectorAll('#log li')].some((li) => li.textContent === 'bobhi alice'), null, WAIT);
+    // A private message through the app's backend, to every tab of bob.
+    await alice.click('#members li[data-user="bob"] button');
+    await alice.fill('#text', 'just for you');
+    await alice.press('#text', 'Enter');
+    await bob.waitForFunction(() => [...document.querySelectorAll('#log li.dm')].some((li) => li.textContent === 'alice(private) just for you'), null, WAIT);
+    // Bob closes his page: after the grace, alice is told and her list shrinks.
+    await bob.close();
+    await alice.waitForFunction(() => [...document.querySelectorAll('#log li.system')].some((li) => li.textContent === 'bob left'), null, WAIT);
+    await alice.waitForFunction(() => [...document.querySelectorAll('#members li')].map((li) => li.dataset.user).join() === 'alice', null, WAIT);
+    assert.deepEqual(alice.errors, []);
+    assert.deepEqual(bob.errors, []);
+  } finally {
+    if (!bob.isClosed()) await bob.close();
+    await alice.close();
+    await chat.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});
+
+test('console: a room\'s members shown live, messages with their sender', async () => {
+  const node = await startChatHerald();
+  const channel = `chat:${uniq('c')}`;
+  const page = await newPage(node.url);
+  let other = null;
+  try {
+    await page.fill('#channels', channel);
+    await page.fill('#token', tokenFor('carol', CHAT_SECRET));
+    await page.click('label:has(input[value=ws])');
+    await page.click('#connect');
+    await page.waitForSelector('#members li[data-user="carol"]', WAIT);
+    // Someone else enters, over herald.js in another page; the console's list follows.
+    other = await newPage(node.url);
+    await other.evaluate(([ch, token]) => {
+      window.c = Herald.connect('', { token });
+      return c.subscribe(ch).then(() => c.publish(ch, { text: 'hi from dan' }));
+    }, [channel, tokenFor('dan', CHAT_SECRET)]);
+    await page.waitForSelector('#members li[data-user="dan"]', WAIT);
+    const row = page.locator('#log tr:not(.control)', { hasText: 'hi from dan' });
+    await row.waitFor(WAIT);
+    assert.equal((await row.locator('td').allTextContents())[5], 'dan', 'the from column');
+    // The console itself sends over its WebSocket, as carol.
+    await page.fill('#pub-channel', channel);
+    await page.fill('#pub-data', '{"text":"hello from the console"}');
+    await page.click('#publish-ws');
+    await page.waitForSelector('#publish-result.ok', WAIT);
+    await other.close();
+    other = null;
+    await page.waitForFunction(() => !document.querySelector('#members li[data-user="dan"]'), null, WAIT);
+    assert.deepEqual(page.errors, []);
+  } finally {
+    if (other) await other.close();
+    await page.close();
     await stopHerald(node.child, 'SIGKILL');
   }
 });
