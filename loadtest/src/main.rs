@@ -8,6 +8,7 @@ mod limits;
 mod net;
 mod payload;
 mod publisher;
+mod redis_info;
 mod report;
 mod scenario;
 mod stats;
@@ -50,6 +51,8 @@ enum Command {
     ResumeStorm(scenario::resume_storm::Args),
     /// New subscriptions per second (connect, subscribe, hang up) and server CPU per subscribe.
     SubscribeRate(scenario::subscribe_rate::Args),
+    /// Rooms: members registered per second and node CPU per enter and exit.
+    Presence(scenario::presence::Args),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
             Command::Publish(a) => scenario::publish::run(a).await,
             Command::ResumeStorm(a) => scenario::resume_storm::run(a).await,
             Command::SubscribeRate(a) => scenario::subscribe_rate::run(a).await,
+            Command::Presence(a) => scenario::presence::run(a).await,
         }
     });
     // Do not wait for connection tasks still parked on sockets.

@@ -68,10 +68,7 @@ fn ev(event: &str, user: &str) -> (String, String) {
 /// Publishes a marker and waits until every sink has it: whatever was published before it has
 /// reached them (a channel's messages arrive in order).
 async fn settle(b: &Arc<RedisBroker>, sinks: &[&Arc<Collect>], channel: &str) {
-    let published = b
-        .publish(publish(channel, 0, None))
-        .await
-        .expect("marker");
+    let published = b.publish(publish(channel, 0, None)).await.expect("marker");
     for sink in sinks {
         let sink = (*sink).clone();
         eventually("the marker", || {
@@ -127,7 +124,11 @@ async fn presence_spans_nodes_and_each_transition_is_sent_once() {
     assert_eq!(room_events(&sa), expected);
     assert_eq!(room_events(&sb), expected);
     let h = a.history(&c, latest(100)).await.expect("history");
-    assert_eq!(h.messages.len(), 5, "4 room events and the marker, each once");
+    assert_eq!(
+        h.messages.len(),
+        5,
+        "4 room events and the marker, each once"
+    );
     assert_eq!(pb.roster(&c, 10).await.expect("roster").clients, 0);
 }
 
@@ -147,7 +148,12 @@ async fn a_dead_nodes_members_leave_once_when_its_presence_expires() {
         survivors.push((b, p, sink));
     }
     enter(&survivors[0].1, &c, "carol", "s1").await;
-    for (user, client) in [("alice", "d1"), ("alice", "d2"), ("bob", "d3"), ("carol", "d4")] {
+    for (user, client) in [
+        ("alice", "d1"),
+        ("alice", "d2"),
+        ("bob", "d3"),
+        ("carol", "d4"),
+    ] {
         enter(&pd, &c, user, client).await;
     }
     assert_eq!(pd.roster(&c, 10).await.expect("roster").clients, 5);
@@ -195,7 +201,11 @@ async fn a_dead_nodes_members_leave_once_when_its_presence_expires() {
     let leaves = h
         .messages
         .iter()
-        .filter(|m| m.event.as_ref().is_some_and(|e| e.as_str() == "herald.leave"))
+        .filter(|m| {
+            m.event
+                .as_ref()
+                .is_some_and(|e| e.as_str() == "herald.leave")
+        })
         .count();
     assert_eq!(leaves, 2, "in the stream exactly once each");
 }
@@ -245,7 +255,11 @@ async fn storms_caps_races_and_a_lost_redis() {
     assert_eq!(roster.members.len(), 50);
     assert!(roster.truncated, "a capped listing says so");
     settle(&a, &[&sink], "room:storm").await;
-    assert_eq!(room_events(&sink).len(), 3, "no joins above join_leave_max_members");
+    assert_eq!(
+        room_events(&sink).len(),
+        3,
+        "no joins above join_leave_max_members"
+    );
 
     // An exit right behind its enter (a connection that vanished at once) leaves no ghost.
     let race = ch("room:race");

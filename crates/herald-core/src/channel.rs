@@ -211,7 +211,9 @@ mod tests {
     fn only_the_server_makes_room_events() {
         assert_eq!(EventName::parse(JOIN_EVENT), Err(NameError::Reserved));
         assert_eq!(EventName::join().as_str(), JOIN_EVENT);
-        assert!(EventName::join().is_reserved() && !EventName::parse("x").expect("ok").is_reserved());
+        assert!(
+            EventName::join().is_reserved() && !EventName::parse("x").expect("ok").is_reserved()
+        );
         assert_eq!(EventName::parse_stored(LEAVE_EVENT), Ok(EventName::leave()));
         assert_eq!(EventName::parse_stored("upd"), EventName::parse("upd"));
         assert_eq!(

@@ -52,7 +52,11 @@ pub fn message_body(msg: &Message) -> Bytes {
 pub fn envelope_body(msg: &Message, json: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + msg.event_name().len() + 16);
     put_field(&mut out, "event", msg.event_name());
-    put_field(&mut out, "data", std::str::from_utf8(json).unwrap_or("null"));
+    put_field(
+        &mut out,
+        "data",
+        std::str::from_utf8(json).unwrap_or("null"),
+    );
     out.put_u8(b'\n');
     out.freeze()
 }

@@ -328,7 +328,28 @@ impl HttpConn {
         path: &str,
         body: &[u8],
     ) -> io::Result<(u16, &[u8])> {
-        match self.post_inner(dialer, target, path, body).await {
+        self.request(dialer, target, "POST", path, body).await
+    }
+
+    /// GETs `path`; like [`HttpConn::post`].
+    pub async fn get(
+        &mut self,
+        dialer: &Dialer,
+        target: &Target,
+        path: &str,
+    ) -> io::Result<(u16, &[u8])> {
+        self.request(dialer, target, "GET", path, b"").await
+    }
+
+    async fn request(
+        &mut self,
+        dialer: &Dialer,
+        target: &Target,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> io::Result<(u16, &[u8])> {
+        match self.request_inner(dialer, target, method, path, body).await {
             Ok((status, close)) => {
                 if close {
                     self.stream = None;
@@ -342,10 +363,11 @@ impl HttpConn {
         }
     }
 
-    async fn post_inner(
+    async fn request_inner(
         &mut self,
         dialer: &Dialer,
         target: &Target,
+        method: &str,
         path: &str,
         body: &[u8],
     ) -> io::Result<(u16, bool)> {
@@ -361,7 +383,7 @@ impl HttpConn {
         self.wbuf.clear();
         write!(
             self.wbuf,
-            "POST {}{} HTTP/1.1\r\n{}Content-Length: {}\r\n\r\n",
+            "{method} {}{} HTTP/1.1\r\n{}Content-Length: {}\r\n\r\n",
             target.prefix,
             path,
             self.head_prefix,

@@ -3,6 +3,7 @@
 
 pub mod fanout;
 pub mod idle;
+pub mod presence;
 pub mod publish;
 pub mod resume_storm;
 pub mod subscribe_rate;

@@ -60,7 +60,9 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
     let mut body = nl + 1;
     let sender = if with_sender {
         let mut len = || -> Result<usize, DecodeError> {
-            next()?.parse().map_err(|_| DecodeError("bad sender length"))
+            next()?
+                .parse()
+                .map_err(|_| DecodeError("bad sender length"))
         };
         let (user_len, info_len) = (len()?, len()?);
         let info_at = body
@@ -95,7 +97,10 @@ pub(crate) fn decode(buf: Bytes) -> Result<Message, DecodeError> {
 #[cfg(test)]
 pub(crate) fn encode(m: &Message) -> Bytes {
     let event = m.event.as_ref().map_or("", EventName::as_str);
-    let head = format!("{} {} {} {event} {}", m.offset, m.epoch, m.published_at_us, m.channel);
+    let head = format!(
+        "{} {} {} {event} {}",
+        m.offset, m.epoch, m.published_at_us, m.channel
+    );
     let mut out = match &m.sender {
         None => format!("{VERSION} {head}\n").into_bytes(),
         Some(s) => {

@@ -329,7 +329,10 @@ mod tests {
             ("[namespaces.\"a:b\"]\nanonymous_read = true\n", "a:b"),
             ("[namespaces]\nchat = 1\n", "[namespaces.chat]"),
             ("[namespaces.chat]\njoin_leave = true\n", "needs presence"),
-            ("[namespaces.chat]\npresence = true\nleave_grace = \"soon\"\n", "leave_grace"),
+            (
+                "[namespaces.chat]\npresence = true\nleave_grace = \"soon\"\n",
+                "leave_grace",
+            ),
             (
                 "[namespaces.chat]\njoin_leave_max_members = -3\n",
                 "join_leave_max_members",

@@ -56,7 +56,10 @@ pub(crate) fn authorize<'a>(
 }
 
 /// Refuses a channel the publisher's key does not cover.
-pub(crate) fn check_scope(publisher: Option<&Publisher>, channel: &str) -> Result<(), (ErrorCode, String)> {
+pub(crate) fn check_scope(
+    publisher: Option<&Publisher>,
+    channel: &str,
+) -> Result<(), (ErrorCode, String)> {
     match publisher {
         Some(p) if !p.may_publish(channel) => Err((
             ErrorCode::Forbidden,

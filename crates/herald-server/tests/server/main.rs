@@ -18,7 +18,7 @@ mod poll;
 mod publishers;
 mod redis_faults;
 mod redis_tls;
-mod rooms;
 mod resume;
 mod robustness;
+mod rooms;
 mod tls;

@@ -74,16 +74,26 @@ async fn a_user_joins_once_and_leaves_after_the_grace() {
     enter("c2", "alice").await;
     enter("c3", "bob").await;
     enter("c3", "bob").await; // the same connection again: nothing
-    assert_eq!(events.take(), [ev("herald.join", "alice"), ev("herald.join", "bob")]);
+    assert_eq!(
+        events.take(),
+        [ev("herald.join", "alice"), ev("herald.join", "bob")]
+    );
     let r = p.roster(&c, 10).await.expect("roster");
-    assert_eq!((r.clients, r.users, r.members.len(), r.truncated), (3, 2, 3, false));
+    assert_eq!(
+        (r.clients, r.users, r.members.len(), r.truncated),
+        (3, 2, 3, false)
+    );
 
     p.exit(&c, "c1");
     p.exit(&c, "c3");
     tokio::time::sleep(GRACE / 2).await;
     assert!(events.take().is_empty(), "inside the grace");
     tokio::time::sleep(GRACE).await;
-    assert_eq!(events.take(), [ev("herald.leave", "bob")], "alice still has c2");
+    assert_eq!(
+        events.take(),
+        [ev("herald.leave", "bob")],
+        "alice still has c2"
+    );
     p.exit(&c, "c2");
     p.exit(&c, "c2");
     tokio::time::sleep(GRACE * 2).await;
@@ -132,9 +142,15 @@ async fn no_events_without_join_leave_or_above_the_cap_and_listings_are_capped()
         let member = Member::new(&format!("u{i}"), &client, None);
         p.enter(&c, &client, Some(member)).await.expect("enter");
     }
-    assert_eq!(events.take(), [ev("herald.join", "u0"), ev("herald.join", "u1")]);
+    assert_eq!(
+        events.take(),
+        [ev("herald.join", "u0"), ev("herald.join", "u1")]
+    );
     let r = p.roster(&c, 3).await.expect("roster");
-    assert_eq!((r.members.len(), r.truncated, r.clients, r.users), (3, true, 4, 4));
+    assert_eq!(
+        (r.members.len(), r.truncated, r.clients, r.users),
+        (3, true, 4, 4)
+    );
     let counts = p.roster(&c, 0).await.expect("roster");
     assert!(counts.members.is_empty() && counts.clients == 4);
 
@@ -143,7 +159,10 @@ async fn no_events_without_join_leave_or_above_the_cap_and_listings_are_capped()
     p.enter(&other, "c9", Some(Member::new("z", "c9", None)))
         .await
         .expect("enter");
-    assert_eq!(p.roster(&other, 10).await.expect("roster"), Roster::default());
+    assert_eq!(
+        p.roster(&other, 10).await.expect("roster"),
+        Roster::default()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -164,7 +183,10 @@ async fn join_and_leave_take_offsets_in_the_channels_order() {
         .expect("enter");
     b.publish(publish(2)).await.expect("publish");
     let h = b
-        .history(&c, crate::HistoryQuery::after(herald_core::StreamPosition::start(), 10, usize::MAX))
+        .history(
+            &c,
+            crate::HistoryQuery::after(herald_core::StreamPosition::start(), 10, usize::MAX),
+        )
         .await
         .expect("history");
     let events: Vec<_> = h

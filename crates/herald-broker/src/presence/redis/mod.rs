@@ -408,10 +408,7 @@ impl Worker {
         }
     }
 
-    fn start(
-        &mut self,
-        channel: ChannelName,
-    ) -> Option<impl Future<Output = Finished> + use<>> {
+    fn start(&mut self, channel: ChannelName) -> Option<impl Future<Output = Finished> + use<>> {
         let room = self.rooms.get_mut(&channel)?;
         room.ready = false;
         if !room.wants_call() {

@@ -274,7 +274,10 @@ mod tests {
             Value::BulkString(br#"{"user":"a","client":"c"}"#.to_vec()),
         ]);
         let r = parse(v).expect("parse");
-        assert_eq!((r.sent, r.grace_ms, r.node_ms, r.mine), (2, None, Some(40), 1));
+        assert_eq!(
+            (r.sent, r.grace_ms, r.node_ms, r.mine),
+            (2, None, Some(40), 1)
+        );
         assert_eq!((r.roster.clients, r.roster.users), (3, 2));
         assert!(r.roster.truncated);
         assert_eq!(r.roster.members.len(), 1);

@@ -38,11 +38,18 @@ async fn join_and_leave_arrive_once_per_transition_on_every_node() {
     for watcher in [&mut watch_a, &mut watch_b] {
         let events = room_events(&watcher.frames_until("m1").await);
         let alice: Vec<_> = events.iter().filter(|(_, u)| u == "alice").collect();
-        assert_eq!(alice, [&ev("join", "alice")], "the leave was the only other one");
+        assert_eq!(
+            alice,
+            [&ev("join", "alice")],
+            "the leave was the only other one"
+        );
     }
     // In the stream: one join, one leave for alice, whatever node saw what.
     let (status, body) = a
-        .get(&format!("/v1/channels/{room}/history?token={}", user_token("wa")))
+        .get(&format!(
+            "/v1/channels/{room}/history?token={}",
+            user_token("wa")
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     let history: Value = serde_json::from_str(&body).expect("json");
@@ -74,7 +81,12 @@ async fn a_killed_nodes_members_are_gone_within_the_ttl_and_leave_once() {
         client.subscribe(room).await;
         on_dying.push(client);
     }
-    wait_users(&mut carol, room, &["alice", "alice", "bob", "carol", "dave"]).await;
+    wait_users(
+        &mut carol,
+        room,
+        &["alice", "alice", "bob", "carol", "dave"],
+    )
+    .await;
 
     dying.kill().await; // SIGKILL: no goodbye, no more refreshes
     for watcher in [&mut carol, &mut dave] {

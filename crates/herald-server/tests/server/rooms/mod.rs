@@ -131,7 +131,8 @@ impl Client {
 
     /// The next frame of one of `types`.
     pub async fn next_of(&mut self, types: &[&str]) -> Value {
-        self.next_where(|v| types.iter().any(|t| v["type"] == *t)).await
+        self.next_where(|v| types.iter().any(|t| v["type"] == *t))
+            .await
     }
 
     /// The next message frame.
@@ -220,13 +221,16 @@ pub async fn presence(client: &mut Client, channel: &str) -> Value {
 /// room right after `subscribed`, and another connection may ask in between); returns the
 /// listing.
 pub async fn wait_users(client: &mut Client, channel: &str, expected: &[&str]) -> Value {
-    crate::support::within(&format!("presence of {channel} to be {expected:?}"), async {
-        loop {
-            let listing = presence(client, channel).await;
-            if users(&listing) == expected {
-                return listing;
+    crate::support::within(
+        &format!("presence of {channel} to be {expected:?}"),
+        async {
+            loop {
+                let listing = presence(client, channel).await;
+                if users(&listing) == expected {
+                    return listing;
+                }
             }
-        }
-    })
+        },
+    )
     .await
 }

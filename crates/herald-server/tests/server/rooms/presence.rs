@@ -21,7 +21,11 @@ async fn presence_lists_users_on_every_node_until_they_leave() {
     let listing = wait_users(&mut alice, room, &["alice", "bob", "bob"]).await;
     assert_eq!(listing["type"], "presence", "{listing}");
     assert_eq!(
-        (listing["clients"].as_u64(), listing["users"].as_u64(), listing["truncated"].as_bool()),
+        (
+            listing["clients"].as_u64(),
+            listing["users"].as_u64(),
+            listing["truncated"].as_bool()
+        ),
         (Some(3), Some(2), Some(false))
     );
     let member = listing["members"]
@@ -37,23 +41,36 @@ async fn presence_lists_users_on_every_node_until_they_leave() {
     // Publishers read it over HTTP, from any node.
     let (status, body) = b.get(&format!("/v1/channels/{room}/presence")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(users(&serde_json::from_str(&body).expect("json")), ["alice", "bob", "bob"]);
+    assert_eq!(
+        users(&serde_json::from_str(&body).expect("json")),
+        ["alice", "bob", "bob"]
+    );
     let (status, body) = a.get(&format!("/v1/channels/{room}/presence_stats")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         serde_json::from_str::<Value>(&body).expect("json"),
         json!({"channel": room, "clients": 3, "users": 2})
     );
-    let (status, body) = a.get(&format!("/v1/channels/{room}/presence?limit=1")).await;
+    let (status, body) = a
+        .get(&format!("/v1/channels/{room}/presence?limit=1"))
+        .await;
     let capped: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!((status, capped["truncated"].as_bool()), (200, Some(true)), "{body}");
+    assert_eq!(
+        (status, capped["truncated"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
     assert_eq!(capped["members"].as_array().map(Vec::len), Some(1));
     assert_eq!(capped["clients"], 3, "the counts stay exact");
     let stats = bob
         .request(json!({"op": "presence_stats", "channel": room}))
         .await;
     assert_eq!(
-        (stats["type"].as_str(), stats["clients"].as_u64(), stats["users"].as_u64()),
+        (
+            stats["type"].as_str(),
+            stats["clients"].as_u64(),
+            stats["users"].as_u64()
+        ),
         (Some("presence_stats"), Some(3), Some(2))
     );
 
@@ -73,7 +90,10 @@ async fn presence_is_for_subscribers_of_rooms() {
     let mut alice = connect(&a, "alice").await;
     // Not subscribed: forbidden. Not a room: bad_request.
     let refused = presence(&mut alice, "chat:elsewhere").await;
-    assert_eq!((refused["type"].as_str(), refused["code"].as_str()), (Some("error"), Some("forbidden")));
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("forbidden"))
+    );
     alice.subscribe("user:alice").await;
     let refused = presence(&mut alice, "user:alice").await;
     assert_eq!(refused["code"], "bad_request", "{refused}");
@@ -93,7 +113,12 @@ async fn presence_over_http_needs_a_key_scoped_to_the_channel() {
          [namespaces.chat]\npresence = true\n",
     );
     let node = crate::auth::secured(&["--config", config.to_str().expect("utf8")]).await;
-    for (key, status) in [(None, 401), (Some("wrong"), 401), (Some("k-other"), 403), (Some("k-app"), 200)] {
+    for (key, status) in [
+        (None, 401),
+        (Some("wrong"), 401),
+        (Some("k-other"), 403),
+        (Some("k-app"), 200),
+    ] {
         let mut req = node.http.get(node.url("/v1/channels/chat:1/presence"));
         if let Some(key) = key {
             req = req.header("authorization", format!("Bearer {key}"));
@@ -110,7 +135,10 @@ async fn sse_subscribers_are_members_and_get_join_and_leave_events() {
     let b = fleet.node("200ms").await;
     let room = "chat:sse";
     let mut sse = Sse::connect(
-        &b.url(&format!("/v1/sse?channel={room}&token={}", user_token("sam"))),
+        &b.url(&format!(
+            "/v1/sse?channel={room}&token={}",
+            user_token("sam")
+        )),
         None,
     )
     .await;
@@ -125,13 +153,23 @@ async fn sse_subscribers_are_members_and_get_join_and_leave_events() {
         let e = sse.next().await.expect("event");
         if e.event == "herald.join" || e.event == "herald.leave" {
             let v = e.json();
-            assert!(e.id.is_some(), "join and leave carry a resume token: they have offsets");
-            got.push((e.event.clone(), v["user"].as_str().unwrap_or_default().to_owned()));
+            assert!(
+                e.id.is_some(),
+                "join and leave carry a resume token: they have offsets"
+            );
+            got.push((
+                e.event.clone(),
+                v["user"].as_str().unwrap_or_default().to_owned(),
+            ));
         }
     }
     let own = |e: &str, u: &str| (e.to_owned(), u.to_owned());
     assert_eq!(
         got,
-        [own("herald.join", "sam"), own("herald.join", "dave"), own("herald.leave", "dave")]
+        [
+            own("herald.join", "sam"),
+            own("herald.join", "dave"),
+            own("herald.leave", "dave")
+        ]
     );
 }

@@ -21,7 +21,10 @@ async fn publish(client: &mut Client, channel: &str, extra: Value) -> Value {
 /// `room`'s history read with `sub`'s token: the messages.
 async fn history(node: &Herald, room: &str, sub: &str) -> Vec<Value> {
     let (status, body) = node
-        .get(&format!("/v1/channels/{room}/history?token={}", user_token(sub)))
+        .get(&format!(
+            "/v1/channels/{room}/history?token={}",
+            user_token(sub)
+        ))
         .await;
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).expect("json");
@@ -56,7 +59,11 @@ async fn two_users_on_two_nodes_publish_into_one_room_and_see_one_order_with_the
         json!({"data": "from alice", "from": "mallory", "info": {"admin": true}}),
     )
     .await;
-    assert_eq!((ack["type"].as_str(), ack["channel"].as_str()), (Some("published"), Some(room)), "{ack}");
+    assert_eq!(
+        (ack["type"].as_str(), ack["channel"].as_str()),
+        (Some("published"), Some(room)),
+        "{ack}"
+    );
     let ack_b = publish(&mut bob, room, json!({"data": "from bob"})).await;
     assert_eq!(ack_b["type"], "published", "{ack_b}");
 
@@ -66,7 +73,10 @@ async fn two_users_on_two_nodes_publish_into_one_room_and_see_one_order_with_the
         let second = client.next_message().await;
         seen.push([first, second]);
     }
-    assert_eq!(seen[0], seen[1], "both clients see both messages, in one order");
+    assert_eq!(
+        seen[0], seen[1],
+        "both clients see both messages, in one order"
+    );
     for m in &seen[0] {
         let (user, name, ack) = if m["data"] == "from alice" {
             ("alice", "ALICE", &ack)
@@ -75,7 +85,10 @@ async fn two_users_on_two_nodes_publish_into_one_room_and_see_one_order_with_the
         };
         assert_eq!(m["from"], user, "{m}");
         assert_eq!(m["info"], json!({"name": name}), "{m}");
-        assert_eq!(m["offset"], ack["offset"], "the ack names the message's offset");
+        assert_eq!(
+            m["offset"], ack["offset"],
+            "the ack names the message's offset"
+        );
     }
 
     // SSE with envelopes: the same object as the WebSocket frame.
@@ -110,9 +123,23 @@ async fn client_publish_is_refused_for_reserved_events_and_without_permission() 
     alice.subscribe("chat:x").await;
 
     // Reserved event types: invalid_event, nothing published.
-    let err = publish(&mut alice, "chat:x", json!({"data": 1, "event": "herald.join"})).await;
-    assert_eq!((err["type"].as_str(), err["code"].as_str()), (Some("error"), Some("invalid_event")), "{err}");
-    let err = publish(&mut alice, "chat:x", json!({"data": 1, "event": "herald.message"})).await;
+    let err = publish(
+        &mut alice,
+        "chat:x",
+        json!({"data": 1, "event": "herald.join"}),
+    )
+    .await;
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("invalid_event")),
+        "{err}"
+    );
+    let err = publish(
+        &mut alice,
+        "chat:x",
+        json!({"data": 1, "event": "herald.message"}),
+    )
+    .await;
     assert_eq!(err["code"], "invalid_event", "{err}");
 
     // A namespace without client publish: forbidden.
@@ -123,7 +150,10 @@ async fn client_publish_is_refused_for_reserved_events_and_without_permission() 
     // token is needed: unauthorized.
     let reader = hs256(&json!({"sub": "rita", "exp": now() + 60, "channels": ["chat:*"]}));
     let mut rita = Client::from_url(&a.ws_url(&format!("/v1/ws?token={reader}"))).await;
-    assert_eq!(publish(&mut rita, "chat:x", json!({"data": 1})).await["code"], "forbidden");
+    assert_eq!(
+        publish(&mut rita, "chat:x", json!({"data": 1})).await["code"],
+        "forbidden"
+    );
     let mut anonymous = Client::from_url(&a.ws_url("/v1/ws")).await;
     assert_eq!(
         publish(&mut anonymous, "chat:x", json!({"data": 1})).await["code"],
@@ -131,14 +161,36 @@ async fn client_publish_is_refused_for_reserved_events_and_without_permission() 
     );
 
     // Nothing of it reached the room: the next message alice sees is her own.
-    assert_eq!(publish(&mut alice, "chat:x", json!({"data": "ok"})).await["type"], "published");
+    assert_eq!(
+        publish(&mut alice, "chat:x", json!({"data": "ok"})).await["type"],
+        "published"
+    );
     let m = alice.next_message().await;
-    assert_eq!((m["data"].as_str(), m["from"].as_str()), (Some("ok"), Some("alice")));
+    assert_eq!(
+        (m["data"].as_str(), m["from"].as_str()),
+        (Some("ok"), Some("alice"))
+    );
     // An idempotent retry is one message, as over HTTP.
-    let first = publish(&mut alice, "chat:x", json!({"data": "once", "idempotency_key": "k1"})).await;
-    let again = publish(&mut alice, "chat:x", json!({"data": "once", "idempotency_key": "k1"})).await;
-    assert_eq!((first["type"].as_str(), first["offset"].as_u64()), (Some("published"), again["offset"].as_u64()));
-    assert_eq!(publish(&mut alice, "chat:x", json!({"data": "after"})).await["type"], "published");
+    let first = publish(
+        &mut alice,
+        "chat:x",
+        json!({"data": "once", "idempotency_key": "k1"}),
+    )
+    .await;
+    let again = publish(
+        &mut alice,
+        "chat:x",
+        json!({"data": "once", "idempotency_key": "k1"}),
+    )
+    .await;
+    assert_eq!(
+        (first["type"].as_str(), first["offset"].as_u64()),
+        (Some("published"), again["offset"].as_u64())
+    );
+    assert_eq!(
+        publish(&mut alice, "chat:x", json!({"data": "after"})).await["type"],
+        "published"
+    );
     assert_eq!(alice.next_message().await["data"], "once");
     assert_eq!(alice.next_message().await["data"], "after");
 }
