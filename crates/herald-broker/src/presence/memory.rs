@@ -130,9 +130,9 @@ impl Rooms {
             } else {
                 let at = Instant::now() + policy.grace;
                 room.leaving.insert(member.user.clone(), (at, member.json));
-                let broker = Arc::downgrade(broker);
-                let channel = channel.clone();
-                tokio::spawn(sweep_at(broker, channel, at));
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(sweep_at(Arc::downgrade(broker), channel.clone(), at));
+                }
             }
         }
         if room.is_empty() {
