@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use herald_broker::{Broker, Presence, RedisBroker, RedisConfig, RoomPolicy, RoomsConfig};
 use herald_core::{ChannelName, room::Member};
-use support::{Collect, RedisServer, ch, eventually, latest, publish};
+use support::{Collect, RedisCluster, RedisServer, ch, eventually, latest, publish};
 
 /// Short enough for a quick test, long enough that a loaded CI machine never misses a refresh.
 const TTL: Duration = Duration::from_millis(1500);
@@ -26,8 +26,12 @@ fn rooms(grace: Duration, max_members: usize) -> RoomsConfig {
 }
 
 async fn node(redis: &RedisServer, rooms: RoomsConfig) -> (Arc<RedisBroker>, Arc<dyn Presence>) {
+    node_at(redis.url(), rooms).await
+}
+
+async fn node_at(url: String, rooms: RoomsConfig) -> (Arc<RedisBroker>, Arc<dyn Presence>) {
     let b = RedisBroker::connect(RedisConfig {
-        url: redis.url(),
+        url,
         history_size: 1000,
         history_ttl: Duration::from_secs(60),
         rooms,
@@ -135,12 +139,24 @@ async fn presence_spans_nodes_and_each_transition_is_sent_once() {
 #[tokio::test]
 async fn a_dead_nodes_members_leave_once_when_its_presence_expires() {
     let redis = RedisServer::start();
+    dead_node_case(redis.url()).await;
+}
+
+/// The same on a 3-master Redis Cluster: the room script's keys (a dead node's connection set
+/// included) share the channel's slot, and its messages go out with SPUBLISH.
+#[tokio::test]
+async fn a_dead_nodes_members_leave_once_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    dead_node_case(cluster.url()).await;
+}
+
+async fn dead_node_case(url: String) {
     let cfg = rooms(Duration::from_secs(30), 100);
     let c = ch("room:crash");
-    let (dying, pd) = node(&redis, cfg.clone()).await;
+    let (dying, pd) = node_at(url.clone(), cfg.clone()).await;
     let mut survivors = Vec::new();
     for _ in 0..3 {
-        let (b, p) = node(&redis, cfg.clone()).await;
+        let (b, p) = node_at(url.clone(), cfg.clone()).await;
         let sink = Collect::new();
         b.subscribe(&c, sink.clone()).await.expect("subscribe");
         // An anonymous subscriber: the node watches the room's expiries.

@@ -125,6 +125,7 @@ fn publish(channel: &ChannelName, n: u64, key: Option<&str>) -> Publish {
         event: None,
         data: bytes::Bytes::from(n.to_string()),
         idempotency_key: key.map(str::to_owned),
+        sender: None,
     }
 }
 
