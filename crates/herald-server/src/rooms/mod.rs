@@ -33,6 +33,9 @@ pub struct Rooms {
     /// the fleet.
     node: u64,
     list_max: usize,
+    /// Most member bytes one listing carries (a quarter of a connection's queue bound): a room
+    /// of members with large `info` claims is truncated rather than overflowing the queue.
+    list_bytes: usize,
     /// `herald_presence_total` by operation and outcome.
     metrics: IntCounterVec,
 }
@@ -48,6 +51,7 @@ impl Rooms {
             config: config.rooms_config(),
             node: rand::random(),
             list_max: config.presence_list_max,
+            list_bytes: config.queue_max_bytes / 4,
             metrics,
         }
     }
@@ -116,11 +120,50 @@ impl Rooms {
         let limit = limit.map_or(0, |l| l.clamp(1, self.list_max));
         let result = presence.roster(channel, limit).await;
         self.count(if limit == 0 { "stats" } else { "list" }, result.is_ok());
-        result
+        result.map(|roster| cap_bytes(roster, self.list_bytes))
     }
 
     /// The most members one listing returns.
     pub fn list_max(&self) -> usize {
         self.list_max
+    }
+}
+
+/// Keeps the members that fit in `budget` bytes; a listing cut here says `truncated`.
+fn cap_bytes(mut roster: Roster, budget: usize) -> Roster {
+    let mut used = 0;
+    let fit = roster
+        .members
+        .iter()
+        .take_while(|m| {
+            used += m.len() + 1;
+            used <= budget
+        })
+        .count();
+    if fit < roster.members.len() {
+        roster.members.truncate(fit);
+        roster.truncated = true;
+    }
+    roster
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listing_is_cut_to_its_byte_budget_and_says_so() {
+        let member = |i: usize| Member::new(&format!("u{i}"), "c", None).json;
+        let roster = Roster {
+            members: (0..10).map(member).collect(),
+            truncated: false,
+            clients: 10,
+            users: 10,
+        };
+        let each = roster.members[0].len() + 1;
+        let cut = cap_bytes(roster.clone(), each * 3);
+        assert_eq!((cut.members.len(), cut.truncated, cut.clients), (3, true, 10));
+        let whole = cap_bytes(roster, usize::MAX);
+        assert_eq!((whole.members.len(), whole.truncated), (10, false));
     }
 }
