@@ -1,7 +1,10 @@
 //! The long-polling answer (`GET /v1/poll`):
-//! `{"messages":[{"channel","offset","epoch","event","data"}],"last_event_id","recovered"}`.
+//! `{"messages":[{"channel","offset","epoch","event","from"?,"info"?,"data"}],"last_event_id",
+//! "recovered"}`.
 //!
-//! `event` is always present (`message` when the publisher set none), as in SSE. Channel names,
+//! `event` is always present (`message` when the publisher set none), as in SSE; `from` and
+//! `info` only for a message a client published (as in every encoding of a message); a room's
+//! join and leave are `herald.join` / `herald.leave` whose `data` is the member. Channel names,
 //! event names and epochs are validated to characters that need no escaping in JSON; `data` is
 //! the compact JSON exactly as published; the resume token is made of those same characters plus
 //! `,` and `;`.
@@ -18,7 +21,7 @@ pub fn response<'a>(
 ) -> Bytes {
     let size: usize = messages
         .clone()
-        .map(|m| m.data.len() + m.channel.as_str().len() + m.event_name().len() + 80)
+        .map(|m| m.stored_len() + 32)
         .sum();
     let mut out = BytesMut::with_capacity(size + last_event_id.len() + 64);
     out.put_slice(b"{\"messages\":[");
@@ -30,7 +33,9 @@ pub fn response<'a>(
         crate::protocol::put_position(&mut out, m);
         out.put_slice(b",\"event\":\"");
         out.put_slice(m.event_name().as_bytes());
-        out.put_slice(b"\",\"data\":");
+        out.put_u8(b'"');
+        crate::protocol::put_sender(&mut out, m.sender.as_deref());
+        out.put_slice(b",\"data\":");
         out.put_slice(&m.data);
         out.put_u8(b'}');
     }
@@ -84,6 +89,31 @@ mod tests {
         assert_eq!(
             &empty[..],
             br#"{"messages":[],"last_event_id":"","recovered":false}"#
+        );
+    }
+
+    #[test]
+    fn a_client_published_message_carries_its_sender() {
+        let mut m = msg("chat:1", 3, None, r#"{"text":"hi"}"#);
+        m.sender = Some(Box::new(crate::Sender {
+            user: "al\"ice".into(),
+            info: Some(Bytes::from_static(br#"{"name":"Alice"}"#)),
+        }));
+        let mut anonymous = msg("chat:1", 4, None, "1");
+        anonymous.sender = Some(Box::new(crate::Sender {
+            user: "bob".into(),
+            info: None,
+        }));
+        let out = response([m, anonymous].iter(), "e1,4,chat:1", true);
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            v["messages"],
+            serde_json::json!([
+                {"channel": "chat:1", "offset": 3, "epoch": "e1", "event": "message",
+                 "from": "al\"ice", "info": {"name": "Alice"}, "data": {"text": "hi"}},
+                {"channel": "chat:1", "offset": 4, "epoch": "e1", "event": "message",
+                 "from": "bob", "data": 1},
+            ])
         );
     }
 }

@@ -312,11 +312,18 @@ fn put_id(out: &mut BytesMut, id: Option<u64>) {
     }
 }
 
-/// Appends `s` as a JSON string (quoted and escaped): for values that may hold any text, such as
-/// a token's `sub`.
-fn put_json_str(out: &mut BytesMut, s: &str) {
-    // Writing into a BytesMut cannot fail.
-    let _ = serde_json::to_writer(out.writer(), s);
+/// Appends `,"from":USER,"info":INFO` for a message a client published (`info` only when its
+/// token had one): the same two fields in every encoding of a message (WebSocket frame, SSE
+/// envelope, long-poll answer, history). `from` may hold any text, so it is escaped.
+pub fn put_sender(out: &mut impl BufMut, sender: Option<&Sender>) {
+    let Some(s) = sender else { return };
+    out.put_slice(b",\"from\":");
+    // Writing into memory cannot fail.
+    let _ = serde_json::to_writer((&mut *out).writer(), &*s.user);
+    if let Some(info) = &s.info {
+        out.put_slice(b",\"info\":");
+        out.put_slice(info);
+    }
 }
 
 /// The WebSocket frame type of a message: `message`, or `join` / `leave` for the server's room
@@ -358,14 +365,7 @@ pub fn message_frame(msg: &Message) -> Bytes {
         out.put_slice(e.as_str().as_bytes());
         out.put_slice(b"\"");
     }
-    if let Some(s) = sender {
-        out.put_slice(b",\"from\":");
-        put_json_str(&mut out, &s.user);
-        if let Some(info) = &s.info {
-            out.put_slice(b",\"info\":");
-            out.put_slice(info);
-        }
-    }
+    put_sender(&mut out, sender);
     out.put_slice(b",\"data\":");
     out.put_slice(&msg.data);
     out.put_slice(b"}");

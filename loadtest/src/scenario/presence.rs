@@ -110,10 +110,11 @@ async fn enter(ctx: &Ctx, args: &Args, secret: &[u8], i: usize) -> Result<Conn, 
     let mut conn = Conn::open(
         Transport::Ws,
         &ctx.dialer,
-        target,
+        (target, i % ctx.targets.len()),
         &channel,
         &Resume::default(),
         Some(&token),
+        None,
     )
     .await?;
     let mut outcome: Option<Result<(), End>> = None;

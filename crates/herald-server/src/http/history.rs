@@ -269,25 +269,16 @@ fn log_cut(channel: &ChannelName, e: &BrokerError) {
 
 /// `{"offset":N,"event":"e","from":"u","info":{..},"published_at_us":T,"data":DATA}`.
 fn render(out: &mut Vec<u8>, m: &Message) {
-    let _ = std::io::Write::write_fmt(out, format_args!("{{\"offset\":{},", m.offset));
+    let _ = std::io::Write::write_fmt(out, format_args!("{{\"offset\":{}", m.offset));
     if let Some(e) = &m.event {
-        out.put_slice(b"\"event\":\"");
+        out.put_slice(b",\"event\":\"");
         out.put_slice(e.as_str().as_bytes());
-        out.put_slice(b"\",");
+        out.put_u8(b'"');
     }
-    if let Some(sender) = &m.sender {
-        out.put_slice(b"\"from\":");
-        let _ = serde_json::to_writer(&mut *out, &*sender.user);
-        out.push(b',');
-        if let Some(info) = &sender.info {
-            out.put_slice(b"\"info\":");
-            out.put_slice(info);
-            out.push(b',');
-        }
-    }
+    herald_core::protocol::put_sender(out, m.sender.as_deref());
     let _ = std::io::Write::write_fmt(
         out,
-        format_args!("\"published_at_us\":{},\"data\":", m.published_at_us),
+        format_args!(",\"published_at_us\":{},\"data\":", m.published_at_us),
     );
     out.put_slice(&m.data);
     out.push(b'}');

@@ -4,6 +4,7 @@
 //! messages.
 
 mod joinleave;
+mod poll;
 mod presence;
 mod private;
 mod publish;
