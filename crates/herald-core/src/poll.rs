@@ -19,10 +19,7 @@ pub fn response<'a>(
     last_event_id: &str,
     recovered: bool,
 ) -> Bytes {
-    let size: usize = messages
-        .clone()
-        .map(|m| m.stored_len() + 32)
-        .sum();
+    let size: usize = messages.clone().map(|m| m.stored_len() + 32).sum();
     let mut out = BytesMut::with_capacity(size + last_event_id.len() + 64);
     out.put_slice(b"{\"messages\":[");
     for (i, m) in messages.enumerate() {

@@ -162,7 +162,10 @@ mod tests {
         };
         let each = roster.members[0].len() + 1;
         let cut = cap_bytes(roster.clone(), each * 3);
-        assert_eq!((cut.members.len(), cut.truncated, cut.clients), (3, true, 10));
+        assert_eq!(
+            (cut.members.len(), cut.truncated, cut.clients),
+            (3, true, 10)
+        );
         let whole = cap_bytes(roster, usize::MAX);
         assert_eq!((whole.members.len(), whole.truncated), (10, false));
     }

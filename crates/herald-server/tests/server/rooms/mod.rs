@@ -53,6 +53,14 @@ impl Fleet {
         }
     }
 
+    /// One node with the embedded broker: rooms in its memory.
+    pub fn embedded() -> Self {
+        Self {
+            dir: TempDir::new("rooms"),
+            redis: None,
+        }
+    }
+
     /// A node; `grace` is its leave_grace. The presence TTL is short (tests of a dead node
     /// wait for it) yet far above the refresh period on a loaded machine.
     pub async fn node(&self, grace: &str) -> Herald {

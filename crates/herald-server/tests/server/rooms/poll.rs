@@ -35,8 +35,10 @@ async fn a_held_poll_is_a_member_and_gets_client_messages_with_their_sender() {
         dave.subscribe(room).await;
         wait_users(&mut dave, room, &["dave", "pam"]).await;
         let ack = dave
-            .request(json!({"op": "publish", "channel": room, "data": {"text": "hi pam"},
-                "from": "mallory", "info": {"forged": true}}))
+            .request(
+                json!({"op": "publish", "channel": room, "data": {"text": "hi pam"},
+                "from": "mallory", "info": {"forged": true}}),
+            )
             .await;
         assert_eq!(ack["type"], "published", "{ack}");
         dave

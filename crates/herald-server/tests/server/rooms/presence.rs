@@ -173,3 +173,32 @@ async fn sse_subscribers_are_members_and_get_join_and_leave_events() {
         ]
     );
 }
+
+#[tokio::test]
+async fn rooms_work_in_memory_on_a_node_without_redis() {
+    let fleet = Fleet::embedded();
+    let node = fleet.node("200ms").await;
+    let room = "chat:mem";
+    let mut alice = connect(&node, "alice").await;
+    alice.subscribe(room).await;
+    let mut bob = connect(&node, "bob").await;
+    bob.subscribe(room).await;
+    alice.next_event_of("join", "bob").await;
+    let listing = wait_users(&mut alice, room, &["alice", "bob"]).await;
+    assert_eq!(
+        (&listing["clients"], &listing["users"]),
+        (&json!(2), &json!(2))
+    );
+    let ack = bob
+        .request(json!({"op": "publish", "channel": room, "data": "hi", "from": "mallory"}))
+        .await;
+    assert_eq!(ack["type"], "published", "{ack}");
+    let m = alice.next_message().await;
+    assert_eq!(
+        (m["data"].as_str(), m["from"].as_str()),
+        (Some("hi"), Some("bob"))
+    );
+    drop(bob);
+    alice.next_event_of("leave", "bob").await;
+    wait_users(&mut alice, room, &["alice"]).await;
+}
