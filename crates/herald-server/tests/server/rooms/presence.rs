@@ -143,6 +143,16 @@ async fn sse_subscribers_are_members_and_get_join_and_leave_events() {
     )
     .await;
     assert_eq!(sse.status, 200);
+    // An anonymous-to-the-room reader (no `sub`: not a member) asking for envelopes, on a.
+    let mut enveloped = Sse::connect(
+        &a.url(&format!(
+            "/v1/sse?channel={room}&envelope=true&token={}",
+            crate::auth::hs256(&json!({"exp": crate::auth::now() + 60, "channels": ["chat:*"]}))
+        )),
+        None,
+    )
+    .await;
+    assert_eq!(enveloped.status, 200);
     let mut dave = connect(&a, "dave").await;
     dave.subscribe(room).await;
     // The connection's own op comes after its subscribe: it is listed.
@@ -163,6 +173,32 @@ async fn sse_subscribers_are_members_and_get_join_and_leave_events() {
             ));
         }
     }
+    // With envelopes, the data is the WebSocket frame: type, channel, position and member.
+    let mut framed = Vec::new();
+    while framed.len() < 2 {
+        let e = enveloped.next().await.expect("event");
+        // (sam's join may come first: it is published as this stream opens.)
+        if (e.event == "herald.join" || e.event == "herald.leave") && e.json()["user"] == "dave" {
+            let v = e.json();
+            assert_eq!(v["channel"], room, "{v}");
+            assert!(
+                v["offset"].as_u64().is_some() && v["epoch"].as_str().is_some(),
+                "{v}"
+            );
+            assert_eq!(
+                v["info"],
+                json!({"name": v["user"].as_str().unwrap_or_default().to_uppercase()})
+            );
+            framed.push((e.event.clone(), v["type"].clone(), v["user"].clone()));
+        }
+    }
+    assert_eq!(
+        framed,
+        [
+            ("herald.join".to_owned(), json!("join"), json!("dave")),
+            ("herald.leave".to_owned(), json!("leave"), json!("dave"))
+        ]
+    );
     let own = |e: &str, u: &str| (e.to_owned(), u.to_owned());
     assert_eq!(
         got,
