@@ -758,3 +758,45 @@ test('console: a room\'s members shown live, messages with their sender', async 
     await stopHerald(node.child, 'SIGKILL');
   }
 });
+
+test('herald.js over SSE and long-polling: a room\'s joins, leaves and the sender of messages', async () => {
+  const node = await startChatHerald();
+  const room = `chat:${uniq('fb')}`;
+  const page = await newPage(node.url);
+  let other = null;
+  try {
+    await page.evaluate(([ch, token]) => {
+      window.r = { sse: [], poll: [], subscribed: 0 };
+      const handlers = (list) => ({
+        token,
+        onSubscribed: () => { r.subscribed += 1; },
+        onMessage: (m) => list.push(['message', m.from, m.info && m.info.name, m.data.text]),
+        onJoin: (m) => list.push(['join', m.user, m.info && m.info.name, m.channel]),
+        onLeave: (m) => list.push(['leave', m.user, m.info && m.info.name, m.channel]),
+      });
+      window.s = Herald.sse('', [ch], handlers(r.sse));
+      window.p = Herald.poll('', [ch], { ...handlers(r.poll), timeout: 2000, minDelay: 50 });
+    }, [room, tokenFor('erin', CHAT_SECRET)]);
+    await page.waitForFunction(() => r.subscribed >= 2, null, WAIT);
+    // Dan comes in over WebSocket, says hello, and goes.
+    other = await newPage(node.url);
+    await other.evaluate(([ch, token]) => {
+      window.c = Herald.connect('', { token });
+      return c.subscribe(ch).then(() => c.publish(ch, { text: 'hello', from: 'forged' }));
+    }, [room, tokenFor('dan', CHAT_SECRET)]);
+    await other.close();
+    other = null;
+    const dans = (list) => list.filter((e) => e[1] === 'dan');
+    await page.waitForFunction(() => ['sse', 'poll'].every((k) => r[k].some((e) => e[0] === 'leave' && e[1] === 'dan')), null, WAIT);
+    const r = await page.evaluate(() => window.r);
+    const expected = [['join', 'dan', 'dan', room], ['message', 'dan', 'dan', 'hello'], ['leave', 'dan', 'dan', room]];
+    assert.deepEqual(dans(r.sse), expected, 'over SSE (envelopes)');
+    assert.deepEqual(dans(r.poll), expected, 'over long-polling');
+    assert.deepEqual(page.errors, []);
+    await page.evaluate(() => { s.close(); p.close(); });
+  } finally {
+    if (other) await other.close();
+    await page.close();
+    await stopHerald(node.child, 'SIGKILL');
+  }
+});
