@@ -759,7 +759,7 @@ test('console: a room\'s members shown live, messages with their sender', async 
   }
 });
 
-test('herald.js over SSE and long-polling: a room\'s joins, leaves and the sender of messages', async () => {
+test('herald.js over SSE and long-polling (helpers and Herald.connect): a room\'s joins, leaves and the sender of messages', async () => {
   const node = await startChatHerald();
   const room = `chat:${uniq('fb')}`;
   const page = await newPage(node.url);
@@ -776,8 +776,17 @@ test('herald.js over SSE and long-polling: a room\'s joins, leaves and the sende
       });
       window.s = Herald.sse('', [ch], handlers(r.sse));
       window.p = Herald.poll('', [ch], { ...handlers(r.poll), timeout: 2000, minDelay: 50 });
+      // The client, started on each fallback transport: the same handlers as over WebSocket.
+      window.clients = ['sse', 'poll'].map((t) => {
+        const list = r[`client-${t}`] = [];
+        const h = handlers(list);
+        const client = Herald.connect('', { token, transports: [t], pollTimeout: 2000, minDelay: 50 });
+        client.on('subscribed', h.onSubscribed);
+        client.subscribe(ch, h.onMessage, { onJoin: h.onJoin, onLeave: h.onLeave });
+        return client;
+      });
     }, [room, tokenFor('erin', CHAT_SECRET)]);
-    await page.waitForFunction(() => r.subscribed >= 2, null, WAIT);
+    await page.waitForFunction(() => r.subscribed >= 4, null, WAIT);
     // Dan comes in over WebSocket, says hello, and goes.
     other = await newPage(node.url);
     await other.evaluate(([ch, token]) => {
@@ -787,13 +796,16 @@ test('herald.js over SSE and long-polling: a room\'s joins, leaves and the sende
     await other.close();
     other = null;
     const dans = (list) => list.filter((e) => e[1] === 'dan');
-    await page.waitForFunction(() => ['sse', 'poll'].every((k) => r[k].some((e) => e[0] === 'leave' && e[1] === 'dan')), null, WAIT);
+    const kinds = ['sse', 'poll', 'client-sse', 'client-poll'];
+    await page.waitForFunction((ks) => ks.every((k) => r[k].some((e) => e[0] === 'leave' && e[1] === 'dan')), kinds, WAIT);
     const r = await page.evaluate(() => window.r);
     const expected = [['join', 'dan', 'dan', room], ['message', 'dan', 'dan', 'hello'], ['leave', 'dan', 'dan', room]];
     assert.deepEqual(dans(r.sse), expected, 'over SSE (envelopes)');
     assert.deepEqual(dans(r.poll), expected, 'over long-polling');
+    assert.deepEqual(dans(r['client-sse']), expected, 'Herald.connect over SSE');
+    assert.deepEqual(dans(r['client-poll']), expected, 'Herald.connect over long-polling');
     assert.deepEqual(page.errors, []);
-    await page.evaluate(() => { s.close(); p.close(); });
+    await page.evaluate(() => { s.close(); p.close(); clients.forEach((c) => c.close()); });
   } finally {
     if (other) await other.close();
     await page.close();
