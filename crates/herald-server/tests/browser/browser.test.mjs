@@ -751,6 +751,18 @@ test('console: a room\'s members shown live, messages with their sender', async 
     await other.close();
     other = null;
     await page.waitForFunction(() => !document.querySelector('#members li[data-user="dan"]'), null, WAIT);
+    // SSE mode sends the token too (the chat namespace is readable with a token only), and
+    // shows the room's joins.
+    await page.click('#disconnect');
+    await page.click('label:has(input[value=sse])');
+    await page.click('#connect');
+    await page.waitForFunction(() => document.querySelector('#status-text').textContent === 'connected (SSE)', null, WAIT);
+    other = await newPage(node.url);
+    await other.evaluate(([ch, token]) => {
+      window.c = Herald.connect('', { token });
+      return c.subscribe(ch);
+    }, [channel, tokenFor('eve', CHAT_SECRET)]);
+    await page.locator('#log tr', { hasText: 'eve' }).first().waitFor(WAIT);
     assert.deepEqual(page.errors, []);
   } finally {
     if (other) await other.close();
