@@ -1,13 +1,17 @@
-//! Test support shared by Herald's integration tests: real `redis-server` processes and
-//! 3-master clusters on ephemeral ports (never 6379), each in its own temporary directory, killed
-//! and cleaned up on drop so a failing test leaves nothing running.
+//! Test support shared by Herald's integration tests: real `redis-server` processes, Clusters
+//! and Sentinel deployments on ephemeral ports (never 6379), optionally over TLS with ACL users,
+//! each in its own temporary directory, killed and cleaned up on drop so a failing test leaves
+//! nothing running.
 
+pub mod acl;
 pub mod clients;
+pub mod cluster;
 pub mod contract;
 pub mod sentinel;
 pub mod tls;
 
-pub use sentinel::RedisSentinel;
+pub use cluster::{ClusterOptions, RedisCluster};
+pub use sentinel::{RedisSentinel, SentinelOptions};
 pub use tls::TestCerts;
 
 use std::{
@@ -26,9 +30,11 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// A redis-server child process.
+/// A redis-server child process. `port` is plain TCP (the tests' own redis-cli uses it); a
+/// server started with [`Self::start_tls`] also serves TLS on `tls_port`.
 pub struct RedisServer {
     pub port: u16,
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     extra: Vec<String>,
     child: Option<Child>,
@@ -46,11 +52,29 @@ impl RedisServer {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
-        let dir = scratch_dir("redis");
+        Self::start_on(
+            free_port(),
+            None,
+            extra.iter().map(|s| s.to_string()).collect(),
+        )
+    }
+
+    /// Also serves TLS (with `certs`; `client_certs` is `tls-auth-clients`: `yes`, `optional` or
+    /// `no`) on a port of its own; replication to and from it uses TLS too.
+    pub fn start_tls(certs: &TestCerts, client_certs: &str, extra: &[&str]) -> Self {
+        let tls_port = free_port();
+        let mut args = certs.redis_args(tls_port, client_certs);
+        args.extend(["--tls-replication".to_owned(), "yes".to_owned()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_on(free_port(), Some(tls_port), args)
+    }
+
+    fn start_on(port: u16, tls_port: Option<u16>, extra: Vec<String>) -> Self {
         let mut server = Self {
-            port: free_port(),
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port,
+            tls_port,
+            dir: scratch_dir("redis"),
+            extra,
             child: None,
         };
         server.spawn();
@@ -75,6 +99,16 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port clients are given: the TLS port if there is one.
+    pub fn client_port(&self) -> u16 {
+        self.tls_port.unwrap_or(self.port)
+    }
+
+    /// Whether the process runs (it was not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILL: no shutdown save, no goodbye to clients.
@@ -144,7 +178,8 @@ pub(crate) fn scratch_dir(what: &str) -> PathBuf {
     dir
 }
 
-/// Polls until the server answers PING (bounded: a server that never starts fails the test).
+/// Polls until the server answers PING, or refuses it for want of a password (bounded: a server
+/// that never starts fails the test).
 pub(crate) fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -168,86 +203,15 @@ fn ping(port: u16) -> bool {
         return false;
     }
     let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    s.read_exact(&mut buf).is_ok() && (&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
 }
 
-/// Three masters, no replicas, all slots assigned.
-pub struct RedisCluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl RedisCluster {
-    pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|i| {
-                let conf = format!("nodes-{i}.conf");
-                RedisServer::start_with(&[
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &conf,
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("redis-cli --cluster create");
-        assert!(status.success(), "cluster create failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !nodes
-            .iter()
-            .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-        {
-            assert!(Instant::now() < deadline, "cluster never became ok");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { nodes }
-    }
-
-    pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        format!("redis+cluster://{}", hosts.join(","))
-    }
-
-    /// The port of the master serving `key`'s slot.
-    pub fn owner_of(&self, key: &str) -> u16 {
-        let slot: u16 = self.nodes[0]
-            .cli(&["cluster", "keyslot", key])
-            .trim()
-            .parse()
-            .expect("keyslot");
-        let shards = self.nodes[0].cli(&["cluster", "slots"]);
-        // redis-cli prints each range as: start, end, ip, port, id, ... one value per line.
-        let lines: Vec<&str> = shards.lines().map(str::trim).collect();
-        for w in lines.windows(4) {
-            if let (Ok(start), Ok(end), Ok(port)) = (
-                w[0].parse::<u16>(),
-                w[1].parse::<u16>(),
-                w[3].parse::<u16>(),
-            ) && w[2] == "127.0.0.1"
-                && (start..=end).contains(&slot)
-            {
-                return port;
-            }
-        }
-        panic!("no owner for slot {slot}: {shards}");
+/// Polls `ok` until it holds; panics after 30 s.
+pub(crate) fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

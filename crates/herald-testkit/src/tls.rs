@@ -32,18 +32,49 @@ impl TestCerts {
     /// `redis-server` arguments for a TLS port using these certificates; `client_certs` is
     /// `tls-auth-clients`: `yes` (required), `optional` or `no`.
     pub fn redis_args(&self, tls_port: u16, client_certs: &str) -> Vec<String> {
+        let mut args = vec!["--tls-port".to_owned(), tls_port.to_string()];
+        for (name, value) in self.redis_settings(client_certs) {
+            args.push(format!("--{name}"));
+            args.push(value);
+        }
+        args
+    }
+
+    /// The TLS settings (name, value) of a server (or Sentinel) using these certificates: the
+    /// server certificate, the CA its peers' certificates must chain to, and the client
+    /// certificate it presents when it connects out (replication, the cluster bus, Sentinels),
+    /// since the server certificate is for server authentication only.
+    pub fn redis_settings(&self, client_certs: &str) -> Vec<(&'static str, String)> {
         vec![
-            "--tls-port".into(),
-            tls_port.to_string(),
-            "--tls-cert-file".into(),
-            self.path("server.crt"),
-            "--tls-key-file".into(),
-            self.path("server.key"),
-            "--tls-ca-cert-file".into(),
-            self.path("ca.crt"),
-            "--tls-auth-clients".into(),
-            client_certs.into(),
+            ("tls-cert-file", self.path("server.crt")),
+            ("tls-key-file", self.path("server.key")),
+            ("tls-client-cert-file", self.path("client.crt")),
+            ("tls-client-key-file", self.path("client.key")),
+            ("tls-ca-cert-file", self.path("ca.crt")),
+            ("tls-auth-clients", client_certs.to_owned()),
         ]
+    }
+
+    /// Herald's TLS options trusting `ca` (a file name in the certificate directory: `ca.crt`,
+    /// or `other-ca.crt` to play an untrusted one), with the client certificate.
+    pub fn herald_args(&self, ca: &str) -> Vec<String> {
+        vec![
+            "--redis-tls-ca-file".into(),
+            self.path(ca),
+            "--redis-tls-cert-file".into(),
+            self.path("client.crt"),
+            "--redis-tls-key-file".into(),
+            self.path("client.key"),
+        ]
+    }
+
+    /// The same as a broker configuration.
+    pub fn tls_files(&self, ca: &str) -> herald_broker::TlsFiles {
+        herald_broker::TlsFiles {
+            ca_file: Some(self.path(ca).into()),
+            cert_file: Some(self.path("client.crt").into()),
+            key_file: Some(self.path("client.key").into()),
+        }
     }
 
     fn openssl(&self, args: &[&str]) {

@@ -259,7 +259,12 @@ impl RedisBroker {
         }
         // Wrong credentials, an untrusted certificate or an unknown primary name will not fix
         // themselves: refuse to start. An unreachable Redis may come back: start and retry.
-        if let Err(e) = endpoint.preflight(config.timeout).await
+        // On Cluster, the commands only Cluster needs: an ACL that forgot them fails here.
+        let mut cluster_commands = vec![redis::cmd("CLUSTER").arg("SLOTS").to_owned()];
+        if config.durability == Durability::Replicated {
+            cluster_commands.push(redis::cmd("CLUSTER").arg("MYID").to_owned());
+        }
+        if let Err(e) = endpoint.preflight(config.timeout, &cluster_commands).await
             && let Some(why) = endpoint::fatal(&e)
         {
             return Err(BrokerError::Internal(format!("{why}: {e}")));

@@ -32,8 +32,11 @@ enum Target {
     Single(ConnectionInfo),
     Sentinel(Sentinel),
     Cluster {
+        /// The seed nodes, for the cluster client (which applies `certs` itself).
         nodes: Vec<ConnectionInfo>,
         certs: Option<TlsCertificates>,
+        /// The same with `certs` applied, for connecting to a seed node directly.
+        seeds: Vec<ConnectionInfo>,
     },
 }
 
@@ -66,13 +69,21 @@ impl Endpoint {
             Topology::Standalone(url) => {
                 Target::Single(with_certs(credentials(info(&url)?), &certs)?)
             }
-            Topology::Cluster(urls) => Target::Cluster {
-                nodes: urls
+            Topology::Cluster(urls) => {
+                let nodes: Vec<ConnectionInfo> = urls
                     .iter()
                     .map(|u| info(u).map(credentials))
-                    .collect::<Result<_, _>>()?,
-                certs,
-            },
+                    .collect::<Result<_, _>>()?;
+                let seeds = nodes
+                    .iter()
+                    .map(|n| with_certs(n.clone(), &certs))
+                    .collect::<Result<_, _>>()?;
+                Target::Cluster {
+                    nodes,
+                    certs,
+                    seeds,
+                }
+            }
             Topology::Sentinel {
                 sentinels,
                 master,
@@ -129,12 +140,25 @@ impl Endpoint {
     }
 
     /// One connection and a `PING`, to tell at start a configuration Redis refuses (see [`fatal`])
-    /// from a Redis that is merely not reachable yet.
-    pub(crate) async fn preflight(&self, timeout: Duration) -> Result<(), RedisError> {
+    /// from a Redis that is merely not reachable yet. On Cluster, `commands` are also sent to a
+    /// seed node, to find out at start that the user lacks a permission they need.
+    pub(crate) async fn preflight(
+        &self,
+        timeout: Duration,
+        commands: &[redis::Cmd],
+    ) -> Result<(), RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
         let attempt = async {
-            match self.cluster() {
-                Some(builder) => {
-                    let mut conn = builder
+            match &self.target {
+                Target::Cluster { seeds, .. } => {
+                    seed_check(seeds, &config, commands).await?;
+                    let mut conn = self
+                        .cluster()
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| RedisError::from((redis::ErrorKind::Io, "no cluster")))?
                         .connection_timeout(timeout)
                         .response_timeout(timeout)
                         .build()?
@@ -142,10 +166,7 @@ impl Endpoint {
                         .await?;
                     redis::cmd("PING").query_async::<()>(&mut conn).await
                 }
-                None => {
-                    let config = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(timeout))
-                        .set_response_timeout(Some(timeout));
+                _ => {
                     let mut primary = self.primary(&config, false).await?;
                     redis::cmd("PING")
                         .query_async::<()>(&mut primary.conn)
@@ -166,7 +187,7 @@ impl Endpoint {
 
     /// A Cluster client builder with the credentials and certificates applied (Cluster only).
     pub(crate) fn cluster(&self) -> Option<ClusterClientBuilder> {
-        let Target::Cluster { nodes, certs } = &self.target else {
+        let Target::Cluster { nodes, certs, .. } = &self.target else {
             return None;
         };
         let builder = ClusterClientBuilder::new(nodes.clone());
@@ -175,6 +196,36 @@ impl Endpoint {
             None => builder,
         })
     }
+}
+
+/// Logs in to the Cluster's seed nodes directly, one after another, until one answers
+/// `commands`. The cluster client reports a failure of its first connections as one flat
+/// message, so that credentials Redis rejects or a certificate Herald does not trust would look
+/// like a cluster that is merely down: a direct connection keeps the real error.
+async fn seed_check(
+    seeds: &[ConnectionInfo],
+    config: &AsyncConnectionConfig,
+    commands: &[redis::Cmd],
+) -> Result<(), RedisError> {
+    let mut last = None;
+    for seed in seeds {
+        let checked = async {
+            let mut conn = Client::open(seed.clone())?
+                .get_multiplexed_async_connection_with_config(config)
+                .await?;
+            for cmd in commands {
+                cmd.query_async::<redis::Value>(&mut conn).await?;
+            }
+            Ok::<_, RedisError>(())
+        }
+        .await;
+        match checked {
+            Ok(()) => return Ok(()),
+            Err(e) if fatal(&e).is_some() => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| RedisError::from((redis::ErrorKind::Io, "no seed node"))))
 }
 
 /// Why `e` is a configuration Redis will keep refusing, if it is one.

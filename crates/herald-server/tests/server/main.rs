@@ -18,6 +18,7 @@ mod poll;
 mod publishers;
 mod redis_faults;
 mod redis_tls;
+mod redis_tls_cluster;
 mod resume;
 mod robustness;
 mod rooms;

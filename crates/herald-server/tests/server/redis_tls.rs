@@ -4,7 +4,7 @@
 //! (status 1, like any broker that cannot start) with a clear message, before "listening";
 //! passwords never reach a log line.
 
-use herald_testkit::{RedisServer, TestCerts, free_port};
+use herald_testkit::{RedisServer, TestCerts, acl};
 use serde_json::json;
 
 use crate::support::{
@@ -14,44 +14,14 @@ use crate::support::{
 
 const PASSWORD: &str = "pw-Zq8f3kR1";
 
-/// The ACL rules of docs/operations.md ("ACL"), for user `herald`.
-const ACL: &[&str] = &[
-    "~herald:*",
-    "&herald:*",
-    "-@all",
-    "+@read",
-    "+@write",
-    "+@pubsub",
-    "+@scripting",
-    "+@connection",
-    "+time",
-    "+role",
-    "+wait",
-];
-
 /// A Redis with a plain port (for the test's own redis-cli) and a TLS port that requires a
-/// client certificate; user `herald` has [`ACL`].
+/// client certificate; user `herald` has the rules of docs/operations.md ("ACL").
 fn tls_redis(certs: &TestCerts) -> (RedisServer, u16) {
-    let tls_port = free_port();
-    let mut args: Vec<String> = certs.redis_args(tls_port, "yes");
-    let mut user = vec!["herald".to_owned(), "on".to_owned(), format!(">{PASSWORD}")];
-    user.extend(ACL.iter().map(|s| s.to_string()));
-    args.push("--user".into());
-    args.extend(user);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    (RedisServer::start_with(&args), tls_port)
-}
-
-/// Herald's TLS options for `certs`, trusting `ca` (a file name in the certificate directory).
-fn tls_args(certs: &TestCerts, ca: &str) -> Vec<String> {
-    vec![
-        "--redis-tls-ca-file".into(),
-        certs.path(ca),
-        "--redis-tls-cert-file".into(),
-        certs.path("client.crt"),
-        "--redis-tls-key-file".into(),
-        certs.path("client.key"),
-    ]
+    let user = acl::user_args("herald", PASSWORD, &[acl::HERALD_RULES]);
+    let args: Vec<&str> = user.iter().map(String::as_str).collect();
+    let redis = RedisServer::start_tls(certs, "yes", &args);
+    let tls_port = redis.client_port();
+    (redis, tls_port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,7 +37,7 @@ async fn rediss_with_an_acl_user_publishes_subscribes_and_resumes() {
         "--redis-password-file".to_owned(),
         password_file.display().to_string(),
     ];
-    args.extend(tls_args(&certs, "ca.crt"));
+    args.extend(certs.herald_args("ca.crt"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let a = Herald::start(&args).await;
     let b = Herald::start(&args).await;
@@ -131,7 +101,7 @@ async fn redis_refusals_stop_the_start_with_a_clear_message() {
     ];
     for (url, ca, why) in cases {
         let mut args = vec!["--redis-url".to_owned(), url];
-        args.extend(tls_args(&certs, ca));
+        args.extend(certs.herald_args(ca));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, stdout, stderr) = Herald::run_to_exit(&args).await;
         assert_eq!(
@@ -169,7 +139,7 @@ async fn secrets_never_reach_the_logs() {
         "--log-level".to_owned(),
         "trace".to_owned(),
     ];
-    args.extend(tls_args(&certs, "ca.crt"));
+    args.extend(certs.herald_args("ca.crt"));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut node = Herald::launch(Launch {
         args: &args,
