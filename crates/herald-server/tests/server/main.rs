@@ -19,6 +19,7 @@ mod publishers;
 mod redis_faults;
 mod redis_tls;
 mod redis_tls_cluster;
+mod redis_tls_sentinel;
 mod resume;
 mod robustness;
 mod rooms;
