@@ -20,6 +20,7 @@ mod pubsub;
 mod relay;
 mod scripts;
 mod sentinel;
+mod slots;
 mod stats;
 mod supervisor;
 mod url;

@@ -1,11 +1,12 @@
 //! The Broker contract (herald-testkit's `contract` suite) against every broker configuration:
 //! the embedded memory broker, Redis standalone, a 3-master Redis Cluster, and a Sentinel-managed
-//! primary with replicas, with the default and the replicated publish durability.
+//! primary with replicas; Sentinel and Cluster (a replica per master) also with the replicated
+//! publish durability.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use herald_broker::{Broker, Durability, MemoryBroker, MemoryConfig, RedisBroker, RedisConfig};
-use herald_testkit::{RedisCluster, RedisSentinel, RedisServer, contract};
+use herald_testkit::{ClusterOptions, RedisCluster, RedisSentinel, RedisServer, contract};
 
 fn redis_config(url: String, history_size: usize) -> RedisConfig {
     RedisConfig {
@@ -56,6 +57,22 @@ async fn redis_cluster() {
     let url = cluster.url();
     let factory = |history_size| redis_node(redis_config(url.clone(), history_size));
     contract::run("redis cluster", &factory).await;
+}
+
+#[tokio::test]
+async fn redis_cluster_with_replicated_durability() {
+    let cluster = RedisCluster::start_with(ClusterOptions {
+        replicas: 1,
+        ..ClusterOptions::default()
+    });
+    let url = cluster.url();
+    let factory = |history_size| {
+        redis_node(RedisConfig {
+            durability: Durability::Replicated,
+            ..redis_config(url.clone(), history_size)
+        })
+    };
+    contract::run("redis cluster, replicated", &factory).await;
 }
 
 #[tokio::test]

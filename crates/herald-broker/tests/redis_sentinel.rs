@@ -71,10 +71,23 @@ async fn failover_with_replicated_durability_loses_no_acknowledged_message() {
     node.subscribe(&ch("f"), sink.clone())
         .await
         .expect("subscribe");
-    let task = tokio::spawn(publish_range(publisher.clone(), "f", 1..=300));
+    // Publishing goes on through the kill: the second half starts only once the primary is
+    // dead, so the publisher meets the outage however fast the first half went.
+    let (killed, kill_done) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            let (mut acked, first) = publish_range(publisher.clone(), "f", 1..=150).await;
+            let _ = kill_done.await;
+            let (more, second) = publish_range(publisher, "f", 151..=300).await;
+            acked.extend(more);
+            (acked, first + second)
+        }
+    });
     sink.wait_for(100).await;
     let old = redis.primary_port();
     redis.primary().kill();
+    let _ = killed.send(());
     let promoted = redis.wait_for_failover(old);
     let (acked, failures) = task.await.expect("publisher");
     assert_eq!(

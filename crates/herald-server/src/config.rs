@@ -320,7 +320,7 @@ options! {
     redis_probe_interval: Duration = Duration::from_secs(5), env = "HERALD_REDIS_PROBE_INTERVAL", parse = parse_duration;
 
     // --- production Redis (issue 14): durability, Sentinel and data-node credentials, TLS ---
-    /// When a publish is acknowledged: primary (the Redis primary has it) or replicated (a replica has it too, WAIT 1; not with Cluster). [default: primary]
+    /// When a publish is acknowledged: primary (the Redis primary has it) or replicated (a replica has it too, WAIT 1; on Cluster, a replica of the channel's shard). [default: primary]
     publish_durability: Durability = Durability::Primary, env = "HERALD_PUBLISH_DURABILITY", parse = parse_durability;
     /// With publish_durability = replicated: how long a publish waits for a replica's acknowledgement before failing with 503. [default: 1s]
     redis_wait_timeout: Duration = Duration::from_secs(1), env = "HERALD_REDIS_WAIT_TIMEOUT", parse = parse_duration;
@@ -579,12 +579,6 @@ impl Config {
                 return invalid(
                     "publish_durability",
                     "replicated needs a Redis with replicas (set redis_url)",
-                );
-            }
-            if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
-                return invalid(
-                    "publish_durability",
-                    "replicated is not supported with Redis Cluster yet (use standalone or Sentinel)",
                 );
             }
             if self.redis_wait_timeout.is_zero() {
@@ -948,15 +942,6 @@ rate = "5/s"
             Err(ConfigError::Invalid { option: o, .. }) => assert_eq!(o, option, "{args:?}"),
             other => panic!("{args:?}: {other:?}"),
         };
-        refused(
-            &[
-                "--redis-url",
-                "redis+cluster://a:1",
-                "--publish-durability",
-                "replicated",
-            ],
-            "publish_durability",
-        );
         refused(
             &["--publish-durability", "replicated"],
             "publish_durability",

@@ -23,7 +23,7 @@ use super::{
     RedisConfig, RedisStats,
     commands::{Commands, Server},
     config::Durability,
-    durability::Barrier,
+    durability::{Barrier, Site},
     endpoint::{self, Endpoint},
     keys,
     probe::{self, Probes},
@@ -45,7 +45,7 @@ const SUB_LOCKS: usize = 64;
 pub(crate) struct Shared {
     pub cfg: RedisConfig,
     pub endpoint: Arc<Endpoint>,
-    pub commands: Commands,
+    pub commands: Arc<Commands>,
     /// With `Durability::Replicated`: what publishes, reads and live messages wait for.
     pub barrier: Option<Barrier>,
     publish_script: Script,
@@ -133,25 +133,52 @@ impl Shared {
             .arg(offset)
             .arg(query.limit.min(retention.size))
             .arg(query.max_bytes)
-            .arg(self.cfg.max_entry_bytes);
+            .arg(self.cfg.max_entry_bytes)
+            .arg(self.node_ids());
         let (reply, server) = self
             .commands
             .script(&inv, self.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&self.stats.command_errors))?;
+        let (reply, node) = scripts::parse_read(reply)?;
         // What a read returns is shown to clients (positions, history): with replicated
         // durability only once a replica has it, so a failover cannot take back what was shown.
-        self.replicated(server).await?;
-        scripts::parse_read(reply)
+        self.replicated(channel, server, node).await?;
+        Ok(reply)
     }
 
-    /// With replicated durability: waits until every write that completed on `server` so far
-    /// is on a replica. Without it: nothing to wait for.
-    pub(crate) async fn replicated(&self, server: Server) -> Result<(), BrokerError> {
-        match &self.barrier {
-            Some(b) => b.wait(server).await,
-            None => Ok(()),
+    /// Whether the scripts must say which node ran them (`'1'`): for the replication barrier
+    /// on Cluster, which must run where the write went.
+    fn node_ids(&self) -> &'static str {
+        if self.barrier.is_some() && self.commands.is_cluster() {
+            "1"
+        } else {
+            "0"
         }
+    }
+
+    /// With replicated durability: waits until every write that completed where a script on
+    /// `channel` just ran (`server`; on Cluster, the node whose id the script returned) is on a
+    /// replica. Without it: nothing to wait for.
+    pub(crate) async fn replicated(
+        &self,
+        channel: &ChannelName,
+        server: Server,
+        node: String,
+    ) -> Result<(), BrokerError> {
+        let Some(barrier) = &self.barrier else {
+            return Ok(());
+        };
+        let site = if self.commands.is_cluster() {
+            Site::Shard {
+                slot: keys::channel_slot(channel),
+                // Empty: the script did not say (a room call); the slot's current primary.
+                node: (!node.is_empty()).then(|| Server::from(node)),
+            }
+        } else {
+            Site::Server(server)
+        };
+        barrier.wait(site).await
     }
 
     /// `channel`'s history lost messages this node had delivered (behind `seen`): moves the
@@ -250,13 +277,6 @@ impl RedisBroker {
             ));
         }
         let endpoint = Arc::new(Endpoint::new(&config)?);
-        if endpoint.is_cluster() && config.durability == Durability::Replicated {
-            return Err(BrokerError::Internal(
-                "publish_durability = \"replicated\" needs a standalone or Sentinel-managed Redis; \
-                 it is not supported with Redis Cluster yet"
-                    .into(),
-            ));
-        }
         // Wrong credentials, an untrusted certificate or an unknown primary name will not fix
         // themselves: refuse to start. An unreachable Redis may come back: start and retry.
         // On Cluster, the commands only Cluster needs: an ACL that forgot them fails here.
@@ -270,10 +290,11 @@ impl RedisBroker {
             return Err(BrokerError::Internal(format!("{why}: {e}")));
         }
         let stats: Arc<RedisStats> = Arc::default();
-        let commands = Commands::new(endpoint.clone(), config.timeout);
+        let commands = Arc::new(Commands::new(endpoint.clone(), config.timeout));
         let barrier = (config.durability == Durability::Replicated).then(|| {
             Barrier::start(
                 endpoint.clone(),
+                commands.clone(),
                 config.wait_timeout,
                 config.timeout,
                 stats.clone(),
@@ -437,16 +458,17 @@ impl Broker for RedisBroker {
                 .arg(sender.info.as_deref().unwrap_or_default()),
             None => inv.arg("").arg(""),
         };
+        inv.arg(s.node_ids());
         let (reply, server) = s
             .commands
             .script(&inv, s.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
-        let (position, duplicate) = scripts::parse_publish(reply)?;
+        let (position, duplicate, node) = scripts::parse_publish(reply)?;
         // Acknowledge only what a replica has (a duplicate too: its first publish may not have
         // reached a replica when the client gave up on it). The barrier's own write covers a
         // first publish made by another connection or node.
-        s.replicated(server).await?;
+        s.replicated(c, server, node).await?;
         Ok(Published {
             position,
             duplicate,

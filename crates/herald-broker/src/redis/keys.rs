@@ -9,11 +9,18 @@
 //! | `herald:{c}:i:<key>`     | string  | `<epoch>:<offset>` of the first publish with `key` |
 //! | `herald:{c}` (pub/sub)   | channel | live payloads, see [`super::codec`]              |
 //! | `herald:{probe:<node>:<i>}` | channel | this node's pub/sub self-probe (one per shard) |
+//! | `herald:durability`      | string  | the replication barrier's write (`replicated`)   |
+//! | `herald:{durability:<n>}` | string | the same on Cluster, one per slot used, `n` chosen so the key is in that slot |
 //!
 //! Channel names cannot contain `{` or `}` (see `herald_core::channel`), so the tag is exactly
 //! the channel name.
 
+use std::{fmt::Write, sync::OnceLock};
+
 use herald_core::ChannelName;
+
+/// The number of Cluster hash slots.
+const SLOTS: u16 = 16384;
 
 pub(crate) fn meta(c: &ChannelName) -> String {
     format!("herald:{{{c}}}:m")
@@ -35,32 +42,74 @@ pub(crate) fn probe(node_id: &str, i: usize) -> String {
     format!("herald:{{probe:{node_id}:{i}}}")
 }
 
-/// The Cluster hash slot of `key` (CRC16/XMODEM of the hash tag, or of the key without one),
-/// used to give every shard its own probe channel.
-pub(crate) fn slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
+/// The slot of every key of channel `c`: their hash tag is the channel name.
+pub(crate) fn channel_slot(c: &ChannelName) -> u16 {
+    slot(c.as_str())
+}
+
+/// A key in `slot` for the Cluster replication barrier's write: `herald:{durability:<n>}` with
+/// the smallest `n` whose tag hashes to `slot` (found for every slot at once, on first use).
+pub(crate) fn barrier(slot: u16) -> String {
+    static TAGS: OnceLock<Box<[u32]>> = OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; usize::from(SLOTS)];
+        let mut missing = tags.len();
+        let mut tag = String::new();
+        // About 170,000 tries cover every slot (coupon collector over 16384 slots).
+        for n in 0..u32::MAX {
+            tag.clear();
+            let _ = write!(tag, "durability:{n}");
+            let t = &mut tags[usize::from(crc16(tag.as_bytes()) % SLOTS)];
+            if *t == u32::MAX {
+                *t = n;
+                missing -= 1;
+                if missing == 0 {
+                    break;
+                }
+            }
+        }
+        tags.into_boxed_slice()
+    });
+    format!("herald:{{durability:{}}}", tags[usize::from(slot % SLOTS)])
+}
+
+/// The Cluster hash slot of `key` (CRC16/XMODEM of the hash tag, or of the key without one).
+pub(crate) fn slot(key: impl AsRef<[u8]>) -> u16 {
+    let bytes = key.as_ref();
     let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
         let rest = &bytes[open + 1..];
         let close = rest.iter().position(|&b| b == b'}')?;
         (close > 0).then(|| &rest[..close])
     });
-    crc16(tagged.unwrap_or(bytes)) % 16384
+    crc16(tagged.unwrap_or(bytes)) % SLOTS
 }
 
+/// CRC16/XMODEM, a byte at a time.
 fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
+    data.iter().fold(0, |crc, &b| {
+        (crc << 8) ^ CRC16_TABLE[usize::from((crc >> 8) as u8 ^ b)]
+    })
+}
+
+const CRC16_TABLE: [u16; 256] = {
+    let mut table = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = (i as u16) << 8;
+        let mut bit = 0;
+        while bit < 8 {
             crc = if crc & 0x8000 != 0 {
                 (crc << 1) ^ 0x1021
             } else {
                 crc << 1
             };
+            bit += 1;
         }
+        table[i] = crc;
+        i += 1;
     }
-    crc
-}
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -87,8 +136,25 @@ mod tests {
             "an empty tag hashes the whole key"
         );
         assert_eq!(
-            slot(&meta(&ChannelName::parse("news").expect("name"))),
+            slot(meta(&ChannelName::parse("news").expect("name"))),
             slot("news")
         );
+    }
+
+    #[test]
+    fn a_channel_slot_is_its_keys_slot() {
+        let c = ChannelName::parse("news:eu").expect("name");
+        assert_eq!(channel_slot(&c), slot(backbone(&c)));
+        assert_eq!(channel_slot(&c), slot(idempotency(&c, "k")));
+    }
+
+    #[test]
+    fn every_slot_has_a_barrier_key() {
+        for s in 0..SLOTS {
+            let key = barrier(s);
+            assert!(key.starts_with("herald:{durability:"), "{key}");
+            assert_eq!(slot(&key), s, "{key}");
+        }
+        assert_eq!(barrier(SLOTS), barrier(0), "slots wrap");
     }
 }

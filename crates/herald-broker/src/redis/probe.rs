@@ -12,9 +12,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use redis::Value;
-
-use super::{RedisStats, Shared, keys};
+use super::{
+    RedisStats, Shared, keys,
+    slots::{self, SlotRange},
+};
 use crate::BrokerError;
 
 /// The probe channels of the current connection and the newest counter seen on each.
@@ -71,7 +72,7 @@ pub(crate) async fn plan(shared: &Shared) -> Result<Vec<String>, BrokerError> {
                 shared.cfg.timeout,
             )
             .await?;
-        per_master(&probes.node_id, &masters(reply))
+        per_master(&probes.node_id, &slots::parse(reply))
     } else {
         vec![keys::probe(&probes.node_id, 0)]
     };
@@ -80,44 +81,11 @@ pub(crate) async fn plan(shared: &Shared) -> Result<Vec<String>, BrokerError> {
     Ok(channels)
 }
 
-/// `CLUSTER SLOTS` -> (start, end, master address) for every slot range.
-fn masters(reply: Value) -> Vec<(u16, u16, String)> {
-    let Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    let int = |v: &Value| match v {
-        Value::Int(i) => u16::try_from(*i).ok(),
-        _ => None,
-    };
-    let text = |v: &Value| match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    };
-    ranges
-        .iter()
-        .filter_map(|r| {
-            let Value::Array(r) = r else { return None };
-            let Value::Array(master) = r.get(2)? else {
-                return None;
-            };
-            let addr = format!("{}:{}", text(master.first()?)?, text(master.get(1)?)?);
-            Some((int(r.first()?)?, int(r.get(1)?)?, addr))
-        })
-        .collect()
-}
-
 /// One probe channel per master: the first `i` whose channel hashes into that master's slots.
-fn per_master(node_id: &str, ranges: &[(u16, u16, String)]) -> Vec<String> {
-    let owner = |slot: u16| {
-        ranges
-            .iter()
-            .find(|(s, e, _)| (*s..=*e).contains(&slot))
-            .map(|(_, _, a)| a.as_str())
-    };
+fn per_master(node_id: &str, ranges: &[SlotRange]) -> Vec<String> {
+    let owner = |slot: u16| slots::owner(ranges, slot).map(|r| r.addr.as_str());
     let mut wanted: HashMap<&str, Option<String>> =
-        ranges.iter().map(|(_, _, a)| (a.as_str(), None)).collect();
+        ranges.iter().map(|r| (r.addr.as_str(), None)).collect();
     let mut missing = wanted.len();
     // Each try hits a given master with probability >= its share of slots; a few thousand
     // tries cover any realistic cluster.
@@ -200,10 +168,16 @@ mod tests {
 
     #[test]
     fn every_master_gets_a_probe_channel() {
+        let range = |start, end, addr: &str| SlotRange {
+            start,
+            end,
+            addr: addr.to_owned(),
+            id: String::new(),
+        };
         let ranges = vec![
-            (0, 5460, "a:1".to_owned()),
-            (5461, 10922, "b:2".to_owned()),
-            (10923, 16383, "c:3".to_owned()),
+            range(0, 5460, "a:1"),
+            range(5461, 10922, "b:2"),
+            range(10923, 16383, "c:3"),
         ];
         let channels = per_master("n", &ranges);
         assert_eq!(channels.len(), 3);
@@ -213,38 +187,12 @@ mod tests {
                 let slot = keys::slot(c);
                 ranges
                     .iter()
-                    .position(|(s, e, _)| (*s..=*e).contains(&slot))
+                    .position(|r| (r.start..=r.end).contains(&slot))
                     .expect("owned")
             })
             .collect();
         owners.sort();
         assert_eq!(owners, [0, 1, 2]);
         assert_eq!(per_master("n", &[]), vec![keys::probe("n", 0)]);
-    }
-
-    #[test]
-    fn cluster_slots_replies_parse() {
-        let node = |ip: &str, port| {
-            Value::Array(vec![
-                Value::BulkString(ip.as_bytes().to_vec()),
-                Value::Int(port),
-                Value::BulkString(b"id".to_vec()),
-            ])
-        };
-        let reply = Value::Array(vec![
-            Value::Array(vec![
-                Value::Int(0),
-                Value::Int(99),
-                node("h", 1),
-                node("r", 2),
-            ]),
-            Value::Array(vec![Value::Int(100), Value::Int(16383), node("h", 3)]),
-            Value::Nil,
-        ]);
-        assert_eq!(
-            masters(reply),
-            vec![(0, 99, "h:1".to_owned()), (100, 16383, "h:3".to_owned())]
-        );
-        assert!(masters(Value::Nil).is_empty());
     }
 }

@@ -38,7 +38,7 @@ use crate::{HistoryQuery, Sink};
 mod held;
 mod lost;
 
-use held::{Confirmation, Held};
+use held::Held;
 
 /// Fills run concurrently across channels after a reconnect, at most this many at once.
 const FILL_CONCURRENCY: usize = 16;
@@ -106,11 +106,8 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event
     let mut retry = tokio::time::interval(RETRY_PERIOD);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut held = Held::default();
-    let mut confirming: Option<Confirmation> = None;
     loop {
-        if let Some(round) = held.start(&shared, confirming.is_none()) {
-            confirming = Some(round);
-        }
+        held.start(&shared);
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Push { generation, info }) if Held::takes(&shared, &info) => {
@@ -119,20 +116,13 @@ pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event
                 Some(event) => {
                     if matches!(event, Event::Resync) {
                         held.clear();
-                        confirming = None;
                     }
                     handle(&shared, event).await;
                 }
                 None => return,
             },
-            result = async {
-                match confirming.as_mut() {
-                    Some(round) => round.await,
-                    None => std::future::pending().await,
-                }
-            }, if confirming.is_some() => {
-                confirming = None;
-                for info in held.finish(result) {
+            Some((lane, result)) = held.confirmed(), if held.confirming() => {
+                for info in held.finish(&shared, lane, result) {
                     on_push(&shared, info.data).await;
                 }
             }

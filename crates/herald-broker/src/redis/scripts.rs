@@ -67,33 +67,37 @@ pub(crate) use append_fn;
 
 /// KEYS: meta, stream, backbone channel, [idempotency key].
 /// ARGV: new epoch, history size, ttl ms, published_at_us, event ('' = default), channel, data,
-/// 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' = none), info.
-/// Returns `{duplicate 0|1, "<epoch>:<offset>"}`.
+/// 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' = none), info, '1' to return the
+/// node's id (Cluster).
+/// Returns `{duplicate 0|1, "<epoch>:<offset>", node id or ''}`.
 pub(crate) const PUBLISH: &str = concat!(
     append_fn!(),
     r#"
 local ttl = ARGV[3]
+local node = ''
+if ARGV[11] == '1' then node = redis.call('CLUSTER', 'MYID') end
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
-  if prev then return {1, prev} end
+  if prev then return {1, prev, node} end
 end
 local epoch, offset = herald_append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ttl, ARGV[4],
   ARGV[5], ARGV[6], ARGV[9], ARGV[10], ARGV[7], ARGV[8])
 if KEYS[4] then
   redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ttl)
 end
-return {0, epoch .. ':' .. offset}
+return {0, epoch .. ':' .. offset, node}
 "#
 );
 
 /// KEYS: meta, stream.
-/// ARGV: ttl ms, mode, since epoch, since offset, limit, max bytes, max entry bytes.
+/// ARGV: ttl ms, mode, since epoch, since offset, limit, max bytes, max entry bytes, '1' to
+/// return the node's id (Cluster).
 /// Modes: 'a' after (epoch, offset): another epoch gets nothing, except ('', 0), the position of
 /// a channel seen before its first message, which reads the current epoch from its start; 'f'
 /// follow: like 'a' but any other epoch reads the current one from its start (the relay); 'o'
 /// after the offset in the current epoch; 'l' latest: the newest `limit`.
-/// Returns `{epoch, top, payload...}`: at most `limit` payloads, and no more payload bytes than
-/// `max bytes` (but at least one payload when there is one).
+/// Returns `{epoch, top, node id or '', payload...}`: at most `limit` payloads, and no more
+/// payload bytes than `max bytes` (but at least one payload when there is one).
 ///
 /// Never creates anything: a channel without meta reads as `{'', 0}`. An existing meta key's TTL
 /// is refreshed, so a channel that is read (subscribed) keeps its epoch while it is quiet.
@@ -103,12 +107,14 @@ return {0, epoch .. ':' .. offset}
 /// head of the stream is found by binary search (a few single-entry reads) and trimmed with one
 /// XTRIM, never by walking it.
 pub(crate) const READ: &str = r#"
+local node = ''
+if ARGV[8] == '1' then node = redis.call('CLUSTER', 'MYID') end
 local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
-if not meta[1] then return {'', '0'} end
+if not meta[1] then return {'', '0', node} end
 local epoch = meta[1]
 local top = tonumber(meta[2]) or 0
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
-local out = {epoch, string.format('%d', top)}
+local out = {epoch, string.format('%d', top), node}
 local mode = ARGV[2]
 local limit = tonumber(ARGV[5]) or 0
 local after
@@ -225,12 +231,19 @@ fn position(raw: &[u8]) -> Result<StreamPosition, BrokerError> {
     })
 }
 
-/// The publish script's reply: (position, duplicate).
-pub(crate) fn parse_publish(v: Value) -> Result<(StreamPosition, bool), BrokerError> {
+/// The publish script's reply: (position, duplicate, the id of the Cluster node that ran it or
+/// an empty string).
+pub(crate) fn parse_publish(v: Value) -> Result<(StreamPosition, bool, String), BrokerError> {
     let mut it = array(v)?.into_iter();
-    let dup = int(it.next().ok_or_else(|| bad("short publish reply"))?)? == 1;
-    let pos = position(&bulk(it.next().ok_or_else(|| bad("short publish reply"))?)?)?;
-    Ok((pos, dup))
+    let mut next = || it.next().ok_or_else(|| bad("short publish reply"));
+    let dup = int(next()?)? == 1;
+    let pos = position(&bulk(next()?)?)?;
+    let node = text(next()?)?;
+    Ok((pos, dup, node))
+}
+
+fn text(v: Value) -> Result<String, BrokerError> {
+    String::from_utf8(bulk(v)?).map_err(|_| bad("expected text"))
 }
 
 /// The read script's reply: the channel's top and the retained messages it returned.
@@ -239,7 +252,8 @@ pub(crate) struct ReadReply {
     pub messages: Vec<Arc<Message>>,
 }
 
-pub(crate) fn parse_read(v: Value) -> Result<ReadReply, BrokerError> {
+/// The read script's reply, and the id of the Cluster node that ran it (or an empty string).
+pub(crate) fn parse_read(v: Value) -> Result<(ReadReply, String), BrokerError> {
     let mut it = array(v)?.into_iter();
     // An empty epoch is a channel without history (see `herald_core::Epoch::none`).
     let epoch = bulk(it.next().ok_or_else(|| bad("short read reply"))?)?;
@@ -249,15 +263,17 @@ pub(crate) fn parse_read(v: Value) -> Result<ReadReply, BrokerError> {
         .ok_or_else(|| bad("epoch"))?;
     let offset = u64::try_from(int(it.next().ok_or_else(|| bad("short read reply"))?)?)
         .map_err(|_| bad("negative offset"))?;
+    let node = text(it.next().ok_or_else(|| bad("short read reply"))?)?;
     let mut messages = Vec::with_capacity(it.len());
     for v in it {
         let msg = codec::decode(Bytes::from(bulk(v)?)).map_err(|e| bad(&e.to_string()))?;
         messages.push(Arc::new(msg));
     }
-    Ok(ReadReply {
+    let reply = ReadReply {
         top: StreamPosition { epoch, offset },
         messages,
-    })
+    };
+    Ok((reply, node))
 }
 
 #[cfg(test)]
@@ -266,14 +282,20 @@ mod tests {
 
     #[test]
     fn publish_replies_parse() {
-        let v = Value::Array(vec![Value::Int(1), Value::BulkString(b"abc:7".to_vec())]);
-        let (pos, dup) = parse_publish(v).expect("parse");
+        let v = Value::Array(vec![
+            Value::Int(1),
+            Value::BulkString(b"abc:7".to_vec()),
+            Value::BulkString(b"n1".to_vec()),
+        ]);
+        let (pos, dup, node) = parse_publish(v).expect("parse");
         assert!(dup);
+        assert_eq!(node, "n1");
         assert_eq!(pos.offset, 7);
         assert_eq!(pos.epoch.as_str(), "abc");
         for bad in [
             Value::Nil,
             Value::Array(vec![Value::Int(0)]),
+            Value::Array(vec![Value::Int(0), Value::BulkString(b"abc:1".to_vec())]),
             Value::Array(vec![Value::Int(0), Value::BulkString(b"abc".to_vec())]),
             Value::Array(vec![Value::Int(0), Value::BulkString(b"a,c:1".to_vec())]),
         ] {
@@ -286,9 +308,11 @@ mod tests {
         let v = Value::Array(vec![
             Value::BulkString(b"e1".to_vec()),
             Value::BulkString(b"2".to_vec()),
+            Value::BulkString(Vec::new()),
             Value::BulkString(b"h1 2 e1 5  c\n{}".to_vec()),
         ]);
-        let r = parse_read(v).expect("parse");
+        let (r, node) = parse_read(v).expect("parse");
+        assert_eq!(node, "");
         assert_eq!(r.top.offset, 2);
         assert_eq!(r.messages.len(), 1);
         let garbage = Value::Array(vec![

@@ -1,7 +1,8 @@
 //! Herald on a Redis Cluster over TLS (`rediss+cluster://`; the cluster bus and replication use
 //! TLS too, and every node requires a client certificate), logged in as an ACL user with only
 //! the rules docs/operations.md lists for Cluster: publish, sharded pub/sub and resume work
-//! across nodes on every shard; credentials Redis rejects, a certificate Herald does not trust
+//! across nodes on every shard (and with replicated durability, shards without a replica answer
+//! 503); credentials Redis rejects, a certificate Herald does not trust
 //! and a user without the Cluster permissions stop the start with a clear message.
 
 use herald_testkit::{ClusterOptions, RedisCluster, TestCerts, acl};
@@ -104,6 +105,29 @@ async fn rediss_cluster_with_an_acl_user_publishes_subscribes_and_resumes_on_eve
             true
         );
         assert_eq!(sse.next_message().await.json(), json!(3), "{c}");
+    }
+
+    // Replicated durability starts with the documented rules (it also needs `CLUSTER MYID`),
+    // and on shards without a replica no publish is acknowledged: 503, retry with the key.
+    let mut replicated = args.clone();
+    replicated.extend([
+        "--publish-durability",
+        "replicated",
+        "--redis-wait-timeout",
+        "100ms",
+    ]);
+    let c = Herald::launch(Launch {
+        args: &replicated,
+        env: &[("HERALD_REDIS_PASSWORD", PASSWORD)],
+        ..Launch::default()
+    })
+    .await;
+    c.wait_for_ready(true).await;
+    for ch in &channels {
+        let body = json!({"channel": ch, "data": 4, "idempotency_key": "k4"}).to_string();
+        let (status, reply) = c.post("/v1/publish", &body).await;
+        assert_eq!(status, 503, "{ch}: {reply}");
+        assert_eq!(reply["error"]["code"], "unavailable", "{ch}: {reply}");
     }
 }
 

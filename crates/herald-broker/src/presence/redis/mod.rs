@@ -194,8 +194,9 @@ impl Inner {
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         // With replicated durability, what a room call changed (members, join and leave
-        // messages) counts only once a replica has it, like a publish.
-        s.replicated(server).await?;
+        // messages) counts only once a replica has it, like a publish. (On Cluster the room
+        // script does not report its node: the round runs on the slot's current primary.)
+        s.replicated(channel, server, String::new()).await?;
         script::parse(reply)
     }
 }

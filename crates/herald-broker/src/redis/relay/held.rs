@@ -8,30 +8,53 @@
 //! them: the barrier's round starts after they arrived, so its `WAIT` covers their writes. Only
 //! then do they go on to [`super::on_push`], in arrival order.
 //!
+//! On Cluster each shard has its own primary and replicas, so pushes are held per slot (a
+//! lane), each lane asks the barrier about its own slot, and a shard whose replica is stuck
+//! holds back only its own channels. Elsewhere there is one lane.
+//!
 //! Dropping held pushes is always safe as long as a fill from history follows (history reads
 //! wait for the barrier too): that is what happens on a reconnect (`Resync`), when pushes pile
-//! up beyond [`MAX_HELD`], or when they came from a connection that is no longer current.
+//! up beyond [`MAX_HELD`], or when they came from a connection that is no longer current (or
+//! has broken meanwhile: its pushes may come from a primary that has been replaced).
 
-use std::{future::Future, pin::Pin};
+use std::{collections::HashMap, future::Future, pin::Pin};
 
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use redis::{PushInfo, PushKind, Value};
 
 use super::Shared;
-use crate::{BrokerError, redis::commands::Server};
+use crate::{
+    BrokerError,
+    redis::{commands::Server, durability::Site, keys},
+};
 
 /// Most pushes held while no barrier confirms them (e.g. no replica reachable); beyond it they
 /// are dropped and every channel is filled from history once replicas confirm again.
 const MAX_HELD: usize = 100_000;
 
-pub(super) type Confirmation = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+/// A lane of held pushes: the slot on Cluster, `None` elsewhere (one lane).
+type Lane = Option<u16>;
+
+type Confirmation = Pin<Box<dyn Future<Output = (Lane, Result<(), BrokerError>)> + Send>>;
 
 #[derive(Default)]
 pub(super) struct Held {
-    /// Pushes not yet covered by a barrier round, with the connection they came from.
-    waiting: Vec<PushInfo>,
+    /// The connection (generation, server) every held push came from.
     from: Option<(u64, Server)>,
-    /// Pushes the barrier round in flight covers.
+    lanes: HashMap<Lane, Pushes>,
+    /// Pushes held in every lane.
+    count: usize,
+    /// The barrier rounds in flight, one per busy lane.
+    confirming: FuturesUnordered<Confirmation>,
+}
+
+#[derive(Default)]
+struct Pushes {
+    /// Not yet covered by a barrier round.
+    waiting: Vec<PushInfo>,
+    /// Covered by the lane's round in flight.
     in_flight: Vec<PushInfo>,
+    busy: bool,
     /// The last round failed: the next starts on the relay's retry tick, not at once.
     failed: bool,
 }
@@ -44,12 +67,16 @@ impl Held {
 
     /// Holds a live push from pub/sub connection `generation` (probe replies go through).
     pub(super) fn hold(&mut self, shared: &Shared, generation: u64, info: PushInfo) {
-        if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-            (info.data.first(), info.data.get(1))
-            && shared.probes.on_push(channel, payload)
-        {
-            return;
-        }
+        let channel = match (info.data.first(), info.data.get(1)) {
+            (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) => {
+                if shared.probes.on_push(channel, payload) {
+                    return;
+                }
+                channel
+            }
+            _ => return, // not a message: the relay would drop it anyway
+        };
+        let lane = shared.commands.is_cluster().then(|| keys::slot(channel));
         let server = shared
             .pubsub
             .read()
@@ -62,12 +89,12 @@ impl Held {
         };
         let source = (generation, Server::from(server));
         if self.from.as_ref() != Some(&source) {
-            if !self.waiting.is_empty() || !self.in_flight.is_empty() {
+            if self.count > 0 {
                 self.drop_all(shared);
             }
             self.from = Some(source);
         }
-        if self.waiting.len() >= MAX_HELD {
+        if self.count >= MAX_HELD {
             tracing::warn!(
                 held = MAX_HELD,
                 "no replica confirms live messages; dropping them, history will fill in"
@@ -75,46 +102,95 @@ impl Held {
             self.drop_all(shared);
             return;
         }
-        self.waiting.push(info);
+        self.lanes.entry(lane).or_default().waiting.push(info);
+        self.count += 1;
     }
 
-    /// Starts a barrier round for everything waiting, if none is in flight.
-    pub(super) fn start(&mut self, shared: &Shared, idle: bool) -> Option<Confirmation> {
-        if !idle || self.failed || self.waiting.is_empty() {
-            return None;
+    /// Starts a barrier round for every lane with pushes waiting and none in flight.
+    pub(super) fn start(&mut self, shared: &Shared) {
+        let (Some(barrier), Some((_, server))) = (shared.barrier.as_ref(), self.from.as_ref())
+        else {
+            return;
+        };
+        for (lane, pushes) in &mut self.lanes {
+            if pushes.busy || pushes.failed || pushes.waiting.is_empty() {
+                continue;
+            }
+            pushes.busy = true;
+            pushes.in_flight = std::mem::take(&mut pushes.waiting);
+            let site = match *lane {
+                Some(slot) => Site::Shard { slot, node: None },
+                None => Site::Server(server.clone()),
+            };
+            let lane = *lane;
+            self.confirming
+                .push(Box::pin(barrier.wait(site).map(move |r| (lane, r))));
         }
-        let barrier = shared.barrier.as_ref()?;
-        let (_, server) = self.from.as_ref()?;
-        self.in_flight = std::mem::take(&mut self.waiting);
-        Some(Box::pin(barrier.wait(server.clone())))
     }
 
-    /// The round in flight ended: what may go to subscribers now, in arrival order.
-    pub(super) fn finish(&mut self, result: Result<(), BrokerError>) -> Vec<PushInfo> {
-        let batch = std::mem::take(&mut self.in_flight);
-        match result {
-            Ok(()) => batch,
+    /// Whether a barrier round is in flight.
+    pub(super) fn confirming(&self) -> bool {
+        !self.confirming.is_empty()
+    }
+
+    /// The next lane whose round ended, with its result. Cancel-safe: a round not yet ended
+    /// stays in flight.
+    pub(super) async fn confirmed(&mut self) -> Option<(Lane, Result<(), BrokerError>)> {
+        self.confirming.next().await
+    }
+
+    /// `lane`'s round ended: what may go to subscribers now, in arrival order.
+    pub(super) fn finish(
+        &mut self,
+        shared: &Shared,
+        lane: Lane,
+        result: Result<(), BrokerError>,
+    ) -> Vec<PushInfo> {
+        let Some(pushes) = self.lanes.get_mut(&lane) else {
+            return Vec::new();
+        };
+        pushes.busy = false;
+        let batch = std::mem::take(&mut pushes.in_flight);
+        // Pushes from a connection that broke meanwhile may come from a primary that has been
+        // replaced since: the resync after the reconnect reads them from history instead.
+        let broken = self
+            .from
+            .as_ref()
+            .is_some_and(|(generation, _)| *shared.broken.borrow() >= *generation);
+        let delivered = match result {
+            Ok(()) if !broken => batch,
+            Ok(()) => {
+                self.count -= batch.len();
+                return Vec::new();
+            }
             Err(e) => {
                 tracing::debug!(error = %e, held = batch.len(), "live messages wait for a replica");
-                self.failed = true;
-                let newer = std::mem::replace(&mut self.waiting, batch);
-                self.waiting.extend(newer);
+                pushes.failed = true;
+                let newer = std::mem::replace(&mut pushes.waiting, batch);
+                pushes.waiting.extend(newer);
                 Vec::new()
             }
+        };
+        self.count -= delivered.len();
+        if pushes.waiting.is_empty() && !pushes.failed {
+            self.lanes.remove(&lane);
         }
+        delivered
     }
 
-    /// The retry tick: a failed round may be tried again.
+    /// The retry tick: failed rounds may be tried again.
     pub(super) fn retry(&mut self) {
-        self.failed = false;
+        for pushes in self.lanes.values_mut() {
+            pushes.failed = false;
+        }
     }
 
     /// Forgets every held push (a reconnect's fill from history covers them).
     pub(super) fn clear(&mut self) {
-        self.waiting.clear();
-        self.in_flight.clear();
+        self.lanes.clear();
+        self.count = 0;
         self.from = None;
-        self.failed = false;
+        self.confirming = FuturesUnordered::new();
     }
 
     /// Forgets every held push and makes every channel fill from history instead.
