@@ -5,11 +5,13 @@
 
 mod support;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use herald_broker::{Broker, BrokerError, Durability, RedisBroker, RedisConfig};
+use herald_broker::{Broker, Durability, RedisBroker, RedisConfig};
 use herald_core::StreamPosition;
-use support::{Collect, RedisSentinel, RedisServer, after, ch, eventually, latest, publish};
+use support::{
+    Collect, RedisSentinel, RedisServer, after, ch, eventually, latest, publish, publish_range,
+};
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -24,33 +26,6 @@ fn config(url: String) -> RedisConfig {
         reconnect_max: Duration::from_millis(200),
         ..RedisConfig::default()
     }
-}
-
-/// Publishes `from..=to` to `channel` one after another with idempotency keys, retrying while
-/// Redis is unavailable; returns the acknowledged offsets and how many attempts failed.
-async fn publish_range(
-    b: Arc<RedisBroker>,
-    channel: &'static str,
-    range: std::ops::RangeInclusive<u64>,
-) -> (Vec<u64>, u32) {
-    let mut acked = Vec::new();
-    let mut failures = 0;
-    for i in range {
-        loop {
-            match b.publish(publish(channel, i, Some(&format!("k{i}")))).await {
-                Ok(p) => {
-                    acked.push(p.position.offset);
-                    break;
-                }
-                Err(BrokerError::Unavailable(_)) => {
-                    failures += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(e) => panic!("publish: {e}"),
-            }
-        }
-    }
-    (acked, failures)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

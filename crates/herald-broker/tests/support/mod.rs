@@ -5,8 +5,12 @@
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use herald_broker::{Broker, BrokerError, RedisBroker};
 use herald_core::{ChannelName, protocol::Publish};
 
 #[allow(unused_imports)] // each test binary uses a different subset
@@ -69,4 +73,31 @@ pub fn latest(limit: usize) -> herald_broker::HistoryQuery {
 /// Up to `limit` messages after `pos`, in one unbounded page.
 pub fn after(pos: &herald_core::StreamPosition, limit: usize) -> herald_broker::HistoryQuery {
     herald_broker::HistoryQuery::after(pos.clone(), limit, usize::MAX)
+}
+
+/// Publishes `from..=to` to `channel` one after another with idempotency keys, retrying while
+/// Redis is unavailable; returns the acknowledged offsets and how many attempts failed.
+pub async fn publish_range(
+    b: Arc<RedisBroker>,
+    channel: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> (Vec<u64>, u32) {
+    let mut acked = Vec::new();
+    let mut failures = 0;
+    for i in range {
+        loop {
+            match b.publish(publish(channel, i, Some(&format!("k{i}")))).await {
+                Ok(p) => {
+                    acked.push(p.position.offset);
+                    break;
+                }
+                Err(BrokerError::Unavailable(_)) => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("publish: {e}"),
+            }
+        }
+    }
+    (acked, failures)
 }
