@@ -69,6 +69,8 @@ async fn redis_cluster_with_replicated_durability() {
     let factory = |history_size| {
         redis_node(RedisConfig {
             durability: Durability::Replicated,
+            // Healthy replicas: a generous bound so that a loaded machine cannot fail a step.
+            wait_timeout: Duration::from_secs(10),
             ..redis_config(url.clone(), history_size)
         })
     };
@@ -90,6 +92,8 @@ async fn redis_sentinel_with_replicated_durability() {
     let factory = |history_size| {
         redis_node(RedisConfig {
             durability: Durability::Replicated,
+            // Healthy replicas: a generous bound so that a loaded machine cannot fail a step.
+            wait_timeout: Duration::from_secs(10),
             ..redis_config(url.clone(), history_size)
         })
     };

@@ -9,9 +9,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use herald_broker::{Broker, BrokerError, Durability, RedisBroker, RedisConfig};
 use herald_core::StreamPosition;
 use herald_testkit::ClusterOptions;
-use support::{
-    Collect, RedisCluster, after, ch, cli, eventually, latest, publish, publish_range, until_ok,
-};
+use support::{Collect, RedisCluster, after, ch, cli, eventually, latest, publish, publish_range};
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -210,22 +208,24 @@ async fn cluster_replicated_durability_fails_only_the_shard_without_a_replica() 
         ..config(cluster.url())
     };
     // `quick` gives up on a replica soon; `patient` keeps its `WAIT` out for longer than any
-    // test runs, so while it waits on the broken shard the others must still get through.
+    // test runs, so while it waits on the broken shard the others must still get through. The
+    // subscriber and everything that must succeed use `patient`: a slow replica under load
+    // cannot fail them.
     let quick = RedisBroker::connect(replicated(Duration::from_millis(300)))
         .await
         .expect("connect");
     let patient = RedisBroker::connect(replicated(Duration::from_secs(3600)))
         .await
         .expect("connect");
-    quick.ready().await.expect("ready");
+    patient.ready().await.expect("ready");
     let channels = cluster.channels_on_every_shard("d");
     let sinks: Vec<Arc<Collect>> = channels.iter().map(|_| Collect::new()).collect();
     for (c, sink) in channels.iter().zip(&sinks) {
-        quick
+        patient
             .subscribe(&ch(c), sink.clone())
             .await
             .expect("subscribe");
-        let p = quick.publish(publish(c, 1, None)).await.expect("publish");
+        let p = patient.publish(publish(c, 1, None)).await.expect("publish");
         assert_eq!(p.position.offset, 1);
     }
     for sink in &sinks {
@@ -269,10 +269,10 @@ async fn cluster_replicated_durability_fails_only_the_shard_without_a_replica() 
     // patient publish is acknowledged and the retry of the failed one finds its key.
     let p = waiting.await.expect("task").expect("acknowledged");
     assert_eq!(p.position.offset, 3);
-    let retried = until_ok("the retry", || {
-        quick.publish(publish(broken, 2, Some("k2")))
-    })
-    .await;
+    let retried = patient
+        .publish(publish(broken, 2, Some("k2")))
+        .await
+        .expect("the retry");
     assert!(retried.duplicate);
     assert_eq!(retried.position.offset, 2);
     sinks[0].wait_for(3).await;
@@ -290,9 +290,11 @@ async fn cluster_failover_with_replicated_durability_loses_no_acknowledged_messa
         node_timeout_ms: Some(1000),
         ..ClusterOptions::default()
     });
+    // Generous: a slow replica on a loaded machine must not fail the subscribes (publishes
+    // retry anyway).
     let replicated = || RedisConfig {
         durability: Durability::Replicated,
-        wait_timeout: Duration::from_millis(500),
+        wait_timeout: Duration::from_secs(5),
         ..config(cluster.url())
     };
     let publisher = RedisBroker::connect(replicated()).await.expect("connect");
