@@ -3,6 +3,7 @@
 //! Each run prints a human summary on stderr and one JSON line on stdout, and exits non-zero
 //! when the scenario failed (e.g. a lossless fan-out lost a message), so it can gate scripts.
 
+mod baseline;
 mod client;
 mod limits;
 mod net;
@@ -53,6 +54,8 @@ enum Command {
     SubscribeRate(scenario::subscribe_rate::Args),
     /// Rooms: members registered per second and node CPU per enter and exit.
     Presence(scenario::presence::Args),
+    /// Serve as the raw fan-out baseline (no broker, no history) for side-by-side benchmarks.
+    Baseline(baseline::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +63,16 @@ fn main() -> ExitCode {
     let nofile = limits::raise_nofile();
     if let Some(n) = nofile.filter(|n| *n < 4096) {
         eprintln!("warning: open-files limit is {n}; large runs will fail to connect");
+    }
+    if let Command::Baseline(args) = cli.command {
+        // Its own runtimes, one per thread (see the module).
+        return match baseline::run(args, cli.threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        };
     }
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
@@ -81,6 +94,7 @@ fn main() -> ExitCode {
             Command::ResumeStorm(a) => scenario::resume_storm::run(a).await,
             Command::SubscribeRate(a) => scenario::subscribe_rate::run(a).await,
             Command::Presence(a) => scenario::presence::run(a).await,
+            Command::Baseline(_) => unreachable!("served above"),
         }
     });
     // Do not wait for connection tasks still parked on sockets.
