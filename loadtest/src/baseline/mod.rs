@@ -178,7 +178,10 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
             Route::Reject(r) => stream.write_all(&r.response()).await,
             Route::Publish { body_len } => {
                 let total = head_len + body_len;
-                if request::read_body(&mut stream, &mut buf, total).await.is_err() {
+                if request::read_body(&mut stream, &mut buf, total)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 match publish::scan(&buf[head_len..total]) {

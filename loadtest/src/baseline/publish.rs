@@ -124,7 +124,10 @@ pub fn ws_message<'o>(
 /// `epoch,offset,channel`), `event: message`, `data:`.
 pub fn sse_message(out: &mut Vec<u8>, channel: &str, offset: u64, epoch: &str, data: &[u8]) {
     out.clear();
-    let _ = write!(out, "id: {epoch},{offset},{channel}\nevent: message\ndata: ");
+    let _ = write!(
+        out,
+        "id: {epoch},{offset},{channel}\nevent: message\ndata: "
+    );
     out.extend_from_slice(data);
     out.extend_from_slice(b"\n\n");
 }
@@ -159,9 +162,7 @@ pub fn scan(body: &[u8]) -> Result<Publish<'_>, BodyError> {
             match key {
                 b"channel" => {
                     if value.first() != Some(&b'"') || escaped {
-                        return Err(BodyError::Channel(
-                            "channel must be a plain string".into(),
-                        ));
+                        return Err(BodyError::Channel("channel must be a plain string".into()));
                     }
                     channel = Some(&value[1..value.len() - 1]);
                 }
@@ -181,13 +182,16 @@ pub fn scan(body: &[u8]) -> Result<Publish<'_>, BodyError> {
         return Err(BodyError::Json("trailing bytes after the object"));
     }
     let channel = channel.ok_or(BodyError::Json("missing field `channel`"))?;
-    let channel = std::str::from_utf8(channel).map_err(|_| BodyError::Channel("not UTF-8".into()))?;
+    let channel =
+        std::str::from_utf8(channel).map_err(|_| BodyError::Channel("not UTF-8".into()))?;
     check_channel(channel).map_err(BodyError::Channel)?;
     let data = data.ok_or(BodyError::Json("missing field `data`"))?;
     // Herald compacts data to one line; the baseline passes it through, so a line break would
     // end the SSE event early.
     if data.iter().any(|b| matches!(b, b'\n' | b'\r')) {
-        return Err(BodyError::Json("data must be compact JSON (no line breaks)"));
+        return Err(BodyError::Json(
+            "data must be compact JSON (no line breaks)",
+        ));
     }
     Ok(Publish { channel, data })
 }
@@ -275,25 +279,50 @@ mod tests {
 
     #[test]
     fn finds_channel_and_data() {
-        let p = scan(br#"{"channel":"lt-1","idempotency_key":"k-1","data":{"seq":1,"ts":2,"pad":"x}"}}"#)
-            .expect("ok");
+        let p = scan(
+            br#"{"channel":"lt-1","idempotency_key":"k-1","data":{"seq":1,"ts":2,"pad":"x}"}}"#,
+        )
+        .expect("ok");
         assert_eq!(p.channel, "lt-1");
         assert_eq!(p.data, br#"{"seq":1,"ts":2,"pad":"x}"}"#);
-        let p = scan(b" { \"data\" : [1, {\"a\": \"]\\\"\"}] , \"event\":\"e\", \"channel\" : \"c\" } ")
-            .expect("ok");
+        let p = scan(
+            b" { \"data\" : [1, {\"a\": \"]\\\"\"}] , \"event\":\"e\", \"channel\" : \"c\" } ",
+        )
+        .expect("ok");
         assert_eq!((p.channel, p.data), ("c", &b"[1, {\"a\": \"]\\\"\"}]"[..]));
-        assert_eq!(scan(br#"{"channel":"c","data":42}"#).expect("ok").data, b"42");
-        assert_eq!(scan(br#"{"channel":"c","data":"s"}"#).expect("ok").data, br#""s""#);
+        assert_eq!(
+            scan(br#"{"channel":"c","data":42}"#).expect("ok").data,
+            b"42"
+        );
+        assert_eq!(
+            scan(br#"{"channel":"c","data":"s"}"#).expect("ok").data,
+            br#""s""#
+        );
     }
 
     #[test]
     fn refuses_bad_bodies() {
         assert!(matches!(scan(br#"{"data":1}"#), Err(BodyError::Json(_))));
-        assert!(matches!(scan(br#"{"channel":"c"}"#), Err(BodyError::Json(_))));
-        assert!(matches!(scan(br#"{"channel":"a b","data":1}"#), Err(BodyError::Channel(_))));
-        assert!(matches!(scan(br#"{"channel":"a\"b","data":1}"#), Err(BodyError::Channel(_))));
-        assert!(matches!(scan(br#"{"channel":7,"data":1}"#), Err(BodyError::Channel(_))));
-        assert!(matches!(scan(b"{\"channel\":\"c\",\"data\":{\n}}"), Err(BodyError::Json(_))));
+        assert!(matches!(
+            scan(br#"{"channel":"c"}"#),
+            Err(BodyError::Json(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"channel":"a b","data":1}"#),
+            Err(BodyError::Channel(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"channel":"a\"b","data":1}"#),
+            Err(BodyError::Channel(_))
+        ));
+        assert!(matches!(
+            scan(br#"{"channel":7,"data":1}"#),
+            Err(BodyError::Channel(_))
+        ));
+        assert!(matches!(
+            scan(b"{\"channel\":\"c\",\"data\":{\n}}"),
+            Err(BodyError::Json(_))
+        ));
         assert!(scan(br#"{"channel":"c","data":1"#).is_err());
         assert!(scan(br#"{"channel":"c","data":1}x"#).is_err());
         assert!(scan(br#"{"channel":"c","data":{"#).is_err());
@@ -305,7 +334,8 @@ mod tests {
     fn encodes_herald_frames() {
         let mut buf = Vec::new();
         let f = ws_message(&mut buf, "news", 17, "ep", br#"{"seq":1}"#).to_vec();
-        let payload = br#"{"type":"message","channel":"news","offset":17,"epoch":"ep","data":{"seq":1}}"#;
+        let payload =
+            br#"{"type":"message","channel":"news","offset":17,"epoch":"ep","data":{"seq":1}}"#;
         assert_eq!(f[0], 0x81);
         assert_eq!(usize::from(f[1]), payload.len());
         assert_eq!(&f[2..], payload);

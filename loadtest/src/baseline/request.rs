@@ -211,9 +211,10 @@ fn one_channel(query: &str) -> Result<String, Route> {
                 "the baseline serves one channel per connection",
             ));
         }
-        found = Some(percent_decode(v).ok_or_else(|| {
-            reject(400, "invalid_channel", "bad percent-encoding in channel")
-        })?);
+        found =
+            Some(percent_decode(v).ok_or_else(|| {
+                reject(400, "invalid_channel", "bad percent-encoding in channel")
+            })?);
     }
     let channel = found.ok_or_else(|| reject(400, "bad_request", "?channel= required"))?;
     check_channel(&channel).map_err(|m| reject(400, "invalid_channel", m))?;
@@ -226,7 +227,8 @@ pub fn check_channel(name: &str) -> Result<(), String> {
         return Err(format!("channel names are 1-{MAX_CHANNEL} bytes"));
     }
     match name.bytes().find(|b| {
-        !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=' | b'+'))
+        !(b.is_ascii_alphanumeric()
+            || matches!(b, b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=' | b'+'))
     }) {
         Some(b) => Err(format!("channel name contains {:?}", char::from(b))),
         None => Ok(()),
@@ -274,7 +276,9 @@ mod tests {
     #[test]
     fn subscribe_routes() {
         assert_eq!(
-            route("GET /v1/ws?channel=lt-1%3Aa HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc==\r\n\r\n"),
+            route(
+                "GET /v1/ws?channel=lt-1%3Aa HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nSec-WebSocket-Key: abc==\r\n\r\n"
+            ),
             Route::Ws {
                 channel: "lt-1:a".into(),
                 key: "abc==".into()
@@ -290,19 +294,28 @@ mod tests {
             Route::Reject(r) => (r.status, r.code),
             other => panic!("{other:?}"),
         };
-        assert_eq!(code("GET /v1/ws?channel=a HTTP/1.1\r\n\r\n"), (400, "bad_request"));
+        assert_eq!(
+            code("GET /v1/ws?channel=a HTTP/1.1\r\n\r\n"),
+            (400, "bad_request")
+        );
         assert_eq!(
             code("GET /v1/sse?channel=a&channel=b HTTP/1.1\r\n\r\n"),
             (400, "limit_exceeded")
         );
-        assert_eq!(code("GET /v1/sse?channel=a+b HTTP/1.1\r\n\r\n"), (400, "invalid_channel"));
+        assert_eq!(
+            code("GET /v1/sse?channel=a+b HTTP/1.1\r\n\r\n"),
+            (400, "invalid_channel")
+        );
         assert_eq!(code("GET /v1/sse HTTP/1.1\r\n\r\n"), (400, "bad_request"));
         assert_eq!(
             code("GET /v1/sse?channel=a HTTP/1.1\r\nLast-Event-ID: e,1,a\r\n\r\n"),
             (400, "invalid_position")
         );
         assert_eq!(code("GET /nope HTTP/1.1\r\n\r\n"), (404, "not_found"));
-        assert_eq!(code("PUT /v1/publish HTTP/1.1\r\n\r\n"), (405, "method_not_allowed"));
+        assert_eq!(
+            code("PUT /v1/publish HTTP/1.1\r\n\r\n"),
+            (405, "method_not_allowed")
+        );
     }
 
     #[test]

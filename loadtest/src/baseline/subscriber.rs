@@ -79,7 +79,11 @@ pub async fn serve_ws(
 }
 
 /// `GET /v1/sse?channel=`: the stream head, `herald.subscribed`, then nothing but EOF detection.
-pub async fn serve_sse(mut stream: TcpStream, shared: Arc<Shared>, channel: String) -> io::Result<()> {
+pub async fn serve_sse(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    channel: String,
+) -> io::Result<()> {
     stream.write_all(SSE_HEAD).await?;
     let sub = Arc::new(Sub::new(stream));
     let ch = shared.registry.channel(&channel);

@@ -294,14 +294,22 @@ mod tests {
         input.extend(masked(0x82, &[7u8; 300], [5, 5, 5, 5]));
         input.extend(masked(0x8A, b"pong", [1, 1, 1, 1]));
         input.extend(masked(0x89, b"", [0, 0, 0, 0]));
-        input.extend(masked(0x88, &[0x03, 0xe8, b'b', b'y', b'e'], [0xaa, 0xbb, 0xcc, 0xdd]));
+        input.extend(masked(
+            0x88,
+            &[0x03, 0xe8, b'b', b'y', b'e'],
+            [0xaa, 0xbb, 0xcc, 0xdd],
+        ));
         let want = vec![
             Control::Ping(b"are you there".to_vec()),
             Control::Ping(Vec::new()),
             Control::Close(Some(1000)),
         ];
         for piece in 1..=input.len() {
-            assert_eq!(feed_in_pieces(&input, piece), Ok(want.clone()), "piece {piece}");
+            assert_eq!(
+                feed_in_pieces(&input, piece),
+                Ok(want.clone()),
+                "piece {piece}"
+            );
         }
     }
 
