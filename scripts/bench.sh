@@ -1,31 +1,42 @@
 #!/usr/bin/env bash
-# Herald vs nginx + nchan, side by side in one run, on this machine (loopback only).
+# Herald vs nginx + nchan vs a raw fan-out baseline, side by side in one run, on this machine
+# (loopback only).
 #
-#   bash scripts/bench.sh            # everything (~7 min on a 2-core machine after the build)
+#   bash scripts/bench.sh            # everything (~10 min on a 2-core machine after the build)
 #   BENCH_ONLY="a b" bash scripts/bench.sh   # a subset of the scenarios (a b c d e)
 #   BENCH_SYSTEMS=herald bash scripts/bench.sh # herald only (quick before/after of a change)
+#   BENCH_SYSTEMS="herald baseline" bash scripts/bench.sh   # any subset of herald nchan baseline
 #
 # Installs nginx, libnginx-mod-nchan, redis-server and jq (apt) when missing, builds
 # `herald` and `herald-loadtest` in release mode once, starts ONE redis-server on an ephemeral
 # port, two herald nodes and two nginx+nchan nodes on it (nchan through `nchan_redis_pass`,
 # the Redis directive of nchan 1.3.x in Debian bookworm), and runs the same herald-loadtest
 # scenarios against both (`--target nchan` speaks nchan's /pub and /sub with the same payload,
-# pacing and loss/latency accounting). Server CPU is the utime+stime delta of the server
-# processes (herald nodes + redis, or nginx master and workers + redis) from /proc/<pid>/stat
-# over each loadtest run; the loadtest's own CPU and the whole machine's busy CPU are recorded
-# too, so CPU taken by anything else on the machine ("other") is visible. Results: target/bench/<stamp>/results.jsonl (one JSON report per
-# run, labelled), results.md (the table), and every log.
+# pacing and loss/latency accounting). The third system, `baseline`, is `herald-loadtest
+# baseline`: ONE process that speaks Herald's /v1/ws, /v1/sse and /v1/publish with no broker,
+# no history and no Redis, encoding each message once and writing it to every subscriber socket
+# from the publish handler (the machine's fan-out ceiling; docs/benchmarks.md says what it does
+# and does not do). Node CPU is the utime+stime delta of the server processes (both herald
+# nodes, both nginx masters and their workers, or the baseline process) from /proc/<pid>/stat
+# over each loadtest run, and Redis CPU is measured apart for every system; the loadtest's own
+# CPU and the whole machine's busy CPU are recorded too, so CPU taken by anything else on the
+# machine ("other") is visible. Results: target/bench/<stamp>/results.jsonl (one JSON report
+# per run, labelled), results.md (the tables, with herald/baseline and herald/nchan ratios),
+# and every log.
 #
 # Scenarios (sizes via env, defaults in brackets):
-#  a) C=100 channels x S=20 WS subscribers, R=2000 msg/s, 100-byte payloads, both nodes;
+#  a) C=100 channels x S=20 WS subscribers, R=2000 msg/s, 100-byte payloads, both nodes
+#     (the baseline: its one process);
 #     then the same over SSE; 32 publishes in flight so a loaded machine still offers the
 #     full rate [BENCH_A_DURATION=20s]
 #  b) 1 channel x 2000 WS subscribers at each rate of BENCH_B_RATES, both systems, 4 publishes
 #     in flight [BENCH_B_RATES="25 50 100 200", BENCH_B_DURATION=10s]
-#  c) idle RSS per connection on ONE fresh node: WS and SSE at 5000 and 19000 (herald), 5000
-#     (nchan, reference) [BENCH_C_SIZES="5000 19000", BENCH_C_HOLD=10s]
-#  d) acknowledged publishes/s through one node into Redis, K in flight
-#     [BENCH_D_INFLIGHT="16 64", BENCH_D_DURATION=10s]
+#  c) idle RSS per connection on ONE fresh node: WS and SSE at 5000 and 19000 (herald and
+#     baseline), 5000 (nchan, reference) [BENCH_C_SIZES="5000 19000", BENCH_C_HOLD=10s]
+#  d) acknowledged publishes/s through one node into Redis, K in flight (the baseline's row is
+#     its HTTP ceiling without Redis, for reference) [BENCH_D_INFLIGHT="16 64", BENCH_D_DURATION=10s]
+# The baseline runs BENCH_BASELINE_THREADS single-threaded runtimes on SO_REUSEPORT listeners
+# [BENCH_BASELINE_THREADS=1: cheaper than 2 on this machine, docs/benchmarks.md].
 #  e) herald only: BENCH_E_CONNS=50000 idle connections over three nodes (WS and SSE, three
 #     loadtest processes with their own source addresses), heartbeats every 5 s, held
 #     BENCH_E_HOLD=30s; node RSS sampled every 5 s [BENCH_E_CONNS=50000, BENCH_E_HOLD=30s]
@@ -34,7 +45,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 ONLY=${BENCH_ONLY:-a b c d e}
-SYSTEMS=${BENCH_SYSTEMS:-herald nchan}
+SYSTEMS=${BENCH_SYSTEMS:-herald nchan baseline}
+BL_THREADS=${BENCH_BASELINE_THREADS:-1}
 A_DUR=${BENCH_A_DURATION:-20s}
 B_RATES=${BENCH_B_RATES:-25 50 100 200}
 B_DUR=${BENCH_B_DURATION:-10s}
@@ -188,6 +200,22 @@ EOF
   echo "nchan $1 $NURL pids $NPIDS"
 }
 
+# start_baseline NAME -> sets BPID, BURL (the loadtest binary's raw fan-out server)
+start_baseline() {
+  local log=$OUT/$1.log
+  "$LT" --threads "$BL_THREADS" baseline --listen 127.0.0.1:0 >"$log" 2>&1 &
+  BPID=$!
+  PIDS+=("$BPID")
+  BURL=
+  for _ in $(seq 100); do
+    BURL=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
+    [ -n "$BURL" ] && break
+    sleep 0.1
+  done
+  [ -n "$BURL" ] || { echo "baseline $log did not start"; cat "$log"; exit 1; }
+  echo "baseline $1 $BURL pid $BPID ($BL_THREADS thread(s))"
+}
+
 # stop_pid PID...: herald is killed outright (its drain would only slow the bench down);
 # nginx master gets TERM so it takes its workers down.
 stop_pid() {
@@ -227,11 +255,18 @@ children_cpu() {
 }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
-# run_lt LABEL SYSTEM "SERVER PIDS" loadtest-args... : runs one loadtest, measures server CPU,
-# appends {"label","system","server_cpu_s","redis_cpu_s","report"} to results.jsonl.
+# baseline_stats URL -> the baseline's counters (deliveries, backlogged writes), or null
+baseline_stats() { curl -s --max-time 5 "$1/stats" 2>/dev/null | jq -c . 2>/dev/null || echo null; }
+
+# run_lt LABEL SYSTEM "SERVER PIDS" loadtest-args... : runs one loadtest, measures node CPU and
+# Redis CPU apart, appends {"label","system","server_cpu_s","redis_cpu_s","report"} to
+# results.jsonl (server_cpu_s is the node CPU). For the baseline (STATS_URL set) its counters
+# before and after the run are added as "baseline_stats".
 run_lt() {
   local label=$1 system=$2 pids=$3
   shift 3
+  local s0=null s1=null
+  [ "$system" = baseline ] && [ -n "${STATS_URL:-}" ] && s0=$(baseline_stats "$STATS_URL")
   echo "-- $label [$system]: herald-loadtest $*"
   local c0 r0 c1 r1 m0 m1 l0 l1 load rc=0
   load=$(cut -d' ' -f1 /proc/loadavg)
@@ -246,6 +281,7 @@ run_lt() {
   m1=$(machine_ticks)
   children_cpu >"$OUT/.l1"
   l1=$(cat "$OUT/.l1")
+  [ "$system" = baseline ] && [ -n "${STATS_URL:-}" ] && s1=$(baseline_stats "$STATS_URL")
   grep -E '^(delivery|  end-to-end|publish:|connections:|result|warning|server RSS)' \
     "$OUT/$label.$system.log" | sed 's/^/   /' || true
   local rep
@@ -257,13 +293,14 @@ run_lt() {
     --argjson mcpu "$(awk -v a="$m0" -v b="$m1" -v t="$TCK" 'BEGIN{print (b-a)/t}')" \
     --argjson lcpu "$(awk -v a="$l0" -v b="$l1" 'BEGIN{print b-a}')" \
     --argjson load "$load" \
-    --argjson report "$rep" \
+    --argjson report "$rep" --argjson s0 "$s0" --argjson s1 "$s1" \
     '{"label":$lbl, "system":$system, "exit":$rc, "server_cpu_s":$cpu, "redis_cpu_s":$rcpu,
       "loadtest_cpu_s":$lcpu, "machine_cpu_s":$mcpu,
-      "other_cpu_s":($mcpu - $cpu - $rcpu - $lcpu), "loadavg_before":$load, "report":$report}' \
+      "other_cpu_s":($mcpu - $cpu - $rcpu - $lcpu), "loadavg_before":$load, "report":$report}
+     + (if $s0 == null or $s1 == null then {} else {"baseline_stats":{"before":$s0,"after":$s1}} end)' \
     >>"$RESULTS"
   echo "   loadtest CPU $(awk -v a="$l0" -v b="$l1" 'BEGIN{printf "%.2f", b-a}') s, machine busy $(awk -v a="$m0" -v b="$m1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') CPU s, load before $load"
-  echo "   server CPU $(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, redis CPU $(awk -v a="$r0" -v b="$r1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, exit $rc"
+  echo "   node CPU $(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, redis CPU $(awk -v a="$r0" -v b="$r1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}') s, exit $rc"
 }
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
@@ -278,17 +315,25 @@ has() { [[ " $SYSTEMS " == *" $1 "* ]]; }
   echo "kernel: $(uname -r)"
   echo "nginx: $("$NGINX" -v 2>&1 | cut -d/ -f2), nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo '?')"
   echo "redis: $(redis-server --version | grep -o 'v=[0-9.]*')"
+  echo "baseline: herald-loadtest baseline, $BL_THREADS thread(s)"
   echo "herald: ${BENCH_BIN_DIR:+prebuilt $BENCH_BIN_DIR, }tree $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates Cargo.toml Cargo.lock || echo '+dirty')"
 } | tee "$OUT/machine.txt"
 
 # ---------------------------------------------------------------- a, b, d: two nodes each
 if want a || want b || want d; then
-  start_herald h1; H1=$HURL; H1P=$HPID
-  start_herald h2; H2=$HURL; H2P=$HPID
+  H1= H2= H1P= H2P=
+  if has herald; then
+    start_herald h1; H1=$HURL; H1P=$HPID
+    start_herald h2; H2=$HURL; H2P=$HPID
+  fi
   N1= N2= N1P= N2P=
   if has nchan; then
     start_nchan n1; N1=$NURL; N1P=$NPIDS
     start_nchan n2; N2=$NURL; N2P=$NPIDS
+  fi
+  B= BP=
+  if has baseline; then
+    start_baseline bl; B=$BURL; BP=$BPID
   fi
   HP="$H1P $H2P"
   NP="$N1P $N2P"
@@ -296,41 +341,48 @@ if want a || want b || want d; then
 
   if want a; then
     for tr in ws sse; do
-      run_lt "a-$tr" herald "$HP" fanout --url "$H1" --url "$H2" --transport "$tr" \
+      has herald && run_lt "a-$tr" herald "$HP" fanout --url "$H1" --url "$H2" --transport "$tr" \
         -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
       has nchan && run_lt "a-$tr" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport "$tr" \
+        -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
+      has baseline && STATS_URL=$B run_lt "a-$tr" baseline "$BP" fanout --url "$B" --transport "$tr" \
         -c 100 -s 20 -r 2000 -p 100 -d "$A_DUR" -k 32 --allow-loss
     done
   fi
 
   if want b; then
     for r in $B_RATES; do
-      run_lt "b-$r" herald "$HP" fanout --url "$H1" --url "$H2" --transport ws \
+      has herald && run_lt "b-$r" herald "$HP" fanout --url "$H1" --url "$H2" --transport ws \
         -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
       has nchan && run_lt "b-$r" nchan "$NP" fanout --target nchan --url "$N1" --url "$N2" --transport ws \
+        -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
+      has baseline && STATS_URL=$B run_lt "b-$r" baseline "$BP" fanout --url "$B" --transport ws \
         -c 1 -s 2000 -r "$r" -p 100 -d "$B_DUR" -k 4 --allow-loss
     done
   fi
 
   if want d; then
     for k in $D_INFLIGHT; do
-      run_lt "d-k$k" herald "$H1P" publish --url "$H1" -c 100 -p 100 -k "$k" -d "$D_DUR"
+      has herald && run_lt "d-k$k" herald "$H1P" publish --url "$H1" -c 100 -p 100 -k "$k" -d "$D_DUR"
       has nchan && run_lt "d-k$k" nchan "$N1P" publish --target nchan --url "$N1" -c 100 -p 100 -k "$k" -d "$D_DUR"
+      has baseline && STATS_URL=$B run_lt "d-k$k" baseline "$BP" publish --url "$B" -c 100 -p 100 -k "$k" -d "$D_DUR"
     done
   fi
-  stop_pid $H1P $H2P $N1P $N2P
+  stop_pid $H1P $H2P $N1P $N2P $BP
 fi
 
 # ---------------------------------------------------------------- c: idle, fresh node each
 if want c; then
   for n in $C_SIZES; do
     for tr in ws sse; do
-      start_herald "idle-$tr-$n"
-      # Two source addresses: past the ephemeral ports of one (and 19,000 fds fit the
-      # loadtest's 20,000 limit in one process).
-      run_lt "c-$tr-$n" herald "$HPID" idle --url "$HURL" --transport "$tr" -n "$n" -c 100 \
-        --hold "$C_HOLD" --pid "$HPID" --source-ip 127.0.0.2 --source-ip 127.0.0.3
-      stop_pid "$HPID"
+      if has herald; then
+        start_herald "idle-$tr-$n"
+        # Two source addresses: past the ephemeral ports of one (and 19,000 fds fit the
+        # loadtest's 20,000 limit in one process).
+        run_lt "c-$tr-$n" herald "$HPID" idle --url "$HURL" --transport "$tr" -n "$n" -c 100 \
+          --hold "$C_HOLD" --pid "$HPID" --source-ip 127.0.0.2 --source-ip 127.0.0.3
+        stop_pid "$HPID"
+      fi
       if [ "$n" -le 5000 ] && has nchan; then
         start_nchan "idle-$tr-$n"
         run_lt "c-$tr-$n" nchan "$NPIDS" idle --target nchan --url "$NURL" --transport "$tr" \
@@ -338,12 +390,18 @@ if want c; then
           --source-ip 127.0.0.2 --source-ip 127.0.0.3
         stop_pid $NPIDS
       fi
+      if has baseline; then
+        start_baseline "idle-bl-$tr-$n"
+        STATS_URL=$BURL run_lt "c-$tr-$n" baseline "$BPID" idle --url "$BURL" --transport "$tr" -n "$n" -c 100 \
+          --hold "$C_HOLD" --pid "$BPID" --source-ip 127.0.0.2 --source-ip 127.0.0.3
+        stop_pid "$BPID"
+      fi
     done
   done
 fi
 
 # ---------------------------------------------------------------- e: 50,000 over three nodes
-if want e; then
+if want e && has herald; then
   EU=()
   EP=()
   for n in 1 2 3; do
