@@ -110,11 +110,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# free_port -> a port below the kernel's ephemeral range (where clients' local ports and port-0
+# listeners land, so a port free now cannot be taken by someone's outgoing connection before
+# nginx binds it) that no TCP socket uses, in any state.
 free_port() {
-  local p
+  local p lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
   while :; do
-    p=$((20000 + RANDOM % 30000))
-    [ -z "$(ss -Htln "sport = :$p")" ] && { echo "$p"; return; }
+    p=$((10000 + RANDOM % (lo - 10000)))
+    [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return; }
   done
 }
 
