@@ -116,6 +116,7 @@ trap 'exit 130' INT TERM
 free_port() {
   local p lo
   lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+  [ "$lo" -gt 11000 ] || lo=32768
   while :; do
     p=$((10000 + RANDOM % (lo - 10000)))
     [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return; }
