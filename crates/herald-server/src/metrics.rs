@@ -39,6 +39,23 @@ pub struct HubMetrics {
     pub history_reads: IntCounter,
     /// Time for the broker to answer a history read (a Redis script with the Redis broker).
     pub history_duration: Histogram,
+    /// `herald_messages_delivered_total` by transport, for deliveries the hub wrote itself.
+    pub delivered: IntCounterVec,
+    /// `herald_fanout_latency_seconds`, observed once per message the hub wrote directly.
+    pub fanout_latency: Histogram,
+}
+
+impl HubMetrics {
+    /// Counts `n` messages written to sockets of `transport`.
+    pub fn wrote(&self, transport: &str, n: u64) {
+        self.delivered.with_label_values(&[transport]).inc_by(n);
+    }
+
+    /// Observes the age of a message published at `published_at_us`, now that it is written.
+    pub fn fanout_age(&self, published_at_us: u64) {
+        let age_us = herald_broker::now_us().saturating_sub(published_at_us);
+        self.fanout_latency.observe(age_us as f64 / 1e6);
+    }
 }
 
 impl Default for HubMetrics {
@@ -50,6 +67,10 @@ impl Default for HubMetrics {
                 .expect("metric"),
             history_reads: IntCounter::new("history_reads", "-").expect("metric"),
             history_duration: Histogram::with_opts(HistogramOpts::new("history_duration", "-"))
+                .expect("metric"),
+            delivered: IntCounterVec::new(Opts::new("delivered", "-"), &["transport"])
+                .expect("metric"),
+            fanout_latency: Histogram::with_opts(HistogramOpts::new("fanout_latency", "-"))
                 .expect("metric"),
         }
     }
@@ -206,6 +227,18 @@ impl Metrics {
             "Requests, connections and messages refused or closed by a limit, by limit.",
             &["limit"],
         );
+        let delivered = counter_vec(
+            &r,
+            "herald_messages_delivered_total",
+            "Messages written to client sockets.",
+            &["transport"],
+        );
+        let fanout_latency = histogram(
+            &r,
+            "herald_fanout_latency_seconds",
+            "From publish accepted to written to a client socket (per message the hub writes \
+             directly; per batch, its oldest message, for a connection's writer).",
+        );
         Self {
             limits: LimitCounters::new(&limit_rejections),
             api_key_rejections: counter_vec(
@@ -256,17 +289,8 @@ impl Metrics {
                 "herald_publish_duration_seconds",
                 "Time for the broker to accept a publish into history.",
             ),
-            delivered: counter_vec(
-                &r,
-                "herald_messages_delivered_total",
-                "Messages written to client sockets.",
-                &["transport"],
-            ),
-            fanout_latency: histogram(
-                &r,
-                "herald_fanout_latency_seconds",
-                "From publish accepted to written to a client socket (oldest message per write).",
-            ),
+            delivered: delivered.clone(),
+            fanout_latency: fanout_latency.clone(),
             http_requests: counter_vec(
                 &r,
                 "herald_http_requests_total",
@@ -333,6 +357,8 @@ impl Metrics {
                     IntCounter::new("herald_history_reads_total", "History reads.")
                         .expect("valid metric"),
                 ),
+                delivered,
+                fanout_latency,
             },
             subscriptions: gauge(
                 &r,

@@ -28,7 +28,7 @@ use std::{
 pub use delivery::Delivery;
 use herald_broker::{Broker, BrokerError, History, HistoryQuery, Sink};
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
-pub use outbox::{Bounds, CloseReason, Item, Outbox};
+pub use outbox::{Bounds, CloseReason, Item, Outbox, Pushed, Sent, Wire};
 use replay::{Pending, Step};
 
 use crate::metrics::HubMetrics;
@@ -335,7 +335,8 @@ impl Hub {
         }
     }
 
-    /// Fans one live message out to the channel's local subscribers.
+    /// Fans one live message out to the channel's local subscribers: written to the socket of
+    /// each idle connection, queued for the others (see [`outbox`]).
     fn deliver(&self, msg: Arc<Message>) {
         let delivery = Delivery::new(msg);
         let mut shard = self.shard(delivery.msg.channel.as_str()).lock();
@@ -343,9 +344,16 @@ impl Hub {
             return;
         };
         let mut dropped = 0u64;
+        let mut written = Written::default();
         for slot in &mut entry.slots {
-            if !offer(slot, delivery.clone()) {
-                dropped += 1;
+            match offer(slot, delivery.clone()) {
+                Pushed::Refused => dropped += 1,
+                Pushed::Written(transport) => {
+                    if !written.add(transport) {
+                        self.metrics.wrote(transport, 1);
+                    }
+                }
+                Pushed::Queued => {}
             }
         }
         drop(shard);
@@ -355,6 +363,7 @@ impl Hub {
                 .with_label_values(&["slow_consumer"])
                 .inc_by(dropped);
         }
+        written.record(&self.metrics, delivery.msg.published_at_us);
     }
 
     /// Counts channels, subscriptions and queued items. Takes every shard lock in turn: for
@@ -404,13 +413,47 @@ impl Drop for Unwind<'_> {
     }
 }
 
-/// Hands `d` to one subscriber: buffer it, drop it as a duplicate, or queue it (announcing a
-/// stream reset first when the epoch changed). False when the subscriber's outbox refused it.
-fn offer(slot: &mut Slot, d: Arc<Delivery>) -> bool {
+/// Deliveries written straight to sockets by one fan-out, per transport: counted once per
+/// message instead of once per connection.
+#[derive(Default)]
+struct Written {
+    counts: [(&'static str, u64); 4],
+}
+
+impl Written {
+    /// Counts one; false when every slot holds another transport (the caller counts it).
+    fn add(&mut self, transport: &'static str) -> bool {
+        for (t, n) in &mut self.counts {
+            if *n == 0 || *t == transport {
+                *t = transport;
+                *n += 1;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn record(&self, metrics: &HubMetrics, published_at_us: u64) {
+        let mut any = false;
+        for &(transport, n) in &self.counts {
+            if n > 0 {
+                metrics.wrote(transport, n);
+                any = true;
+            }
+        }
+        if any {
+            metrics.fanout_age(published_at_us);
+        }
+    }
+}
+
+/// Hands `d` to one subscriber: buffer it, drop it as a duplicate, or push it (announcing a
+/// stream reset first when the epoch changed).
+fn offer(slot: &mut Slot, d: Arc<Delivery>) -> Pushed {
     match &mut slot.state {
         SlotState::Pending(pending) => {
             pending.buffer(&slot.outbox, d);
-            true
+            Pushed::Queued
         }
         SlotState::Live { epoch, last } => {
             // `adopt`: after the first message of a channel the check is a pointer compare.
@@ -434,7 +477,7 @@ fn offer(slot: &mut Slot, d: Arc<Delivery>) -> bool {
                     ));
                 }
             } else if d.msg.offset <= *last {
-                return true; // already delivered (the resume seam)
+                return Pushed::Queued; // already delivered (the resume seam)
             }
             *last = d.msg.offset;
             slot.outbox.push(Item::Message(d))

@@ -12,6 +12,15 @@
 //! slow-consumer rule meant for clients that fall behind live traffic. What the hub holds for a
 //! connection outside the queue (live messages buffered while a replay runs, the replay's page)
 //! is counted as `held`, bounded by the same byte bound, and reported with the queue.
+//!
+//! Most pushes never reach the queue. A connection whose transport writes straight to its
+//! socket attaches a [`Wire`]; while nothing is queued and its writer holds no batch, a push
+//! writes the item to the socket at once (a non-blocking write, under this outbox's lock, so
+//! it never interleaves with another write) and queues only what the kernel did not take, for
+//! the writer task. A delivery then costs no task wake-up and no hand-off to another thread,
+//! and order holds: anything queued goes first, the rest of a partly written frame before
+//! anything else. The writer's batch is "busy" from the moment it takes it until it comes back
+//! for more and finds nothing, so exactly one of the two writes at any time.
 
 use std::{
     collections::VecDeque,
@@ -74,6 +83,45 @@ impl Item {
     }
 }
 
+/// A connection's socket, as the hub may write to it directly (see the module docs).
+pub trait Wire: Send + Sync {
+    /// Writes `item` without blocking (its encoding for this connection's transport).
+    fn try_write(&self, item: Item) -> Sent;
+
+    /// The transport's metric label (`ws`, `sse`).
+    fn transport(&self) -> &'static str;
+}
+
+/// What [`Wire::try_write`] did.
+pub enum Sent {
+    /// The kernel took all of it.
+    Whole,
+    /// It took part: this is the rest of the bytes, to be written before anything else.
+    Rest(Item),
+    /// Nothing was written (the socket buffer is full, or the socket failed, which the writer
+    /// then finds): queue this (the item, or its encoding).
+    Nothing(Item),
+}
+
+/// What became of a pushed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Written to the socket (all, or a first part with the rest queued) of a connection of
+    /// this transport.
+    Written(&'static str),
+    /// Queued for the writer.
+    Queued,
+    /// The outbox is (or just became) closed.
+    Refused,
+}
+
+impl Pushed {
+    /// Whether the item is on its way to the client (written or queued).
+    pub fn accepted(self) -> bool {
+        self != Pushed::Refused
+    }
+}
+
 /// Why an outbox stopped accepting items; the writer tells the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -107,6 +155,15 @@ struct Inner {
     /// What history replays need; made on first use, so connections that only ever start from
     /// now (most of them, mostly idle) do not carry it.
     replay: Option<Box<Replay>>,
+    /// The socket, for direct writes; `None` for transports that cannot take them (an SSE
+    /// stream inside hyper) and until the transport attaches it.
+    wire: Option<Arc<dyn Wire>>,
+    /// The writer holds a batch it took and may be writing it: no direct write until it comes
+    /// back for more and finds the queue empty.
+    busy: bool,
+    /// The front item is the rest of a partly written frame: it must be written whatever
+    /// happens (dropping it would tear the frame the client is reading).
+    torn: bool,
 }
 
 #[derive(Default)]
@@ -138,6 +195,31 @@ impl Inner {
 
     fn held(&self) -> usize {
         self.replay.as_ref().map_or(0, |r| r.held)
+    }
+
+    /// Writes `item` to the socket if the connection is idle (nothing queued, no batch held by
+    /// the writer); returns whether anything was written and what is left to queue.
+    fn write_direct(&mut self, item: Item) -> (Option<&'static str>, Option<Item>) {
+        match &self.wire {
+            Some(wire) if !self.busy && self.items.is_empty() => {
+                let transport = wire.transport();
+                match wire.try_write(item) {
+                    Sent::Whole => (Some(transport), None),
+                    Sent::Rest(rest) => {
+                        self.torn = true;
+                        (Some(transport), Some(rest))
+                    }
+                    Sent::Nothing(item) => (None, Some(item)),
+                }
+            }
+            _ => (None, Some(item)),
+        }
+    }
+
+    /// Queues the rest of a direct write (it must follow, bounds or not) or an item that fits.
+    fn enqueue(&mut self, item: Item) {
+        self.bytes += item.cost();
+        self.items.push_back(item);
     }
 }
 
@@ -171,31 +253,54 @@ impl Outbox {
                 closed: None,
                 waker: None,
                 replay: None,
+                wire: None,
+                busy: false,
+                torn: false,
             }),
             bounds,
             signal,
         })
     }
 
-    /// Queues `item`. Returns false when the outbox is (or just became) closed.
-    pub fn push(&self, item: Item) -> bool {
+    /// Lets pushes write to `wire` directly while the connection is idle (see the module docs).
+    /// Call once the transport's own preamble (response head, ...) is on the socket.
+    pub fn attach(&self, wire: Arc<dyn Wire>) {
+        self.inner.lock().wire = Some(wire);
+    }
+
+    /// Writes `item` to the socket if the connection is idle, else queues it for the writer.
+    /// A live push that would exceed the bounds closes the outbox as a slow consumer instead.
+    pub fn push(&self, item: Item) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
-            return false;
+            return Pushed::Refused;
         }
+        let (written, rest) = inner.write_direct(item);
+        let Some(item) = rest else {
+            return written.map_or(Pushed::Queued, Pushed::Written);
+        };
         let cost = item.cost();
-        if inner.items.len() >= self.bounds.max_items
+        if written.is_some() {
+            // The rest of a frame the client has started reading: always queued.
+            inner.enqueue(item);
+        } else if inner.items.len() >= self.bounds.max_items
             || inner.writing + inner.bytes + cost > self.bounds.max_bytes
         {
             // Drop what is queued now rather than when the connection ends: the client will
             // resume from history anyway, and this is what bounds memory under a slow reader.
-            inner.items = VecDeque::new();
+            // Only the rest of a partly written frame stays, so the close follows whole frames.
+            let mut items = std::mem::take(&mut inner.items);
             inner.bytes = 0;
+            if inner.torn
+                && let Some(rest) = items.pop_front()
+            {
+                inner.enqueue(rest);
+            }
+            drop(items);
             inner.closed = Some(CloseReason::SlowConsumer);
             inner.wake_room();
         } else {
-            inner.items.push_back(item);
-            inner.bytes += cost;
+            inner.enqueue(item);
         }
         let ok = inner.closed.is_none();
         if let Some(w) = inner.waker.take() {
@@ -204,8 +309,9 @@ impl Outbox {
         drop(inner);
         if !ok {
             self.signal.cancel();
+            return Pushed::Refused;
         }
-        ok
+        written.map_or(Pushed::Queued, Pushed::Written)
     }
 
     /// Queues a replayed history item if the queue is under half its bounds (or empty, with
@@ -223,8 +329,11 @@ impl Outbox {
         if !(idle || fits) {
             return Err((item, inner.replay().room_gen));
         }
-        inner.items.push_back(item);
-        inner.bytes += cost;
+        let (_, rest) = inner.write_direct(item);
+        let Some(item) = rest else {
+            return Ok(());
+        };
+        inner.enqueue(item);
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
@@ -350,13 +459,17 @@ impl Outbox {
             {
                 inner.waker = Some(cx.waker().clone());
             }
-            // The writer asks for more: the previous batch is written.
+            // The writer asks for more: the previous batch is written, and pushes may write
+            // directly again.
+            inner.busy = false;
             if inner.writing != 0 {
                 inner.writing = 0;
                 inner.wake_room();
             }
             return Poll::Pending;
         }
+        inner.busy = true;
+        inner.torn = false;
         inner.writing = inner.bytes;
         inner.bytes = 0;
         std::mem::swap(&mut inner.items, into);
@@ -411,61 +524,4 @@ impl Drop for PageTurn {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-
-    #[tokio::test]
-    async fn overflow_closes_as_slow_consumer_and_frees_the_queue() {
-        let o = Outbox::new(
-            Bounds {
-                max_items: 2,
-                max_bytes: 1000,
-            },
-            CancellationToken::default(),
-        );
-        assert!(o.push(Item::raw(Bytes::from_static(b"a"))));
-        assert!(o.push(Item::raw(Bytes::from_static(b"b"))));
-        assert!(!o.push(Item::raw(Bytes::from_static(b"c"))));
-        assert_eq!(o.queued(), (0, 0));
-        assert!(o.signal().is_cancelled(), "a blocked writer learns of it");
-        let batch = o.take().await;
-        assert_eq!(batch.closed, Some(CloseReason::SlowConsumer));
-        assert!(!o.push(Item::raw(Bytes::from_static(b"d"))), "stays closed");
-    }
-
-    #[tokio::test]
-    async fn byte_bound_applies_too() {
-        let o = Outbox::new(
-            Bounds {
-                max_items: 100,
-                max_bytes: 10,
-            },
-            CancellationToken::default(),
-        );
-        assert!(o.push(Item::raw(Bytes::from_static(b"0123456789"))));
-        assert!(!o.push(Item::raw(Bytes::from_static(b"x"))));
-    }
-
-    #[tokio::test]
-    async fn take_returns_everything_in_order_and_wakes_on_push() {
-        let o = Outbox::new(
-            Bounds {
-                max_items: 100,
-                max_bytes: 1000,
-            },
-            CancellationToken::default(),
-        );
-        let o2 = o.clone();
-        let reader = tokio::spawn(async move { o2.take().await.items.len() });
-        tokio::task::yield_now().await;
-        o.push(Item::raw(Bytes::from_static(b"a")));
-        assert_eq!(reader.await.expect("task"), 1);
-        o.push(Item::raw(Bytes::from_static(b"b")));
-        o.push(Item::raw(Bytes::from_static(b"c")));
-        o.close(CloseReason::Shutdown);
-        let batch = o.take().await;
-        assert_eq!(batch.items.len(), 2);
-        assert_eq!(batch.closed, Some(CloseReason::Shutdown));
-    }
-}
+mod tests;

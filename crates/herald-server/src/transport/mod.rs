@@ -2,6 +2,7 @@
 //! by the hub, and both unsubscribe everything when the connection ends, however it ends.
 
 pub mod poll;
+pub mod socket;
 pub mod sse;
 pub mod sse_direct;
 pub mod ws;

@@ -25,12 +25,15 @@ use hyper::{
 };
 use tokio::time::{Instant, Sleep};
 
-use super::Connection;
+use super::{
+    Connection,
+    socket::{self, AsTcp},
+};
 use crate::{
     app::App,
     auth::credentials,
     http::{Body, query, refused},
-    hub::{CloseReason, Delivery, Item},
+    hub::{CloseReason, Delivery, Item, Sent, Wire},
     limits::{Peer, Permit},
 };
 
@@ -127,10 +130,12 @@ pub async fn open(
     let heartbeat = app.config.sse_heartbeat;
     let envelope = query::first(q, "envelope").is_some_and(|v| matches!(&*v, "true" | "1"));
     let body = SseBody {
-        envelope,
         preamble: Some(sse::retry(app.config.sse_retry.as_millis() as u64)),
         conn,
-        token: ResumeToken::default(),
+        ids: IdsAt::Here(Ids {
+            envelope,
+            ..Ids::default()
+        }),
         heartbeat_every: heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
         expires: who
@@ -139,7 +144,6 @@ pub async fn open(
         drained: Some(Box::pin(app.drained())),
         done: false,
         batch: VecDeque::new(),
-        id: String::new(),
     };
     Ok(body)
 }
@@ -147,18 +151,118 @@ pub async fn open(
 /// Room reserved per message for its `id:` line (a one-channel token is ~40 bytes).
 const ID_LINE_ESTIMATE: usize = 64;
 
+/// A stream's position in each channel, written as every event's `id:` line, the scratch the
+/// line is rendered in, and how the stream renders messages.
+#[derive(Default)]
+pub struct Ids {
+    token: ResumeToken,
+    id: String,
+    /// `?envelope=true`: each message's `data:` is its JSON object (channel, offset, sender,
+    /// data) as WebSocket delivers it.
+    envelope: bool,
+}
+
+impl Ids {
+    /// The shared event a message is written as on this stream.
+    fn event_of<'d>(&self, d: &'d Delivery) -> &'d Bytes {
+        if self.envelope {
+            d.sse_envelope()
+        } else {
+            d.sse_body()
+        }
+    }
+
+    /// Room `item`'s event takes, roughly.
+    fn size_hint(&self, item: &Item) -> usize {
+        match item {
+            Item::Message(d) => self.event_of(d).len() + ID_LINE_ESTIMATE,
+            Item::Subscribed(_) => 256,
+            Item::Raw(b) => b.len(),
+        }
+    }
+
+    /// Appends `item`'s event to `out`, advancing the token; the message's publish time, if it
+    /// is one.
+    fn render(&mut self, item: &Item, out: &mut BytesMut) -> Option<u64> {
+        match item {
+            Item::Message(d) => {
+                self.token
+                    .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
+                self.id.clear();
+                self.token.write_to(&mut self.id);
+                sse::id_line(out, &self.id);
+                out.extend_from_slice(self.event_of(d));
+                return Some(d.msg.published_at_us);
+            }
+            Item::Subscribed(s) => {
+                let data = format!(
+                    r#"{{"channel":"{}","offset":{},"epoch":"{}","recovered":{}}}"#,
+                    s.channel, s.position.offset, s.position.epoch, s.recovered
+                );
+                self.token.set(&s.channel, s.position.clone());
+                self.id.clear();
+                self.token.write_to(&mut self.id);
+                out.extend_from_slice(&sse::event(Some(&self.id), "herald.subscribed", &data));
+            }
+            Item::Raw(bytes) => out.extend_from_slice(bytes),
+        }
+        None
+    }
+}
+
+/// Where a stream's [`Ids`] live: in its body, or in its socket when the hub writes to it
+/// directly (both render events, one at a time: see [`crate::hub::outbox`]).
+enum IdsAt {
+    Here(Ids),
+    Socket(Arc<SseSocket>),
+}
+
+/// An SSE stream's socket on the direct path: the hub renders each event with the stream's
+/// `id:` line and writes it without waking the stream's task.
+pub struct SseSocket {
+    tcp: tokio::net::TcpStream,
+    ids: parking_lot::Mutex<Ids>,
+}
+
+impl AsTcp for SseSocket {
+    fn tcp(&self) -> &tokio::net::TcpStream {
+        &self.tcp
+    }
+}
+
+impl Wire for SseSocket {
+    fn try_write(&self, item: Item) -> Sent {
+        let mut ids = self.ids.lock();
+        let mut out = BytesMut::with_capacity(ids.size_hint(&item));
+        ids.render(&item, &mut out);
+        drop(ids);
+        let n = socket::try_write(&self.tcp, &out);
+        if n == out.len() {
+            return Sent::Whole;
+        }
+        // Rendered (the token moved on): what is left goes out as these bytes, in order.
+        let rest = out.freeze().slice(n..);
+        if n == 0 {
+            Sent::Nothing(Item::raw(rest))
+        } else {
+            Sent::Rest(Item::raw(rest))
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        "sse"
+    }
+}
+
 /// The event stream of one SSE connection.
 pub struct SseBody {
     /// `retry:`, sent first.
     preamble: Option<Bytes>,
-    /// `?envelope=true`: each message's `data:` is its JSON object (channel, offset, sender,
-    /// data) as WebSocket delivers it.
-    envelope: bool,
     conn: Connection,
     /// This stream's position in each channel, written as every event's `id:`.
-    token: ResumeToken,
+    ids: IdsAt,
     heartbeat_every: std::time::Duration,
-    /// Fires after a quiet period; any write resets it.
+    /// Fires after a quiet period; any write by this body resets it.
     heartbeat: Pin<Box<Sleep>>,
     /// Fires when the subscriber's token expires (only streams opened with a token have one).
     expires: Option<Pin<Box<Sleep>>>,
@@ -168,8 +272,6 @@ pub struct SseBody {
     done: bool,
     /// The outbox's items are swapped into this buffer (kept: no allocation per batch).
     batch: VecDeque<Item>,
-    /// Scratch for rendering `id:` lines, kept for the same reason.
-    id: String,
 }
 
 impl SseBody {
@@ -178,52 +280,45 @@ impl SseBody {
         self.conn.hold(permit);
     }
 
-    /// The shared event a message is written as on a stream with or without envelopes.
-    fn event_of(envelope: bool, d: &Delivery) -> &Bytes {
-        if envelope {
-            d.sse_envelope()
-        } else {
-            d.sse_body()
-        }
+    /// The `retry:` line, for a caller that writes it with the response head.
+    pub fn take_preamble(&mut self) -> Option<Bytes> {
+        self.preamble.take()
+    }
+
+    /// Moves the stream onto `tcp` for direct writes by the hub: call once the response head
+    /// and the preamble are written. Returns the socket, for the caller's reads and writes.
+    pub fn attach_socket(&mut self, tcp: tokio::net::TcpStream) -> Arc<SseSocket> {
+        let ids = match std::mem::replace(&mut self.ids, IdsAt::Here(Ids::default())) {
+            IdsAt::Here(ids) => ids,
+            IdsAt::Socket(s) => std::mem::take(&mut *s.ids.lock()),
+        };
+        let socket = Arc::new(SseSocket {
+            tcp,
+            ids: parking_lot::Mutex::new(ids),
+        });
+        self.ids = IdsAt::Socket(socket.clone());
+        self.conn.outbox.attach(socket.clone());
+        socket
     }
 
     /// Renders the events of `self.batch` (emptying it) into one buffer; returns it with the
     /// message count and the oldest message's publish time, for metrics.
     fn render(&mut self) -> (BytesMut, u64, Option<u64>) {
-        let size: usize = self
-            .batch
-            .iter()
-            .map(|item| match item {
-                Item::Message(d) => Self::event_of(self.envelope, d).len() + ID_LINE_ESTIMATE,
-                Item::Subscribed(_) => 256,
-                Item::Raw(b) => b.len(),
-            })
-            .sum();
+        let mut on_socket;
+        let ids = match &mut self.ids {
+            IdsAt::Here(ids) => ids,
+            IdsAt::Socket(s) => {
+                on_socket = s.ids.lock();
+                &mut *on_socket
+            }
+        };
+        let size: usize = self.batch.iter().map(|item| ids.size_hint(item)).sum();
         let mut out = BytesMut::with_capacity(size);
         let (mut messages, mut oldest) = (0u64, None);
         for item in self.batch.drain(..) {
-            match item {
-                Item::Message(d) => {
-                    messages += 1;
-                    oldest.get_or_insert(d.msg.published_at_us);
-                    self.token
-                        .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
-                    self.id.clear();
-                    self.token.write_to(&mut self.id);
-                    sse::id_line(&mut out, &self.id);
-                    out.extend_from_slice(Self::event_of(self.envelope, &d));
-                }
-                Item::Subscribed(s) => {
-                    let data = format!(
-                        r#"{{"channel":"{}","offset":{},"epoch":"{}","recovered":{}}}"#,
-                        s.channel, s.position.offset, s.position.epoch, s.recovered
-                    );
-                    self.token.set(&s.channel, s.position);
-                    self.id.clear();
-                    self.token.write_to(&mut self.id);
-                    out.extend_from_slice(&sse::event(Some(&self.id), "herald.subscribed", &data));
-                }
-                Item::Raw(bytes) => out.extend_from_slice(&bytes),
+            if let Some(at) = ids.render(&item, &mut out) {
+                messages += 1;
+                oldest.get_or_insert(at);
             }
         }
         if self.batch.capacity() > 16 {
@@ -288,21 +383,28 @@ impl hyper::body::Body for SseBody {
             this.expires = None;
             this.conn.outbox.close(CloseReason::TokenExpired);
         }
-        if let Poll::Ready(closed) = this.conn.outbox.poll_take(cx, &mut this.batch) {
-            // Counted when handed to hyper: the socket write follows without further queueing.
-            let (mut out, messages, oldest) = this.render();
-            this.conn.app.metrics.wrote("sse", messages, oldest);
-            if let Some(reason) = closed {
-                out.extend_from_slice(&Self::closing_event(reason));
-                this.done = true;
+        loop {
+            if let Poll::Ready(closed) = this.conn.outbox.poll_take(cx, &mut this.batch) {
+                // Counted when handed to hyper: the socket write follows without further queueing.
+                let (mut out, messages, oldest) = this.render();
+                this.conn.app.metrics.wrote("sse", messages, oldest);
+                if let Some(reason) = closed {
+                    out.extend_from_slice(&Self::closing_event(reason));
+                    this.done = true;
+                }
+                this.reset_heartbeat();
+                return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
             }
-            this.reset_heartbeat();
-            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+            if this.heartbeat.as_mut().poll(cx).is_ready() {
+                this.reset_heartbeat();
+                // Through the outbox like every write, so it never interleaves with an event
+                // the hub is writing to the socket itself.
+                this.conn
+                    .outbox
+                    .push(Item::raw(Bytes::from_static(sse::HEARTBEAT)));
+                continue;
+            }
+            return Poll::Pending;
         }
-        if this.heartbeat.as_mut().poll(cx).is_ready() {
-            this.reset_heartbeat();
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
-        }
-        Poll::Pending
     }
 }

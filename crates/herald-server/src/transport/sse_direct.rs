@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     FINAL_NOTICE_DEADLINE,
-    sse::{self, SseBody},
+    socket::{ReadHalf, WriteHalf},
+    sse::{self, SseBody, SseSocket},
 };
 use crate::{
     app::App,
@@ -216,11 +217,14 @@ pub async fn peek_head(stream: &TcpStream) -> Head {
 async fn stream_to(
     mut stream: TcpStream,
     head_len: usize,
-    response_head: Vec<u8>,
-    body: SseBody,
+    mut response_head: Vec<u8>,
+    mut body: SseBody,
     signal: CancellationToken,
 ) {
     let mut head = vec![0u8; head_len];
+    if let Some(preamble) = body.take_preamble() {
+        response_head.extend_from_slice(&preamble);
+    }
     if stream.read_exact(&mut head).await.is_err()
         || stream.write_all(&response_head).await.is_err()
     {
@@ -228,7 +232,10 @@ async fn stream_to(
     }
     drop(head);
     drop(response_head);
-    let (mut read, mut write) = stream.split();
+    // From here the hub writes events to the socket itself while the stream is idle; this task
+    // writes only what was queued (see `hub::outbox`).
+    let socket = body.attach_socket(stream);
+    let (mut read, mut write) = (ReadHalf(socket.clone()), WriteHalf(socket));
     // The client sends nothing more; EOF means it hung up (as hyper would notice by reading),
     // found at once instead of at the next heartbeat.
     let gone = client_gone(&mut read);
@@ -265,7 +272,7 @@ async fn stream_to(
 }
 
 /// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.
-async fn client_gone(read: &mut tokio::net::tcp::ReadHalf<'_>) {
+async fn client_gone(read: &mut ReadHalf<SseSocket>) {
     let mut byte = [0u8; 1];
     while let Ok(1..) = read.read(&mut byte).await {}
 }

@@ -29,11 +29,8 @@ use herald_core::{
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf},
-    net::{
-        TcpStream,
-        tcp::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
     time::Sleep,
 };
 use tokio_rustls::server::TlsStream;
@@ -42,12 +39,15 @@ use self::{
     frame::FrameReader,
     session::{Deadline, Session},
 };
-use super::Connection;
+use super::{
+    Connection,
+    socket::{self, AsTcp, ReadHalf, WriteHalf},
+};
 use crate::{
     app::App,
     auth::{Identity, credentials},
     http::{Body, error, full},
-    hub::{CloseReason, Item, SubscribeError},
+    hub::{CloseReason, Item, Sent, SubscribeError, Wire, outbox::Subscribed},
     limits::{Limit, Permit},
 };
 
@@ -141,12 +141,24 @@ async fn serve(
     permit: Option<Permit>,
 ) {
     match halves(upgraded) {
-        Some(Halves::Plain(early, read, write)) => {
-            session(app, (early, read), write, channels, who, permit).await;
+        Some(Halves::Plain(early, socket)) => {
+            let (read, write) = (ReadHalf(socket.clone()), WriteHalf(socket.clone()));
+            let wire: Arc<dyn Wire> = socket;
+            session(app, (early, read), write, Some(wire), channels, who, permit).await;
         }
-        // Boxed: rarer, and its future would otherwise size every plain WebSocket's task.
+        // Boxed: rarer, and its future would otherwise size every plain WebSocket's task. No
+        // direct writes: a TLS record cannot be written from the hub without the session's lock.
         Some(Halves::Tls(early, read, write)) => {
-            Box::pin(session(app, (early, read), write, channels, who, permit)).await;
+            Box::pin(session(
+                app,
+                (early, read),
+                write,
+                None,
+                channels,
+                who,
+                permit,
+            ))
+            .await;
         }
         None => tracing::error!("WebSocket upgrade on an unexpected IO type"),
     }
@@ -154,22 +166,21 @@ async fn serve(
 
 /// The two halves of an upgraded connection, and the bytes hyper read past the handshake.
 enum Halves {
-    /// The bare socket: its halves split without a lock, and nothing of hyper's buffers stays
-    /// allocated for the life of the connection.
-    Plain(Bytes, OwnedReadHalf, OwnedWriteHalf),
+    /// The bare socket, shared by the reader, the writer and the hub's direct writes (see
+    /// `hub::outbox`); nothing of hyper's buffers stays allocated for the life of the connection.
+    Plain(Bytes, Arc<WsSocket>),
     /// Over TLS the halves share the TLS session (a lock per read or write).
     Tls(
         Bytes,
-        ReadHalf<TlsStream<TcpStream>>,
-        WriteHalf<TlsStream<TcpStream>>,
+        tokio::io::ReadHalf<TlsStream<TcpStream>>,
+        tokio::io::WriteHalf<TlsStream<TcpStream>>,
     ),
 }
 
 fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<Halves> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(hyper::upgrade::Parts { io, read_buf, .. }) => {
-            let (read, write) = io.into_inner().into_split();
-            return Some(Halves::Plain(read_buf, read, write));
+            return Some(Halves::Plain(read_buf, Arc::new(WsSocket(io.into_inner()))));
         }
         Err(upgraded) => upgraded,
     };
@@ -180,11 +191,13 @@ fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<Halves> {
 }
 
 /// Serves a WebSocket on the two halves of its stream. `read_buf` holds bytes the client sent
-/// right after the handshake, which hyper has already read.
+/// right after the handshake, which hyper has already read; `wire`, the socket for the hub's
+/// direct writes, when it can take them.
 async fn session<R, W>(
     app: Arc<App>,
     (read_buf, read): (Bytes, R),
     mut write: W,
+    wire: Option<Arc<dyn Wire>>,
     channels: Vec<ChannelName>,
     who: Option<Identity>,
     permit: Option<Permit>,
@@ -201,6 +214,10 @@ async fn session<R, W>(
 
     let mut conn = Connection::new(&app, "ws", Default::default());
     conn.hold(permit);
+    // hyper wrote the handshake response before handing the socket over: frames may follow.
+    if let Some(wire) = wire {
+        conn.outbox.attach(wire);
+    }
     let conn = Arc::new(conn);
     for channel in channels {
         // Boxed so the connection task's idle state is not sized by the subscribe future.
@@ -371,12 +388,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     messages += 1;
                     oldest.get_or_insert(d.msg.published_at_us);
                 }
-                Item::Subscribed(s) => {
-                    *item = Item::raw(protocol::frame(
-                        Opcode::Text,
-                        &protocol::subscribed_frame(s.id, &s.channel, &s.position, s.recovered),
-                    ));
-                }
+                Item::Subscribed(s) => *item = Item::raw(subscribed_frame(s)),
                 Item::Raw(_) => {}
             }
         }
@@ -442,6 +454,50 @@ fn frame_of(item: &Item) -> &[u8] {
         Item::Message(d) => d.ws_frame(),
         Item::Raw(b) => b,
         Item::Subscribed(_) => &[],
+    }
+}
+
+fn subscribed_frame(s: &Subscribed) -> Bytes {
+    protocol::frame(
+        Opcode::Text,
+        &protocol::subscribed_frame(s.id, &s.channel, &s.position, s.recovered),
+    )
+}
+
+/// A WebSocket's socket, shared by its reader, its writer and the hub's direct writes.
+pub struct WsSocket(TcpStream);
+
+impl AsTcp for WsSocket {
+    fn tcp(&self) -> &TcpStream {
+        &self.0
+    }
+}
+
+impl Wire for WsSocket {
+    fn try_write(&self, item: Item) -> Sent {
+        let item = match item {
+            Item::Subscribed(s) => Item::raw(subscribed_frame(&s)),
+            item => item,
+        };
+        let frame = frame_of(&item);
+        let (n, len) = (socket::try_write(&self.0, frame), frame.len());
+        if n == len {
+            return Sent::Whole;
+        }
+        if n == 0 {
+            return Sent::Nothing(item);
+        }
+        // The rest shares the frame's buffer: no copy.
+        let rest = match &item {
+            Item::Message(d) => d.ws_frame().slice(n..),
+            Item::Raw(b) => b.slice(n..),
+            Item::Subscribed(_) => Bytes::new(), // rendered into `Raw` above
+        };
+        Sent::Rest(Item::raw(rest))
+    }
+
+    fn transport(&self) -> &'static str {
+        "ws"
     }
 }
 
