@@ -7,6 +7,7 @@
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
+    core::{MetricVec, MetricVecBuilder},
 };
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use herald_broker::{MemoryStats, RedisStats};
 use crate::{
     hub::Hub,
     limits::{ConnectionLimits, Limit},
+    transport::{DISCONNECT_REASONS, TRANSPORTS},
 };
 
 /// Latency buckets from 100 us to 10 s.
@@ -186,13 +188,17 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     )
 }
 
-/// `vec` with each of `labels` created at 0, so dashboards and alerts see every series.
-fn labelled(vec: IntCounterVec, labels: &[&[&str]]) -> IntCounterVec {
+/// `vec` with each of `labels` created at 0, so dashboards and alerts see every series (a node
+/// that has not yet had a slow consumer shows 0, not "No data").
+fn labelled<T: MetricVecBuilder>(vec: MetricVec<T>, labels: &[&[&str]]) -> MetricVec<T> {
     for l in labels {
         vec.with_label_values(l);
     }
     vec
 }
+
+/// One label set per transport.
+const BY_TRANSPORT: [&[&str]; 3] = [&[TRANSPORTS[0]], &[TRANSPORTS[1]], &[TRANSPORTS[2]]];
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     register(registry, IntGauge::new(name, help).expect("valid metric"))
@@ -213,13 +219,17 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ));
         }
-        let connections = register(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("herald_connections", "Open client connections."),
-                &["transport"],
-            )
-            .expect("valid metric"),
+        // Every label set the Grafana dashboard (deploy/grafana) queries exists from the start.
+        let connections = labelled(
+            register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("herald_connections", "Open client connections."),
+                    &["transport"],
+                )
+                .expect("valid metric"),
+            ),
+            &BY_TRANSPORT,
         );
         let limit_rejections = counter_vec(
             &r,
@@ -227,12 +237,20 @@ impl Metrics {
             "Requests, connections and messages refused or closed by a limit, by limit.",
             &["limit"],
         );
-        let delivered = counter_vec(
-            &r,
-            "herald_messages_delivered_total",
-            "Messages written to client sockets.",
-            &["transport"],
+        let delivered = labelled(
+            counter_vec(
+                &r,
+                "herald_messages_delivered_total",
+                "Messages written to client sockets.",
+                &["transport"],
+            ),
+            &BY_TRANSPORT,
         );
+        let disconnects: Vec<[&str; 2]> = DISCONNECT_REASONS
+            .iter()
+            .flat_map(|(t, reasons)| reasons.iter().map(move |r| [*t, *r]))
+            .collect();
+        let disconnects: Vec<&[&str]> = disconnects.iter().map(|l| &l[..]).collect();
         let fanout_latency = histogram(
             &r,
             "herald_fanout_latency_seconds",
@@ -266,23 +284,39 @@ impl Metrics {
                 "The max_connections in force (configured or derived from the open-file limit).",
             ),
             connections,
-            accepted: counter_vec(
-                &r,
-                "herald_connections_accepted_total",
-                "Client connections opened.",
-                &["transport"],
+            accepted: labelled(
+                counter_vec(
+                    &r,
+                    "herald_connections_accepted_total",
+                    "Client connections opened.",
+                    &["transport"],
+                ),
+                &BY_TRANSPORT,
             ),
-            disconnects: counter_vec(
-                &r,
-                "herald_disconnects_total",
-                "Client connections closed, by transport and reason.",
-                &["transport", "reason"],
+            disconnects: labelled(
+                counter_vec(
+                    &r,
+                    "herald_disconnects_total",
+                    "Client connections closed, by transport and reason.",
+                    &["transport", "reason"],
+                ),
+                &disconnects,
             ),
-            published: counter_vec(
-                &r,
-                "herald_messages_published_total",
-                "Publishes by outcome.",
-                &["outcome"],
+            published: labelled(
+                counter_vec(
+                    &r,
+                    "herald_messages_published_total",
+                    "Publishes by outcome.",
+                    &["outcome"],
+                ),
+                &[
+                    &["ok"],
+                    &["duplicate"],
+                    &["rejected"],
+                    &["unavailable"],
+                    &["full"],
+                    &["error"],
+                ],
             ),
             publish_duration: histogram(
                 &r,
@@ -291,11 +325,15 @@ impl Metrics {
             ),
             delivered: delivered.clone(),
             fanout_latency: fanout_latency.clone(),
-            http_requests: counter_vec(
-                &r,
-                "herald_http_requests_total",
-                "HTTP requests by route and status.",
-                &["route", "status"],
+            // The readiness failures the dashboard plots (`readyz` answers 200 or 503).
+            http_requests: labelled(
+                counter_vec(
+                    &r,
+                    "herald_http_requests_total",
+                    "HTTP requests by route and status.",
+                    &["route", "status"],
+                ),
+                &[&["readyz", "200"], &["readyz", "503"]],
             ),
             http_connections: labelled(
                 counter_vec(
@@ -335,17 +373,23 @@ impl Metrics {
                 &[&["ok"], &["error"]],
             ),
             hub: HubMetrics {
-                dropped: counter_vec(
-                    &r,
-                    "herald_messages_dropped_total",
-                    "Messages not queued for a subscriber, by reason.",
-                    &["reason"],
+                dropped: labelled(
+                    counter_vec(
+                        &r,
+                        "herald_messages_dropped_total",
+                        "Messages not queued for a subscriber, by reason.",
+                        &["reason"],
+                    ),
+                    &[&["slow_consumer"]],
                 ),
-                recoveries: counter_vec(
-                    &r,
-                    "herald_recoveries_total",
-                    "Resumes by outcome, when their replay ends (recovered, partial, reset, abandoned).",
-                    &["outcome"],
+                recoveries: labelled(
+                    counter_vec(
+                        &r,
+                        "herald_recoveries_total",
+                        "Resumes by outcome, when their replay ends (recovered, partial, reset, abandoned).",
+                        &["outcome"],
+                    ),
+                    &[&["recovered"], &["partial"], &["reset"], &["abandoned"]],
                 ),
                 history_duration: histogram(
                     &r,

@@ -28,7 +28,7 @@ use std::{
 pub use delivery::Delivery;
 use herald_broker::{Broker, BrokerError, History, HistoryQuery, Sink};
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
-pub use outbox::{Bounds, CloseReason, Item, Outbox, Pushed, Sent, Wire};
+pub use outbox::{Bounds, CloseReason, Item, Outbox, Pushed, Sent, Totals, Wire};
 use replay::{Pending, Step};
 
 use crate::metrics::HubMetrics;
@@ -90,6 +90,8 @@ pub struct Hub {
     sink: Arc<dyn Sink>,
     next_conn: AtomicU64,
     metrics: HubMetrics,
+    /// What the outboxes made by [`Hub::outbox`] hold, for the gauges.
+    totals: Arc<Totals>,
 }
 
 /// A snapshot of the hub's size, for gauges.
@@ -97,7 +99,7 @@ pub struct Hub {
 pub struct HubStats {
     pub channels: usize,
     pub subscriptions: usize,
-    /// Items queued in the subscribers' outboxes (each connection counted once).
+    /// Items queued in the connections' outboxes.
     pub queued: usize,
     /// Every byte held for those connections: queued, being written, and held by resumes in
     /// progress (buffered live messages and history pages).
@@ -124,11 +126,21 @@ impl Hub {
             sink: Arc::new(HubSink(weak.clone())),
             next_conn: AtomicU64::new(1),
             metrics,
+            totals: Arc::default(),
         })
     }
 
     pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.broker
+    }
+
+    /// A connection's outbox, counted in this hub's [`HubStats`].
+    pub fn outbox(
+        &self,
+        bounds: Bounds,
+        signal: tokio_util::sync::CancellationToken,
+    ) -> Arc<Outbox> {
+        Outbox::counted(bounds, signal, self.totals.clone())
     }
 
     /// A fresh connection id for `subscribe`/`unsubscribe`.
@@ -366,23 +378,17 @@ impl Hub {
         written.record(&self.metrics, delivery.msg.published_at_us);
     }
 
-    /// Counts channels, subscriptions and queued items. Takes every shard lock in turn: for
-    /// scrapes and tests, not for hot paths.
+    /// Counts channels, subscriptions and queued items. Takes every shard lock in turn, for as
+    /// long as it takes to add up its channels' subscriber counts (no outbox is looked at: what
+    /// they hold is kept in [`Totals`] as it changes), so a scrape does not stall the fan-out.
     pub fn stats(&self) -> HubStats {
         let mut stats = HubStats::default();
-        let mut seen = std::collections::HashSet::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
             stats.channels += shard.len();
-            for slot in shard.values().flat_map(|e| &e.slots) {
-                stats.subscriptions += 1;
-                if seen.insert(slot.conn) {
-                    let (items, bytes) = slot.outbox.queued();
-                    stats.queued += items;
-                    stats.queued_bytes += bytes;
-                }
-            }
+            stats.subscriptions += shard.values().map(|e| e.slots.len()).sum::<usize>();
         }
+        (stats.queued, stats.queued_bytes) = self.totals.get();
         stats
     }
 

@@ -21,10 +21,17 @@
 //! and order holds: anything queued goes first, the rest of a partly written frame before
 //! anything else. The writer's batch is "busy" from the moment it takes it until it comes back
 //! for more and finds nothing, so exactly one of the two writes at any time.
+//!
+//! Every outbox of a node adds what it holds to the node's [`Totals`] as it changes, so the
+//! `/metrics` gauges are two atomic loads: a scrape never walks the connections or takes the
+//! hub's locks (it used to, and stalled the fan-out of every channel in a shard meanwhile).
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, Waker},
 };
 
@@ -164,6 +171,37 @@ struct Inner {
     /// The front item is the rest of a partly written frame: it must be written whatever
     /// happens (dropping it would tear the frame the client is reading).
     torn: bool,
+    /// What this outbox last added to its [`Totals`]: (items, bytes).
+    counted: (usize, usize),
+}
+
+/// What all the outboxes of a node hold, for the `herald_queued_*` gauges.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Items queued, not yet taken by a writer.
+    items: AtomicUsize,
+    /// Every byte held: queued, being written, and held outside the queue for resumes.
+    bytes: AtomicUsize,
+}
+
+impl Totals {
+    /// (items, bytes) held by every outbox counted here.
+    pub fn get(&self) -> (usize, usize) {
+        (
+            self.items.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    fn apply(&self, from: (usize, usize), to: (usize, usize)) {
+        for (counter, from, to) in [(&self.items, from.0, to.0), (&self.bytes, from.1, to.1)] {
+            if to > from {
+                counter.fetch_add(to - from, Ordering::Relaxed);
+            } else if from > to {
+                counter.fetch_sub(from - to, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -195,6 +233,21 @@ impl Inner {
 
     fn held(&self) -> usize {
         self.replay.as_ref().map_or(0, |r| r.held)
+    }
+
+    /// (items queued, every byte held), as reported by [`Outbox::queued`].
+    fn holds(&self) -> (usize, usize) {
+        (self.items.len(), self.bytes + self.writing + self.held())
+    }
+
+    /// Brings `totals` up to date with what this outbox holds now. Called before every unlock
+    /// that may have changed it; free when nothing changed (a direct write).
+    fn count(&mut self, totals: &Totals) {
+        let now = self.holds();
+        if now != self.counted {
+            totals.apply(self.counted, now);
+            self.counted = now;
+        }
     }
 
     /// Writes `item` to the socket if the connection is idle (nothing queued, no batch held by
@@ -230,6 +283,7 @@ const KEEP_CAPACITY: usize = 16;
 pub struct Outbox {
     inner: Mutex<Inner>,
     bounds: Bounds,
+    totals: Arc<Totals>,
     /// Cancelled when the outbox closes. A writer blocked on a full socket cannot see the queue,
     /// so it (or the HTTP connection carrying an SSE stream) races its write against this.
     signal: CancellationToken,
@@ -243,8 +297,13 @@ pub struct Batch {
 }
 
 impl Outbox {
-    /// An outbox whose closing cancels `signal`.
+    /// An outbox whose closing cancels `signal`, counted in totals of its own.
     pub fn new(bounds: Bounds, signal: CancellationToken) -> Arc<Self> {
+        Self::counted(bounds, signal, Arc::default())
+    }
+
+    /// An outbox that adds what it holds to `totals` (see the module docs).
+    pub fn counted(bounds: Bounds, signal: CancellationToken, totals: Arc<Totals>) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -256,8 +315,10 @@ impl Outbox {
                 wire: None,
                 busy: false,
                 torn: false,
+                counted: (0, 0),
             }),
             bounds,
+            totals,
             signal,
         })
     }
@@ -277,6 +338,7 @@ impl Outbox {
         }
         let (written, rest) = inner.write_direct(item);
         let Some(item) = rest else {
+            // Nothing changed but the socket.
             return written.map_or(Pushed::Queued, Pushed::Written);
         };
         let cost = item.cost();
@@ -306,6 +368,7 @@ impl Outbox {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        inner.count(&self.totals);
         drop(inner);
         if !ok {
             self.signal.cancel();
@@ -337,6 +400,7 @@ impl Outbox {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        inner.count(&self.totals);
         Ok(())
     }
 
@@ -389,20 +453,25 @@ impl Outbox {
             return false;
         }
         replay.held += bytes;
+        inner.count(&self.totals);
         true
     }
 
     /// Counts `bytes` held outside the queue whatever the bound (a replay page: bounded by its
     /// read, and needed for progress).
     pub fn hold(&self, bytes: usize) {
-        self.inner.lock().replay().held += bytes;
+        let mut inner = self.inner.lock();
+        inner.replay().held += bytes;
+        inner.count(&self.totals);
     }
 
     /// Stops counting `bytes` held outside the queue.
     pub fn release(&self, bytes: usize) {
-        if let Some(r) = &mut self.inner.lock().replay {
+        let mut inner = self.inner.lock();
+        if let Some(r) = &mut inner.replay {
             r.held = r.held.saturating_sub(bytes);
         }
+        inner.count(&self.totals);
     }
 
     /// Wakes replays waiting on this outbox so they look at their subscription again (it was
@@ -465,6 +534,7 @@ impl Outbox {
             if inner.writing != 0 {
                 inner.writing = 0;
                 inner.wake_room();
+                inner.count(&self.totals);
             }
             return Poll::Pending;
         }
@@ -474,6 +544,7 @@ impl Outbox {
         inner.bytes = 0;
         std::mem::swap(&mut inner.items, into);
         inner.wake_room();
+        inner.count(&self.totals);
         Poll::Ready(inner.closed)
     }
 
@@ -496,11 +567,15 @@ impl Outbox {
     /// Items currently queued, and every byte the node holds for this connection: the queue,
     /// the batch being written, and what the hub holds outside the queue (for metrics and tests).
     pub fn queued(&self) -> (usize, usize) {
-        let inner = self.inner.lock();
-        (
-            inner.items.len(),
-            inner.bytes + inner.writing + inner.held(),
-        )
+        self.inner.lock().holds()
+    }
+}
+
+impl Drop for Outbox {
+    /// What it still holds is freed with it.
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut();
+        self.totals.apply(inner.counted, (0, 0));
     }
 }
 

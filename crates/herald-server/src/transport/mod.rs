@@ -164,7 +164,7 @@ impl Connection {
         app.metrics.accepted.with_label_values(&[transport]).inc();
         Self {
             id: app.hub.connection_id(),
-            outbox: Outbox::new(
+            outbox: app.hub.outbox(
                 Bounds {
                     max_items: app.config.queue_max_messages,
                     max_bytes: app.config.queue_max_bytes,
@@ -216,6 +216,40 @@ impl Connection {
         removed
     }
 }
+
+/// The transports, as metric labels.
+pub const TRANSPORTS: [&str; 3] = ["ws", "sse", "poll"];
+
+/// Every `reason` of `herald_disconnects_total` per transport, so each series is exported at 0
+/// from the start ([`close_label`] for streams; a long-poll's own reasons, see `Drop`).
+pub const DISCONNECT_REASONS: [(&str, &[&str]); 3] = [
+    ("ws", &CLOSE_LABELS),
+    ("sse", &CLOSE_LABELS),
+    (
+        "poll",
+        &[
+            "answered",
+            "client_gone",
+            "slow_consumer",
+            "shutdown",
+            "token_expired",
+        ],
+    ),
+];
+
+/// What [`close_label`] returns.
+const CLOSE_LABELS: [&str; 10] = [
+    "client_gone",
+    "slow_consumer",
+    "shutdown",
+    "token_expired",
+    "unauthorized",
+    "forbidden",
+    "ping_timeout",
+    "client_closed",
+    "rate_limited",
+    "protocol_error",
+];
 
 /// The metric label for why a connection ended (`client_gone`: the peer went away first).
 fn close_label(reason: Option<CloseReason>) -> &'static str {
@@ -270,5 +304,37 @@ impl Drop for Connection {
             .disconnects
             .with_label_values(&[self.transport, reason])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_close_label_is_exported_from_the_start() {
+        let codes = [
+            ws::close::NORMAL,
+            ws::close::PROTOCOL,
+            ws::close::INVALID_DATA,
+            ws::close::TOO_BIG,
+            ws::close::RESTART,
+            ws::close::SLOW_CONSUMER,
+            ws::close::PING_TIMEOUT,
+            ws::close::RATE_LIMITED,
+            ws::close::UNAUTHORIZED,
+            ws::close::FORBIDDEN,
+        ];
+        let reasons = [
+            None,
+            Some(CloseReason::SlowConsumer),
+            Some(CloseReason::Shutdown),
+            Some(CloseReason::TokenExpired),
+        ]
+        .into_iter()
+        .chain(codes.map(|code| Some(CloseReason::Closed { code, reason: "" })));
+        for reason in reasons {
+            assert!(CLOSE_LABELS.contains(&close_label(reason)), "{reason:?}");
+        }
     }
 }

@@ -173,3 +173,112 @@ fn invalid_configuration_exits_2_with_a_clear_message() {
         assert!(help.contains(option), "--help lacks {option}");
     }
 }
+
+/// Every series the Grafana dashboard queries exists on a fresh node (counters at 0): a node
+/// that has not yet seen a slow consumer or a failed publish shows 0, not "No data". The selectors are read
+/// from the dashboard itself, so a panel added later is covered too.
+#[tokio::test]
+async fn every_series_the_dashboard_queries_is_exported_from_the_start() {
+    let dashboard = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/grafana/dashboards/herald.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).expect("dashboard"))
+            .expect("dashboard JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{exprs:?}");
+
+    let h = Herald::start(&[]).await;
+    let (_, text) = h.get("/metrics").await;
+    let series: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    let mut checked = 0;
+    for expr in &exprs {
+        for (name, matchers) in herald_selectors(expr) {
+            checked += 1;
+            let found = series.iter().any(|line| {
+                let Some(rest) = line.strip_prefix(name.as_str()) else {
+                    return false;
+                };
+                if !rest.starts_with([' ', '{']) {
+                    return false;
+                }
+                // Counters start at 0; gauges (open sockets, the limit) exist with their value.
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                (value == "0" || !name.ends_with("_total"))
+                    && matchers.iter().all(|(label, op, want)| {
+                        let got = label_value(rest, label);
+                        match op.as_str() {
+                            "=" => got.as_deref() == Some(want.as_str()),
+                            "!=" => got.is_some_and(|g| g != *want),
+                            "=~" => got.is_some_and(|g| want.split('|').any(|w| w == g)),
+                            _ => panic!("matcher {op} in {expr}"),
+                        }
+                    })
+            });
+            assert!(
+                found,
+                "no series at 0 for {name} {matchers:?} (from {expr})"
+            );
+        }
+    }
+    assert!(checked > 20, "{checked} selectors");
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v.as_str()) {
+                    ("expr", Some(e)) => out.push(e.to_owned()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// A PromQL label matcher: label, operator (`=`, `!=`, `=~`), value.
+type Matcher = (String, String, String);
+
+/// The `herald_*` selectors of a PromQL expression: metric name and its label matchers (label,
+/// operator, value), leaving out `instance` and `job`, which Prometheus adds.
+fn herald_selectors(expr: &str) -> Vec<(String, Vec<Matcher>)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("herald_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let mut matchers = Vec::new();
+        if let Some(body) = tail[end..].strip_prefix('{') {
+            let body = &body[..body.find('}').expect("closing brace")];
+            for m in body.split(',') {
+                let op_at = m.find(['=', '!']).expect("matcher operator");
+                let label = m[..op_at].trim().to_owned();
+                let after = &m[op_at..];
+                let op_len = after.find('"').expect("quoted value");
+                let op = after[..op_len].to_owned();
+                let value = after[op_len..].trim_matches('"').to_owned();
+                if label != "instance" && label != "job" {
+                    matchers.push((label, op, value));
+                }
+            }
+        }
+        out.push((name, matchers));
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The value of `label` in a series' `{...}` part, if it has one.
+fn label_value(series: &str, label: &str) -> Option<String> {
+    let labels = series.strip_prefix('{')?.split('}').next()?;
+    labels.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == label).then(|| v.trim_matches('"').to_owned())
+    })
+}

@@ -291,3 +291,44 @@ async fn a_replay_writes_directly_too_and_keeps_its_order_behind_a_queue() {
     let batch = o.take().await;
     assert_eq!(concat(&batch.items), b"othree");
 }
+
+#[tokio::test]
+async fn totals_follow_every_outbox_without_looking_at_them() {
+    let totals = Arc::new(Totals::default());
+    let bounds = Bounds {
+        max_items: 100,
+        max_bytes: 1000,
+    };
+    let a = Outbox::counted(bounds, CancellationToken::default(), totals.clone());
+    let b = Outbox::counted(bounds, CancellationToken::default(), totals.clone());
+    b.attach(FakeWire::with_room(0));
+    a.push(raw("12345"));
+    b.push(raw("678"));
+    assert!(b.try_hold(10));
+    assert_eq!(totals.get(), (2, 18));
+    // Taken by a's writer: no longer queued, still held until it comes back for more.
+    let mut into = VecDeque::new();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    assert!(a.poll_take(&mut cx, &mut into).is_ready());
+    assert_eq!(totals.get(), (1, 18));
+    into.clear();
+    assert!(a.poll_take(&mut cx, &mut into).is_pending());
+    assert_eq!(totals.get(), (1, 13));
+    b.release(10);
+    assert_eq!(totals.get(), (1, 3));
+    // A slow-consumer cut frees what was queued; dropping an outbox frees the rest.
+    let c = Outbox::counted(
+        Bounds {
+            max_items: 1,
+            max_bytes: 1000,
+        },
+        CancellationToken::default(),
+        totals.clone(),
+    );
+    c.push(raw("x"));
+    assert_eq!(totals.get(), (2, 4));
+    assert_eq!(c.push(raw("y")), Pushed::Refused);
+    assert_eq!(totals.get(), (1, 3));
+    drop(b);
+    assert_eq!(totals.get(), (0, 0));
+}
