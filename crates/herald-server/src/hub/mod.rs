@@ -36,6 +36,15 @@ use parking_lot::Mutex;
 
 const SHARDS: usize = 64;
 
+/// Most subscribers of one message that the fan-out writes to itself (see [`outbox`]); the
+/// others get it queued for their writers. Writing directly saves a task wake-up per delivery,
+/// but it is one `send` after another on the thread that fans out, under the shard lock: for a
+/// channel with thousands of local subscribers at a high rate, the writers, on every worker
+/// thread and batching what piles up (one vectored write for several frames), deliver more per
+/// CPU second, and one message no longer holds the relay for thousands of syscalls. (With the
+/// direct path for every subscriber, 1 x 2,000 WebSocket at 200 msg/s fell seconds behind.)
+const DIRECT_WRITES_PER_MESSAGE: usize = 64;
+
 /// Why a subscribe failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
@@ -357,8 +366,8 @@ impl Hub {
         };
         let mut dropped = 0u64;
         let mut written = Written::default();
-        for slot in &mut entry.slots {
-            match offer(slot, delivery.clone()) {
+        for (i, slot) in entry.slots.iter_mut().enumerate() {
+            match offer(slot, delivery.clone(), i < DIRECT_WRITES_PER_MESSAGE) {
                 Pushed::Refused => dropped += 1,
                 Pushed::Written(transport) => {
                     if !written.add(transport) {
@@ -454,8 +463,8 @@ impl Written {
 }
 
 /// Hands `d` to one subscriber: buffer it, drop it as a duplicate, or push it (announcing a
-/// stream reset first when the epoch changed).
-fn offer(slot: &mut Slot, d: Arc<Delivery>) -> Pushed {
+/// stream reset first when the epoch changed), written directly only if `direct`.
+fn offer(slot: &mut Slot, d: Arc<Delivery>, direct: bool) -> Pushed {
     match &mut slot.state {
         SlotState::Pending(pending) => {
             pending.buffer(&slot.outbox, d);
@@ -472,21 +481,24 @@ fn offer(slot: &mut Slot, d: Arc<Delivery>) -> Pushed {
                     // client explicitly instead of silently continuing in a new stream.
                     *epoch = d.msg.epoch.clone();
                     *last = d.msg.offset.saturating_sub(1);
-                    slot.outbox.push(Item::subscribed(
-                        None,
-                        d.msg.channel.clone(),
-                        StreamPosition {
-                            epoch: epoch.clone(),
-                            offset: *last,
-                        },
-                        false,
-                    ));
+                    slot.outbox.push_as(
+                        Item::subscribed(
+                            None,
+                            d.msg.channel.clone(),
+                            StreamPosition {
+                                epoch: epoch.clone(),
+                                offset: *last,
+                            },
+                            false,
+                        ),
+                        direct,
+                    );
                 }
             } else if d.msg.offset <= *last {
                 return Pushed::Queued; // already delivered (the resume seam)
             }
             *last = d.msg.offset;
-            slot.outbox.push(Item::Message(d))
+            slot.outbox.push_as(Item::Message(d), direct)
         }
     }
 }

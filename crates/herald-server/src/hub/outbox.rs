@@ -332,11 +332,20 @@ impl Outbox {
     /// Writes `item` to the socket if the connection is idle, else queues it for the writer.
     /// A live push that would exceed the bounds closes the outbox as a slow consumer instead.
     pub fn push(&self, item: Item) -> Pushed {
+        self.push_as(item, true)
+    }
+
+    /// [`Outbox::push`], writing directly only if `direct` (else always queued).
+    pub fn push_as(&self, item: Item, direct: bool) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return Pushed::Refused;
         }
-        let (written, rest) = inner.write_direct(item);
+        let (written, rest) = if direct {
+            inner.write_direct(item)
+        } else {
+            (None, Some(item))
+        };
         let Some(item) = rest else {
             // Nothing changed but the socket.
             return written.map_or(Pushed::Queued, Pushed::Written);

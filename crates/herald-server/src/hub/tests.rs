@@ -509,3 +509,52 @@ async fn a_subscribe_dropped_before_it_is_live_leaves_nothing_behind() {
         "the buffering slot was removed"
     );
 }
+
+/// Counts the messages written to it; takes everything.
+#[derive(Default)]
+struct CountingWire(std::sync::atomic::AtomicUsize);
+
+impl Wire for CountingWire {
+    fn try_write(&self, item: Item) -> Sent {
+        if matches!(item, Item::Message(_)) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        Sent::Whole
+    }
+
+    fn transport(&self) -> &'static str {
+        "test"
+    }
+}
+
+#[tokio::test]
+async fn one_message_is_written_directly_to_a_bounded_number_of_subscribers() {
+    let hub = hub();
+    let n = DIRECT_WRITES_PER_MESSAGE + 6;
+    let mut subs = Vec::new();
+    for conn in 0..n as u64 {
+        let (o, wire) = (outbox(), Arc::new(CountingWire::default()));
+        hub.subscribe(conn, &o, &ch("big"), None, None)
+            .await
+            .expect("sub");
+        drain(&o).await; // the `subscribed` frame
+        // The writer comes back for more and finds nothing: the connection is idle.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(o.poll_take(&mut cx, &mut Default::default()).is_pending());
+        o.attach(wire.clone());
+        subs.push((o, wire));
+    }
+    publish(&hub, "big", 1).await;
+    let written = subs.iter().filter(|(_, w)| w.0.load(Ordering::Relaxed) == 1);
+    assert_eq!(written.count(), DIRECT_WRITES_PER_MESSAGE);
+    // The others have it queued for their writers, in order as always.
+    let mut queued = 0;
+    for (o, w) in &subs {
+        if w.0.load(Ordering::Relaxed) == 0 {
+            assert_eq!(o.queued().0, 1);
+            assert_eq!(drain(o).await.1, vec![1]);
+            queued += 1;
+        }
+    }
+    assert_eq!(queued, 6);
+}
