@@ -461,6 +461,10 @@ options! {
     /// Most members one presence listing returns (WebSocket `presence`, GET .../presence); a larger room's listing says `truncated: true` (its counts stay exact). [default: 1000]
     presence_list_max: usize = 1000, env = "HERALD_PRESENCE_LIST_MAX", parse = parse_usize;
     // ---- end of rooms ----
+    // --- runtime (issue 12: fan-out performance, docs/benchmarks.md) ---
+    /// Runtime worker threads. 0: one per CPU. Several nodes on one machine: give each its share of the cores (two nodes on two cores spend less CPU per delivery with 1 each). [default: 0]
+    worker_threads: usize = 0, env = "HERALD_WORKER_THREADS", parse = parse_usize;
+    // --- end of runtime ---
     /// Log format: human or json. [default: human]
     log_format: LogFormat = LogFormat::Human, env = "HERALD_LOG_FORMAT", parse = parse_log_format;
     /// Log filter (tracing env-filter syntax, e.g. info or herald_server=debug; checked at start). [default: info]

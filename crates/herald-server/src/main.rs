@@ -56,10 +56,11 @@ fn main() -> std::process::ExitCode {
     }
     // Every connection is a file: use the whole hard limit (max_connections derives from it).
     herald_server::limits::fds::raise_open_file_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             say!("herald: cannot start the runtime: {e}");

@@ -545,7 +545,9 @@ async fn one_message_is_written_directly_to_a_bounded_number_of_subscribers() {
         subs.push((o, wire));
     }
     publish(&hub, "big", 1).await;
-    let written = subs.iter().filter(|(_, w)| w.0.load(Ordering::Relaxed) == 1);
+    let written = subs
+        .iter()
+        .filter(|(_, w)| w.0.load(Ordering::Relaxed) == 1);
     assert_eq!(written.count(), DIRECT_WRITES_PER_MESSAGE);
     // The others have it queued for their writers, in order as always.
     let mut queued = 0;
