@@ -110,18 +110,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port -> a port below the kernel's ephemeral range (where clients' local ports and port-0
-# listeners land, so a port free now cannot be taken by someone's outgoing connection before
-# nginx binds it) that no TCP socket uses, in any state.
-free_port() {
-  local p lo
-  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-  [ "$lo" -gt 11000 ] || lo=32768
-  while :; do
-    p=$((10000 + RANDOM % (lo - 10000)))
-    [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return; }
-  done
-}
+# free_port, cpu_ticks, wait_url
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
@@ -139,12 +130,7 @@ start_herald() {
   "$HERALD" --listen 127.0.0.1:0 --redis-url "$REDIS_URL" --log-level warn "$@" >"$log" 2>&1 &
   HPID=$!
   PIDS+=("$HPID")
-  for _ in $(seq 100); do
-    HURL=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
-    [ -n "$HURL" ] && break
-    sleep 0.1
-  done
-  [ -n "$HURL" ] || { echo "herald $log did not start"; cat "$log"; exit 1; }
+  HURL=$(wait_url "$log")
   echo "herald $(basename "$log" .log) $HURL pid $HPID"
 }
 
@@ -211,13 +197,7 @@ start_baseline() {
   "$LT" --threads "$BL_THREADS" baseline --listen 127.0.0.1:0 >"$log" 2>&1 &
   BPID=$!
   PIDS+=("$BPID")
-  BURL=
-  for _ in $(seq 100); do
-    BURL=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
-    [ -n "$BURL" ] && break
-    sleep 0.1
-  done
-  [ -n "$BURL" ] || { echo "baseline $log did not start"; cat "$log"; exit 1; }
+  BURL=$(wait_url "$log")
   echo "baseline $1 $BURL pid $BPID ($BL_THREADS thread(s))"
 }
 
@@ -236,16 +216,6 @@ stop_pid() {
 }
 
 TCK=$(getconf CLK_TCK)
-# cpu_ticks PID... -> sum of utime+stime
-cpu_ticks() {
-  local p t=0 v
-  for p in "$@"; do
-    # Fields after the command (which is in parentheses and may hold spaces).
-    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
 # machine_ticks -> busy ticks of all CPUs (user+nice+system+irq+softirq+steal), /proc/stat
 machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
 # children_cpu -> user+sys seconds of this shell's finished children (bash `times`). `times`

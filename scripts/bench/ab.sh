@@ -36,22 +36,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 12000))
-    [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return; }
-  done
-}
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-  local p t=0 v
-  for p in "$@"; do
-    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
-    t=$((t + ${v:-0}))
-  done
-  echo "$t"
-}
 
 RPORT=$(free_port)
 redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no --maxclients 20000 \
@@ -68,13 +55,7 @@ start() {
     --log-level warn $flags >"$log" 2>&1 &
   HPID=$!
   PIDS+=("$HPID")
-  HURL=
-  for _ in $(seq 100); do
-    HURL=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
-    [ -n "$HURL" ] && break
-    sleep 0.1
-  done
-  [ -n "$HURL" ] || { echo "herald $log did not start"; cat "$log"; exit 1; }
+  HURL=$(wait_url "$log")
 }
 stop() { local p; for p in "$@"; do kill -9 "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 

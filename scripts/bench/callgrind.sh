@@ -17,6 +17,8 @@ shift
 OUT=$ROOT/target/bench/callgrind-$TR-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$OUT"
 C=${CG_C:-10} S=${CG_S:-20} RATE=${CG_RATE:-40}
+# shellcheck source=scripts/bench/lib.sh
+source "$ROOT/scripts/bench/lib.sh"
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done' EXIT
 
@@ -34,13 +36,7 @@ for v in "$@"; do
     "$dir/herald" --listen 127.0.0.1:0 --log-level warn >"$log" 2>&1 &
   pid=$!
   PIDS+=("$pid")
-  url=
-  for _ in $(seq 600); do
-    url=$(grep -o 'http://[0-9.:]*' "$log" | head -1 || true)
-    [ -n "$url" ] && break
-    sleep 0.1
-  done
-  [ -n "$url" ] || { echo "$name did not start"; cat "$log"; exit 1; }
+  url=$(wait_url "$log" 600) # valgrind starts slowly
   callgrind_control -d "$pid" >/dev/null # startup, discarded
   declare -A ir=() got=()
   for phase in short long; do

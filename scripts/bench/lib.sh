@@ -1,0 +1,39 @@
+# Shared by scripts/bench.sh, ab.sh and callgrind.sh: sourced, not run.
+
+# free_port: a port below the kernel's ephemeral range (where clients' local ports and port-0
+# listeners land, so a port free now cannot be taken by someone's outgoing connection before
+# nginx binds it) that no TCP socket uses, in any state.
+free_port() {
+  local p lo
+  lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+  [ "$lo" -gt 11000 ] || lo=32768
+  while :; do
+    p=$((10000 + RANDOM % (lo - 10000)))
+    [ -z "$(ss -Htan "sport = :$p")" ] && { echo "$p"; return; }
+  done
+}
+
+# cpu_ticks PID...: their utime+stime, in clock ticks (getconf CLK_TCK per second).
+cpu_ticks() {
+  local p t=0 v
+  for p in "$@"; do
+    # Fields after the command (which is in parentheses and may hold spaces).
+    v=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || v=0
+    t=$((t + ${v:-0}))
+  done
+  echo "$t"
+}
+
+# wait_url LOG [TENTHS]: the http:// URL a server printed to LOG, waiting up to TENTHS/10 s
+# (default 10 s); prints LOG and exits when none came.
+wait_url() {
+  local url="" _
+  for _ in $(seq "${2:-100}"); do
+    url=$(grep -o 'http://[0-9.:]*' "$1" | head -1 || true)
+    [ -n "$url" ] && { echo "$url"; return; }
+    sleep 0.1
+  done
+  echo "no URL in $1:" >&2
+  cat "$1" >&2
+  exit 1
+}
