@@ -16,6 +16,8 @@ pub use presence::{Presence, RoomPolicy, RoomsConfig};
 pub use redis::{
     Durability, RedisBroker, RedisConfig, RedisStats, RedisStatsSnapshot, Secret, TlsFiles,
 };
+#[doc(hidden)]
+pub use redis::{Gate, Hold};
 
 /// Unix time in microseconds (for `Message::published_at_us`).
 pub fn now_us() -> u64 {

@@ -14,12 +14,14 @@ mod commands;
 mod config;
 mod durability;
 mod endpoint;
+mod hooks;
 pub(crate) mod keys;
 mod probe;
 mod pubsub;
 mod relay;
 mod scripts;
 mod sentinel;
+mod serial;
 mod slots;
 mod stats;
 mod supervisor;
@@ -27,6 +29,8 @@ mod url;
 
 pub use broker::RedisBroker;
 pub use config::{Durability, RedisConfig, Secret, TlsFiles};
+#[doc(hidden)]
+pub use hooks::{Gate, Hold};
 pub use stats::{RedisStats, RedisStatsSnapshot};
 pub use url::{redact_url, validate_url};
 

@@ -487,6 +487,7 @@ impl Metrics {
             ("primary_switch", snap.primary_switches),
             ("replica_ack_timeout", snap.replica_ack_timeouts),
             ("history_reset", snap.history_resets),
+            ("relay_overflow", snap.relay_overflows),
         ] {
             let c = self.backbone.with_label_values(&[event]);
             c.inc_by(value.saturating_sub(c.get()));

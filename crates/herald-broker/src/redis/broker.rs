@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -25,21 +24,20 @@ use super::{
     config::Durability,
     durability::{Barrier, Site},
     endpoint::{self, Endpoint},
+    hooks::{Gate, Hold, Hooks},
     keys,
     probe::{self, Probes},
     pubsub::PubSub,
     relay::{self, Event, Slot},
     scripts::{self, ReadReply},
-    sentinel, supervisor,
+    sentinel,
+    serial::ChannelLocks,
+    supervisor,
 };
 use crate::{
     Broker, BrokerError, History, HistoryQuery, Published, Retention, Sink, Start, now_us,
     presence::{Presence, redis::RedisPresence},
 };
-
-/// Subscribe/unsubscribe of one channel are serialised (so SUBSCRIBE and UNSUBSCRIBE cannot
-/// overtake each other) by one of this many locks.
-const SUB_LOCKS: usize = 64;
 
 /// State shared by the broker handle and its tasks.
 pub(crate) struct Shared {
@@ -52,15 +50,19 @@ pub(crate) struct Shared {
     read_script: Script,
     reset_script: Script,
     pub channels: Mutex<HashMap<ChannelName, Slot>>,
-    pub sub_locks: Box<[tokio::sync::Mutex<()>]>,
-    hasher: RandomState,
+    /// Serialises subscribe and unsubscribe per channel.
+    pub sub_locks: ChannelLocks,
     /// The current pub/sub connection, `None` while reconnecting.
     pub pubsub: RwLock<Option<PubSub>>,
     /// True once the current connection is subscribed to every channel.
     pub connected: watch::Sender<bool>,
     /// The newest pub/sub connection generation known to be broken.
     pub broken: watch::Sender<u64>,
-    pub events: mpsc::UnboundedSender<Event>,
+    /// The relay's queue (bounded: see [`relay::accept`]).
+    pub events: mpsc::Sender<Event>,
+    /// A live push found the relay's queue full and was dropped: history must fill in.
+    pub overflowed: AtomicBool,
+    pub hooks: Hooks,
     pub probes: Probes,
     pub stats: Arc<RedisStats>,
     /// Some channel owes a history read that failed; the relay retries.
@@ -74,10 +76,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn shard_of(&self, channel: &ChannelName) -> usize {
-        self.hasher.hash_one(channel.as_str()) as usize % self.sub_locks.len()
-    }
-
     pub(crate) fn mark_broken(&self, generation: u64) {
         self.broken.send_if_modified(|b| {
             let newer = generation > *b;
@@ -304,7 +302,7 @@ impl RedisBroker {
             Some(id) => id.clone(),
             None => format!("{:016x}", rand::random::<u64>()),
         };
-        let (events, events_rx) = mpsc::unbounded_channel();
+        let (events, events_rx) = mpsc::channel(config.relay_queue.max(1));
         let rooms = config.rooms.clone();
         let shared = Arc::new(Shared {
             probes: Probes::new(node_id.clone()),
@@ -316,14 +314,13 @@ impl RedisBroker {
             read_script: Script::new(scripts::READ),
             reset_script: Script::new(scripts::RESET),
             channels: Mutex::new(HashMap::new()),
-            sub_locks: (0..SUB_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
-                .collect(),
-            hasher: RandomState::new(),
+            sub_locks: ChannelLocks::default(),
             pubsub: RwLock::new(None),
             connected: watch::Sender::new(false),
             broken: watch::Sender::new(0),
             events,
+            overflowed: AtomicBool::new(false),
+            hooks: Hooks::default(),
             stats,
             stale: AtomicBool::new(false),
             unreachable: AtomicBool::new(false),
@@ -412,6 +409,12 @@ impl RedisBroker {
         }
     }
 
+    /// Test hook: holds the work `hold` names until the returned gate is released.
+    #[doc(hidden)]
+    pub fn debug_hold(&self, hold: Hold) -> Arc<Gate> {
+        self.shared.hooks.arm(hold)
+    }
+
     /// Waits (up to `timeout`) until the pub/sub connection is up. With `fail_fast` (subscribes)
     /// it fails at once while Redis is known to be unreachable (a reconnect attempt failed), so
     /// subscribers get their 503 without waiting out the timeout.
@@ -491,9 +494,9 @@ impl Broker for RedisBroker {
         sink: Arc<dyn Sink>,
     ) -> Result<(), BrokerError> {
         let s = &self.shared;
-        // Before the shard lock: the supervisor takes the shard locks while resubscribing.
         self.wait_connected(true).await?;
-        let _guard = s.sub_locks[s.shard_of(channel)].lock().await;
+        // This channel's lock only: subscribes to other channels go on meanwhile.
+        let _guard = s.sub_locks.lock(channel).await;
         let sub = s.next_sub.fetch_add(1, Ordering::Relaxed);
         s.channels
             .lock()
@@ -505,6 +508,7 @@ impl Broker for RedisBroker {
                 BrokerError::Unavailable("redis pub/sub connection is down".into())
             })?;
             conn.subscribe(std::slice::from_ref(&backbone)).await?;
+            s.hooks.pass(&Hold::Subscribe(channel.clone())).await;
             // Only now, with the subscription confirmed, is the top a safe baseline: every
             // later publish reaches this node live.
             let top = s.read(channel, &HistoryQuery::top(), false).await?.top;
@@ -519,6 +523,7 @@ impl Broker for RedisBroker {
                         sub,
                         top,
                     })
+                    .await
                     .map_err(|_| BrokerError::Internal("relay stopped".into()))?;
                 Ok(())
             }
@@ -535,7 +540,7 @@ impl Broker for RedisBroker {
 
     async fn unsubscribe(&self, channel: &ChannelName) {
         let s = &self.shared;
-        let _guard = s.sub_locks[s.shard_of(channel)].lock().await;
+        let _guard = s.sub_locks.lock(channel).await;
         if s.channels.lock().remove(channel).is_some() {
             let conn = s.pubsub.read().clone();
             if let Some(conn) = conn {

@@ -107,6 +107,10 @@ pub struct RedisConfig {
     /// The largest stored payload to expect (largest message data plus its header); sizes the
     /// chunks a history read takes from the stream so a page stays within `page_bytes`.
     pub max_entry_bytes: usize,
+    /// Most live messages waiting for the relay (the task that hands them to subscribers in
+    /// order). When it is full, further live messages are dropped and every channel reads them
+    /// back from history instead: a relay that falls behind costs reads, never memory.
+    pub relay_queue: usize,
     /// How often the pub/sub connection is checked by publishing to this node's probe channel.
     pub probe_interval: Duration,
     /// How long a probe may take to come back before the pub/sub connection is declared dead.
@@ -143,6 +147,7 @@ impl Default for RedisConfig {
             timeout: Duration::from_secs(2),
             page_bytes: 256 << 10,
             max_entry_bytes: (64 << 10) + 512,
+            relay_queue: 65_536,
             probe_interval: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(2),
             node_id: None,
@@ -171,6 +176,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("timeout", &self.timeout)
             .field("page_bytes", &self.page_bytes)
             .field("max_entry_bytes", &self.max_entry_bytes)
+            .field("relay_queue", &self.relay_queue)
             .field("probe_interval", &self.probe_interval)
             .field("probe_timeout", &self.probe_timeout)
             .field("node_id", &self.node_id)

@@ -3,13 +3,13 @@
 //! messages arrive as push frames on the same multiplexed connection that confirms the
 //! subscribe commands.
 //!
-//! Every push is tagged with the connection's generation before it enters the relay queue, so
-//! the relay can tell a disconnect of the current connection from the death rattle of one the
-//! supervisor already replaced.
+//! Every push is tagged with the connection's generation and handed to [`relay::accept`], so
+//! a disconnect of the current connection is told from the death rattle of one the supervisor
+//! already replaced.
 
 use std::{
     sync::{
-        Arc,
+        Arc, Weak,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -17,9 +17,8 @@ use std::{
 
 use futures_util::future::try_join_all;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo};
-use tokio::sync::mpsc::UnboundedSender;
 
-use super::{commands::classify, endpoint::Endpoint, relay::Event};
+use super::{Shared, commands::classify, endpoint::Endpoint, relay};
 use crate::BrokerError;
 
 #[derive(Clone)]
@@ -45,7 +44,7 @@ impl PubSub {
     pub(crate) async fn connect(
         endpoint: &Endpoint,
         generation: u64,
-        events: UnboundedSender<Event>,
+        shared: Weak<Shared>,
         timeout: Duration,
     ) -> Result<Self, BrokerError> {
         let muted = Arc::new(AtomicBool::new(false));
@@ -54,7 +53,9 @@ impl PubSub {
             if gate.load(Ordering::Relaxed) && info.kind != redis::PushKind::Disconnection {
                 return Ok(());
             }
-            events.send(Event::Push { generation, info }).map_err(drop)
+            // Weak: the connection lives in `Shared`; once the broker is gone, pushes are too.
+            let shared = shared.upgrade().ok_or(())?;
+            relay::accept(&shared, generation, info)
         };
         let unavailable =
             |e: redis::RedisError| BrokerError::Unavailable(format!("redis pub/sub: {e}"));

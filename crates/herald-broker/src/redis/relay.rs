@@ -1,18 +1,28 @@
 //! The relay: the one task that turns backbone pushes into sink deliveries, per channel in
 //! offset order, exactly once, filling node-level gaps from history first.
 //!
-//! Every push, baseline and resync goes through one queue into this task, so per-channel state
-//! (the cursor = last offset handed to the sink) has a single writer and deliveries for one
-//! channel can never race. A message that does not continue the cursor is parked in the
-//! channel's `pending` queue while the gap before it is read from history (the same read script
-//! as `Broker::history`, in "follow" mode so an epoch change reads the new epoch from its
-//! start); then whatever is parked and newer than the cursor is delivered. After a read, a gap
-//! that history could not fill (trimmed or expired) is skipped rather than waited for, and a
-//! new epoch is delivered as-is: the hub detects it.
+//! Every push, baseline and resync goes through one bounded queue into this task, so
+//! per-channel state (the cursor = last offset handed to the sink) has a single writer and
+//! deliveries for one channel can never race: only this task calls a sink. A message that does
+//! not continue the cursor is parked in the channel's `pending` queue while the gap before it is
+//! read from history (the same read script as `Broker::history`, in "follow" mode so an epoch
+//! change reads the new epoch from its start); then whatever is parked and newer than the
+//! cursor is delivered. After a read, a gap that history could not fill (trimmed or expired) is
+//! skipped rather than waited for, and a new epoch is delivered as-is: the hub detects it.
 //!
 //! A read happens when a message skips ahead, when the epoch changes, after every (re)connect
-//! (`Resync`: anything published while the connection was down), and on a timer for channels
-//! whose read failed. While it is awaited the queue simply grows; nothing is lost.
+//! (`Resync`: anything published while the connection was down), when the queue overflowed,
+//! and on a timer for channels whose read failed. Reads never run on the relay loop: each is
+//! its own task ([`fill`], at most [`FILL_CONCURRENCY`] reading at once, one per channel),
+//! whose result comes back to the loop as a [`Filled`]. So a slow read stalls only its own
+//! channel, whose live messages wait parked meanwhile (at most [`MAX_PENDING`]).
+//!
+//! The queue is bounded ([`RedisConfig::relay_queue`](super::RedisConfig)): a push that finds it
+//! full is dropped and counted, and every channel then reads history before delivering more,
+//! which brings back exactly what was dropped. Memory stays bounded however far the relay falls
+//! behind. Disconnects and self-probe echoes never enter the queue: the pub/sub connection's
+//! push handler acts on them at once ([`accept`]), so a probe is never late because of a busy
+//! relay.
 //!
 //! A read also checks that history still contains what this node delivered ([`lost`]): after a
 //! failover to a replica that had not received the last messages the channel moves to a new
@@ -27,29 +37,31 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use herald_core::{ChannelName, Epoch, Message, StreamPosition};
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, Receiver, error::TrySendError};
 
-use super::{RedisStats, Shared, codec};
-use crate::{HistoryQuery, Sink};
+use super::{RedisStats, Shared, codec, hooks::Hold};
+use crate::Sink;
 
+mod fill;
 mod held;
 mod lost;
 
+use fill::Fills;
 use held::Held;
 
-/// Fills run concurrently across channels after a reconnect, at most this many at once.
+/// Gap fills read concurrently across channels (after a reconnect, say), at most this many at
+/// once; the others wait for a turn.
 const FILL_CONCURRENCY: usize = 16;
 /// How often channels whose gap read failed are retried.
 const RETRY_PERIOD: Duration = Duration::from_secs(1);
-/// Most messages parked per channel while its gap cannot be read; the oldest go first (they
-/// are the ones history will return once it can be read again).
+/// Most messages parked per channel while its gap is read or cannot be read; the oldest go
+/// first (history returns them: the channel reads it again before delivering more).
 const MAX_PENDING: usize = 10_000;
 
 pub(crate) enum Event {
-    /// A push frame from pub/sub connection generation `generation`.
+    /// A live message from pub/sub connection generation `generation`.
     Push { generation: u64, info: PushInfo },
     /// `subscribe` confirmed subscription `sub` and read the channel's top: live messages
     /// after `top` are what the sink gets.
@@ -71,10 +83,15 @@ pub(crate) struct Slot {
     cursor: Option<StreamPosition>,
     /// Messages received but not yet delivered, in arrival order.
     pending: VecDeque<Arc<Message>>,
-    /// History must be read before the next delivery (after a reconnect or a failed read).
+    /// History must be read before the next delivery (after a reconnect, an overflow or a
+    /// failed read).
     needs_fill: bool,
+    /// A read of this channel is in flight: nothing is delivered until it is back.
+    filling: bool,
+    /// A fill was owed while a read was in flight, which may have read too early: read again.
+    refill: bool,
     /// The last read failed: only the retry timer reads again, so a struggling Redis is not
-    /// asked once per live message while the relay waits on each attempt.
+    /// asked once per live message.
     read_failed: bool,
     /// The last message handed to the sink, to check that history still holds it.
     last: Option<Arc<Message>>,
@@ -88,61 +105,111 @@ impl Slot {
             cursor: None,
             pending: VecDeque::new(),
             needs_fill: false,
+            filling: false,
+            refill: false,
             read_failed: false,
             last: None,
         }
     }
+
+    /// History must be read before anything more is delivered.
+    fn owe_fill(&mut self) {
+        self.needs_fill = true;
+        self.refill |= self.filling;
+    }
 }
 
-/// Every channel reads history before delivering more (live messages were dropped).
+/// Every channel reads history before delivering more (live messages were dropped); the
+/// retry tick starts the reads.
 fn owe_fill_everywhere(shared: &Shared) {
     for slot in shared.channels.lock().values_mut() {
-        slot.needs_fill = true;
+        slot.owe_fill();
     }
     shared.stale.store(true, Ordering::Relaxed);
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, mut events: UnboundedReceiver<Event>) {
+/// The pub/sub connection's push handler (called by the connection's driver, must not block).
+/// Disconnects and probe echoes are acted on here; live messages go into the relay's queue, or
+/// are dropped and owed from history when it is full. `Err` only once the relay stopped.
+pub(crate) fn accept(shared: &Shared, generation: u64, info: PushInfo) -> Result<(), ()> {
+    match info.kind {
+        PushKind::Disconnection => {
+            shared.mark_broken(generation);
+            return Ok(());
+        }
+        PushKind::Message | PushKind::SMessage => {}
+        _ => return Ok(()), // subscription confirmations and the like
+    }
+    if let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
+        (info.data.first(), info.data.get(1))
+        && shared.probes.on_push(channel, payload)
+    {
+        return Ok(());
+    }
+    match shared.events.try_send(Event::Push { generation, info }) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            if !shared.overflowed.swap(true, Ordering::AcqRel) {
+                tracing::warn!("redis relay queue full: dropping live messages, history fills in");
+            }
+            RedisStats::inc(&shared.stats.relay_overflows);
+            Ok(())
+        }
+        Err(TrySendError::Closed(_)) => Err(()),
+    }
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, mut events: Receiver<Event>) {
     let mut retry = tokio::time::interval(RETRY_PERIOD);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (filled_tx, mut filled) = mpsc::unbounded_channel();
+    let fills = Fills::new(filled_tx, FILL_CONCURRENCY);
     let mut held = Held::default();
     loop {
         held.start(&shared);
         tokio::select! {
-            event = events.recv() => match event {
-                Some(Event::Push { generation, info }) if Held::takes(&shared, &info) => {
-                    held.hold(&shared, generation, info);
-                }
-                Some(event) => {
-                    if matches!(event, Event::Resync) {
-                        held.clear();
+            event = events.recv() => {
+                shared.hooks.pass(&Hold::Relay).await;
+                match event {
+                    Some(Event::Push { generation, info }) if Held::takes(&shared, &info) => {
+                        held.hold(&shared, generation, info);
                     }
-                    handle(&shared, event).await;
+                    Some(event) => {
+                        if matches!(event, Event::Resync) {
+                            held.clear();
+                        }
+                        handle(&shared, &fills, event);
+                    }
+                    None => return,
                 }
-                None => return,
-            },
+                if shared.overflowed.swap(false, Ordering::AcqRel) {
+                    // Pushes were dropped: every channel reads history before delivering more.
+                    for slot in shared.channels.lock().values_mut() {
+                        slot.owe_fill();
+                    }
+                    sync_all(&shared, &fills, |slot| slot.needs_fill, false);
+                }
+            }
+            // The loop holds a sender, so this never ends.
+            Some(done) = filled.recv() => fill::finish(&shared, &fills, done),
             Some((lane, result)) = held.confirmed(), if held.confirming() => {
                 for info in held.finish(&shared, lane, result) {
-                    on_push(&shared, info.data).await;
+                    on_push(&shared, &fills, info.data);
                 }
             }
             _ = retry.tick() => {
                 held.retry();
                 if shared.stale.swap(false, Ordering::Relaxed) {
-                    sync_all(&shared, |slot| slot.needs_fill, true).await;
+                    sync_all(&shared, &fills, |slot| slot.needs_fill, true);
                 }
             }
         }
     }
 }
 
-async fn handle(shared: &Shared, event: Event) {
+fn handle(shared: &Arc<Shared>, fills: &Fills, event: Event) {
     match event {
-        Event::Push { generation, info } => match info.kind {
-            PushKind::Disconnection => shared.mark_broken(generation),
-            PushKind::Message | PushKind::SMessage => on_push(shared, info.data).await,
-            _ => {}
-        },
+        Event::Push { info, .. } => on_push(shared, fills, info.data),
         Event::Baseline { channel, sub, top } => {
             if let Some(slot) = shared.channels.lock().get_mut(&channel)
                 && slot.sub == sub
@@ -151,28 +218,24 @@ async fn handle(shared: &Shared, event: Event) {
                 slot.cursor = Some(top);
                 slot.last = None;
             }
-            sync(shared, &channel, sub, false).await;
+            sync(shared, fills, &channel, sub, false, None);
         }
         Event::Resync => {
             for slot in shared.channels.lock().values_mut() {
-                slot.needs_fill = true;
+                slot.owe_fill();
             }
-            sync_all(shared, |slot| slot.needs_fill, true).await;
+            sync_all(shared, fills, |slot| slot.needs_fill, true);
         }
     }
 }
 
-async fn on_push(shared: &Shared, data: Vec<Value>) {
+fn on_push(shared: &Arc<Shared>, fills: &Fills, data: Vec<Value>) {
     let mut data = data.into_iter();
-    let (Some(Value::BulkString(channel)), Some(Value::BulkString(payload))) =
-        (data.next(), data.next())
+    let (Some(Value::BulkString(_)), Some(Value::BulkString(payload))) = (data.next(), data.next())
     else {
         RedisStats::inc(&shared.stats.decode_errors);
         return;
     };
-    if shared.probes.on_push(&channel, &payload) {
-        return;
-    }
     let mut msg = match codec::decode(Bytes::from(payload)) {
         Ok(m) => m,
         Err(e) => {
@@ -194,16 +257,16 @@ async fn on_push(shared: &Shared, data: Vec<Value>) {
         let msg = Arc::new(msg);
         if slot.pending.len() >= MAX_PENDING {
             slot.pending.pop_front();
-            slot.needs_fill = true;
+            slot.owe_fill();
         }
         slot.pending.push_back(msg);
         slot.sub
     };
-    sync(shared, &channel, sub, false).await;
+    sync(shared, fills, &channel, sub, false, None);
 }
 
 /// Runs [`sync`] for every channel that `want`s it and has a baseline.
-async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool, retry: bool) {
+fn sync_all(shared: &Arc<Shared>, fills: &Fills, want: impl Fn(&Slot) -> bool, retry: bool) {
     let todo: Vec<(ChannelName, u64)> = shared
         .channels
         .lock()
@@ -211,126 +274,55 @@ async fn sync_all(shared: &Shared, want: impl Fn(&Slot) -> bool, retry: bool) {
         .filter(|(_, s)| s.cursor.is_some() && want(s))
         .map(|(c, s)| (c.clone(), s.sub))
         .collect();
-    futures_util::stream::iter(todo)
-        .for_each_concurrent(FILL_CONCURRENCY, |(channel, sub)| async move {
-            sync(shared, &channel, sub, retry).await;
-        })
-        .await;
+    for (channel, sub) in todo {
+        sync(shared, fills, &channel, sub, retry, None);
+    }
 }
 
-/// What [`sync`] must read before it can deliver more.
+/// What a fill must read before more of the channel can be delivered.
 struct Gap {
     cursor: StreamPosition,
     limit: usize,
 }
 
-/// Delivers `channel`'s pending messages that continue its cursor, reading history once when
-/// they do not (or when a fill is owed). After a failed read only a `retry` reads again.
-async fn sync(shared: &Shared, channel: &ChannelName, sub: u64, retry: bool) {
-    // Set after a history read: the channel's epoch at that point. Anything still parked after
-    // the read is delivered if it belongs to that epoch (its gap is unrecoverable) and dropped
-    // otherwise (an epoch that history no longer knows).
-    let mut read_epoch: Option<Epoch> = None;
-    loop {
-        let mut out = Vec::new();
-        let (sink, gap, last) = {
-            let mut map = shared.channels.lock();
-            let Some(slot) = map.get_mut(channel) else {
-                return;
-            };
-            if slot.sub != sub {
-                return;
-            }
-            let history_size = shared.retention(channel).size;
-            let gap = advance(slot, read_epoch.as_ref(), history_size, &mut out);
-            let gap = gap.filter(|_| retry || !slot.read_failed);
-            if let Some(m) = out.last() {
-                slot.last = Some(m.clone());
-            }
-            (slot.sink.clone(), gap, slot.last.clone())
+/// Delivers `channel`'s pending messages that continue its cursor, and starts a history read
+/// when they do not (or when a fill is owed), unless one is in flight. After a failed read only
+/// a `retry` reads again. `read_epoch`: the channel was just read, in that epoch (what is still
+/// parked is delivered as-is, see [`advance`]).
+fn sync(
+    shared: &Arc<Shared>,
+    fills: &Fills,
+    channel: &ChannelName,
+    sub: u64,
+    retry: bool,
+    read_epoch: Option<&Epoch>,
+) {
+    let mut out = Vec::new();
+    let (sink, read) = {
+        let mut map = shared.channels.lock();
+        let Some(slot) = map.get_mut(channel) else {
+            return;
         };
-        deliver(shared, &sink, out, false);
-        let Some(gap) = gap else { return };
-        if read_epoch.is_some() {
-            return; // a second read in one pass could only spin on a stale message
+        if slot.sub != sub || slot.filling {
+            return;
         }
-        RedisStats::inc(&shared.stats.gap_fills);
-        // Read from the last delivered message (when the cursor is one) to check it is still there.
-        let verify = last.filter(|m| m.position() == gap.cursor && m.offset > 0);
-        let since = match &verify {
-            Some(m) => StreamPosition {
-                epoch: m.epoch.clone(),
-                offset: m.offset - 1,
-            },
-            None => gap.cursor.clone(),
-        };
-        let limit = gap.limit.saturating_add(usize::from(verify.is_some()));
-        let query = HistoryQuery::after(since, limit, shared.cfg.page_bytes);
-        let result = shared.read(channel, &query, true).await;
-        let result = lost::reset_if_lost(
-            shared,
-            channel,
-            &gap.cursor,
-            verify.as_deref(),
-            result,
-            || shared.read(channel, &query, true),
-        )
-        .await;
-        let mut out = Vec::new();
-        {
-            let mut map = shared.channels.lock();
-            let Some(slot) = map.get_mut(channel) else {
-                return;
-            };
-            if slot.sub != sub {
-                return;
-            }
-            match result {
-                Err(e) => {
-                    tracing::warn!(%channel, error = %e, "gap fill from history failed; will retry");
-                    slot.needs_fill = true;
-                    slot.read_failed = true;
-                    shared.stale.store(true, Ordering::Relaxed);
-                    return;
-                }
-                Ok(reply) => {
-                    let mut cursor = gap.cursor;
-                    // Fewer messages than asked for, yet not up to the top: the page's byte
-                    // bound cut it.
-                    let cut = reply.messages.len() < limit
-                        && reply
-                            .messages
-                            .last()
-                            .is_some_and(|m| m.offset < reply.top.offset);
-                    for m in reply.messages {
-                        let newer = if m.epoch == cursor.epoch {
-                            m.offset > cursor.offset
-                        } else {
-                            m.epoch == reply.top.epoch
-                        };
-                        if newer {
-                            cursor = m.position();
-                            out.push(m);
-                        }
-                    }
-                    if let Some(m) = out.last() {
-                        slot.last = Some(m.clone());
-                    }
-                    slot.cursor = Some(cursor);
-                    slot.read_failed = false;
-                    if cut {
-                        // The page ended before the history did (reads are bounded pages):
-                        // read on before delivering anything parked.
-                        slot.needs_fill = true;
-                        read_epoch = None;
-                    } else {
-                        slot.needs_fill = false;
-                        read_epoch = Some(reply.top.epoch);
-                    }
-                }
-            }
+        let history_size = shared.retention(channel).size;
+        let gap = advance(slot, read_epoch, history_size, &mut out);
+        if let Some(m) = out.last() {
+            slot.last = Some(m.clone());
         }
-        deliver(shared, &sink, out, true);
+        // Right after a read, a second one could only spin on a stale message.
+        let read = gap
+            .filter(|_| read_epoch.is_none() && (retry || !slot.read_failed))
+            .map(|gap| {
+                slot.filling = true;
+                (gap, slot.last.clone())
+            });
+        (slot.sink.clone(), read)
+    };
+    deliver(shared, &sink, out, false);
+    if let Some((gap, last)) = read {
+        fills.start(shared, channel.clone(), sub, gap, last);
     }
 }
 

@@ -32,6 +32,8 @@ pub struct RedisStats {
     /// Channels whose history turned out to be behind what this node had delivered (a failover
     /// lost acknowledged messages): the channel was moved to a new epoch, an explicit reset.
     pub history_resets: AtomicU64,
+    /// Live messages dropped because the relay's queue was full (history filled them in).
+    pub relay_overflows: AtomicU64,
 }
 
 impl RedisStats {
@@ -55,6 +57,7 @@ impl RedisStats {
             primary_switches: get(&self.primary_switches),
             replica_ack_timeouts: get(&self.replica_ack_timeouts),
             history_resets: get(&self.history_resets),
+            relay_overflows: get(&self.relay_overflows),
         }
     }
 }
@@ -74,4 +77,5 @@ pub struct RedisStatsSnapshot {
     pub primary_switches: u64,
     pub replica_ack_timeouts: u64,
     pub history_resets: u64,
+    pub relay_overflows: u64,
 }

@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+use herald_core::ChannelName;
+
 use super::{RedisStats, Shared, keys, probe, pubsub::PubSub, relay::Event};
 use crate::BrokerError;
 
@@ -51,32 +53,44 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.5..1.5))
 }
 
-async fn establish(shared: &Shared, generation: u64) -> Result<(), BrokerError> {
+/// Channels subscribed per SUBSCRIBE command while resubscribing.
+const RESUBSCRIBE_BATCH: usize = 1000;
+
+async fn establish(shared: &Arc<Shared>, generation: u64) -> Result<(), BrokerError> {
     let conn = PubSub::connect(
         &shared.endpoint,
         generation,
-        shared.events.clone(),
+        Arc::downgrade(shared),
         shared.cfg.timeout,
     )
     .await?;
     conn.subscribe(&probe::plan(shared).await?).await?;
     *shared.pubsub.write() = Some(conn.clone());
-    // Under each shard's lock, so a concurrent subscribe/unsubscribe is either seen here or
-    // runs on this connection afterwards.
-    for shard in 0..shared.sub_locks.len() {
-        let _guard = shared.sub_locks[shard].lock().await;
-        let names: Vec<String> = shared
-            .channels
-            .lock()
-            .keys()
-            .filter(|c| shared.shard_of(c) == shard)
-            .map(keys::backbone)
-            .collect();
+    // No lock is held across these round trips. A subscribe inserts its channel before it
+    // looks for the connection: one that found the previous connection (or none) inserted
+    // before the line above, so it is in this list; one that finds this connection subscribes
+    // on it itself (a second SUBSCRIBE is harmless).
+    let channels: Vec<ChannelName> = shared.channels.lock().keys().cloned().collect();
+    for batch in channels.chunks(RESUBSCRIBE_BATCH) {
+        let names: Vec<String> = batch.iter().map(keys::backbone).collect();
         conn.subscribe(&names).await?;
+    }
+    // A channel unsubscribed meanwhile may have been subscribed again just above: undo that
+    // under its lock, so it cannot overtake a subscribe of the same channel.
+    let gone: Vec<&ChannelName> = {
+        let map = shared.channels.lock();
+        channels.iter().filter(|c| !map.contains_key(*c)).collect()
+    };
+    for channel in gone {
+        let _guard = shared.sub_locks.lock(channel).await;
+        if !shared.channels.lock().contains_key(channel) {
+            conn.unsubscribe(&keys::backbone(channel)).await;
+        }
     }
     shared
         .events
         .send(Event::Resync)
+        .await
         .map_err(|_| BrokerError::Internal("relay stopped".into()))?;
     shared.connected.send_replace(true);
     Ok(())
