@@ -102,10 +102,12 @@ return {0, epoch .. ':' .. offset, node}
 /// Never creates anything: a channel without meta reads as `{'', 0}`. An existing meta key's TTL
 /// is refreshed, so a channel that is read (subscribed) keeps its epoch while it is quiet.
 ///
-/// Redis runs one script at a time, so this one stays short: it copies at most one page (plus
-/// one entry) out of the stream, in chunks sized by the largest possible entry, and the expired
-/// head of the stream is found by binary search (a few single-entry reads) and trimmed with one
-/// XTRIM, never by walking it.
+/// Redis runs one script at a time, so this one stays short: it copies at most one page out of
+/// the stream, in XRANGE chunks of at most 64 entries sized so that a chunk of entries like the
+/// largest seen so far fits the page (the first chunk assumes the largest possible entry). So a
+/// call copies at most `max bytes` plus one chunk, and that overshoot is 64 large entries only
+/// once (after a large entry, chunks shrink). The expired head of the stream is found by binary
+/// search (a few single-entry reads) and trimmed with one XTRIM, never by walking it.
 pub(crate) const READ: &str = r#"
 local node = ''
 if ARGV[8] == '1' then node = redis.call('CLUSTER', 'MYID') end
@@ -159,15 +161,18 @@ if head and head_t < cutoff then
   redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d', hi) .. '-0')
 end
 local budget = tonumber(ARGV[6]) or 0
-local entry_max = math.max(tonumber(ARGV[7]) or 1, 1)
-local used, n, next_offset = 0, 0, after + 1
+-- Chunks are sized by the largest entry seen so far (the largest possible one at first), so
+-- small messages come 64 at a time, not budget / max-entry (3 for the defaults) at a time.
+local seen_max = math.max(tonumber(ARGV[7]) or 1, 1)
+local used, n, next_offset, first = 0, 0, after + 1, true
 while n < limit do
-  local chunk = math.min(math.max(math.floor((budget - used) / entry_max), 1), limit - n, 64)
+  local chunk = math.min(math.max(math.floor((budget - used) / seen_max), 1), limit - n, 64)
   local entries = redis.call('XRANGE', KEYS[2], string.format('%d', next_offset) .. '-0', '+',
     'COUNT', chunk)
   for _, e in ipairs(entries) do
     local p = payload_of(e, 'p')
     if p then
+      if first or #p > seen_max then seen_max, first = math.max(#p, 1), false end
       if n > 0 and used + #p > budget then return out end
       out[#out + 1] = p
       used = used + #p
