@@ -1,4 +1,4 @@
-# Shared by scripts/bench.sh, ab.sh and callgrind.sh: sourced, not run.
+# Shared by scripts/bench.sh and the scripts in scripts/bench/: sourced, not run.
 
 # free_port: a port below the kernel's ephemeral range (where clients' local ports and port-0
 # listeners land, so a port free now cannot be taken by someone's outgoing connection before
@@ -13,7 +13,10 @@ free_port() {
   done
 }
 
-# cpu_ticks PID...: their utime+stime, in clock ticks (getconf CLK_TCK per second).
+# Clock ticks per second of cpu_ticks.
+TCK=$(getconf CLK_TCK)
+
+# cpu_ticks PID...: their utime+stime, in clock ticks (TCK per second).
 cpu_ticks() {
   local p t=0 v
   for p in "$@"; do

@@ -47,14 +47,8 @@ cleanup() { for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wa
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  local p
-  while :; do
-    p=$((20000 + RANDOM % 30000))
-    [ -z "$(ss -Htln "sport = :$p")" ] && { echo "$p"; return; }
-  done
-}
-TCK=$(getconf CLK_TCK)
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh # free_port, TCK (the working directory is the repository)
 ticks() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 # Kernel memory of the slab caches a TCP connection uses (socket, inode, file, epoll entry),
