@@ -98,7 +98,7 @@ for round in $(seq "$ROUNDS"); do
       c1=$(cpu_ticks $pids)
       r1=$(cpu_ticks "$RPID")
       stat=$(redis-cli -p "$RP" info commandstats | tr -d '\r' | grep '^cmdstat_evalsha:' || true)
-      calls=$(echo "$stat" | sed -n 's/.*calls=\([0-9]*\).*/\1/p')
+      calls=$(echo "$stat" | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p')
       per=$(echo "$stat" | sed -n 's/.*usec_per_call=\([0-9.]*\).*/\1/p')
       jq -r --arg r "$round" --arg k "$k" --arg s "$sys" \
         --arg cpu "$(awk -v a="$c0" -v b="$c1" -v t="$TCK" 'BEGIN{printf "%.2f", (b-a)/t}')" \
