@@ -32,11 +32,32 @@ cpu_ticks() {
 wait_url() {
   local url="" _
   for _ in $(seq "${2:-100}"); do
-    url=$(grep -o 'http://[0-9.:]*' "$1" | head -1 || true)
+    # -s: the server's redirect may not have created LOG yet.
+    url=$(grep -so 'http://[0-9.:]*' "$1" | head -1 || true)
     [ -n "$url" ] && { echo "$url"; return; }
     sleep 0.1
   done
   echo "no URL in $1:" >&2
   cat "$1" >&2
   exit 1
+}
+
+# start_redis LOGFILE -> sets REDIS_PORT and REDIS_PID of a fresh redis-server (no persistence)
+# answering PING; tries another port when the one picked was taken meanwhile.
+start_redis() {
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+      --logfile "$1" &
+    REDIS_PID=$!
+    for _ in $(seq 50); do
+      redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return 0
+      kill -0 "$REDIS_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$REDIS_PID" 2>/dev/null || true
+  done
+  echo "redis-server did not start (attempt $attempt): see $1" >&2
+  return 1
 }

@@ -21,18 +21,16 @@ trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 # shellcheck source=scripts/bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
-RP=$(free_port)
-redis-server --port "$RP" --bind 127.0.0.1 --save '' --appendonly no --logfile "$OUT/redis.log" &
-RPID=$!
+start_redis "$OUT/redis.log"
+RP=$REDIS_PORT RPID=$REDIS_PID
 PIDS+=("$RPID")
-for _ in $(seq 50); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 start_herald() { # NAME BIN -> URL on stdout's last line, pid in PIDS
   "$2" --listen 127.0.0.1:0 --redis-url "redis://127.0.0.1:$RP" --log-level warn >"$OUT/$1.log" 2>&1 &
   PIDS+=("$!")
   echo "$!" >"$OUT/$1.pid"
   for _ in $(seq 100); do
-    grep -o 'http://[0-9.:]*' "$OUT/$1.log" | head -1 >"$OUT/$1.url" || true
+    grep -so 'http://[0-9.:]*' "$OUT/$1.log" | head -1 >"$OUT/$1.url" || true
     [ -s "$OUT/$1.url" ] && return
     sleep 0.1
   done

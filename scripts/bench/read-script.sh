@@ -18,11 +18,9 @@ CALLS=${CALLS:-300}
 OUT=$(mktemp -d /tmp/read-script.XXXXXX)
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
-P=$(free_port)
-redis-server --port "$P" --bind 127.0.0.1 --save '' --appendonly no --logfile "$OUT/redis.log" &
-RPID=$!
+start_redis "$OUT/redis.log"
+P=$REDIS_PORT RPID=$REDIS_PID
 trap 'kill $RPID 2>/dev/null || true' EXIT
-for _ in $(seq 50); do redis-cli -p "$P" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 for rev in "$A" "$B"; do
   git show "$rev:crates/herald-broker/src/redis/scripts.rs" |
