@@ -29,6 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Created here, not by the background job's redirect, which may run after the first read below.
+: >"$work/herald.out"
 # A short SSE retry keeps EventSource reconnects quick; client publish is on for the WS test.
 "$HERALD_BIN" --listen 127.0.0.1:0 --allow-client-publish true --sse-retry 200ms \
     >"$work/herald.out" 2>"$work/herald.err" &
