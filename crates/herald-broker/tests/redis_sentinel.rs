@@ -81,7 +81,9 @@ async fn failover_with_replicated_durability_loses_no_acknowledged_message() {
         publisher.stats().snapshot(),
         node.stats().snapshot()
     );
-    assert!(failures > 0, "the publisher saw the outage");
+    // No assertion on `failures`: the second half is published entirely after the kill, so the
+    // failover is exercised either way; on a loaded machine the broker's own reconnect can
+    // outlast Sentinel's promotion, and then no attempt fails at all (seen once in a full run).
     let h = node.history(&ch("f"), latest(1)).await.expect("history");
     assert_eq!(h.top.offset, 300, "the new primary has everything");
 }
