@@ -45,25 +45,9 @@ mod tests {
         assert_eq!(compact("\"\\\\\" "), "\"\\\\\"");
     }
 
-    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i64>().prop_map(serde_json::Value::from),
-            ".*".prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(4, 32, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
-                prop::collection::btree_map(".*", inner, 0..6)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
-            ]
-        })
-    }
-
     proptest! {
         #[test]
-        fn compacting_pretty_json_preserves_the_value(v in arb_json()) {
+        fn compacting_pretty_json_preserves_the_value(v in crate::fuzzing::strategies::json()) {
             let pretty = serde_json::to_string_pretty(&v).expect("serializable");
             let c = compact(&pretty);
             prop_assert!(!c.contains('\n'));

@@ -6,6 +6,8 @@
 pub mod auth;
 pub mod channel;
 pub mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod json;
 pub mod message;
 pub mod pattern;

@@ -65,7 +65,8 @@ pub fn envelope_body(msg: &Message, json: &[u8]) -> Bytes {
 pub fn event(id: Option<&str>, event: &str, data: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 64);
     if let Some(id) = id {
-        put_field(&mut out, "id", id);
+        // Like every id: one line, no NUL (a browser ignores an `id:` containing NUL).
+        id_line(&mut out, id);
     }
     put_field(&mut out, "event", event);
     put_field(&mut out, "data", data);
@@ -137,6 +138,16 @@ mod tests {
         assert_eq!(
             &e[..],
             b"id: t\nevent: herald.error\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
+        );
+    }
+
+    #[test]
+    fn event_ids_are_one_line_without_nul() {
+        // Found by the `no_id_event_or_data_breaks_an_sse_event` property: the id was split into
+        // two `id:` lines (the browser kept the second) or kept a NUL (the browser ignored it).
+        assert_eq!(
+            &event(Some("a\nb\0c"), "e", "d")[..],
+            b"id: abc\nevent: e\ndata: d\n\n"
         );
     }
 

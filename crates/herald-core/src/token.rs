@@ -49,9 +49,11 @@ impl ResumeToken {
                 return Err(TokenError::Malformed(i));
             };
             let epoch = Epoch::parse(epoch).ok_or(TokenError::BadEpoch(i))?;
-            let offset = offset
-                .parse::<u64>()
-                .map_err(|_| TokenError::BadOffset(i))?;
+            // Digits only: `u64::from_str` would also take a leading `+`, which no token has.
+            let offset = Some(offset)
+                .filter(|o| o.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|o| o.parse::<u64>().ok())
+                .ok_or(TokenError::BadOffset(i))?;
             let channel = ChannelName::parse(channel).map_err(|_| TokenError::BadChannel(i))?;
             entries.push((channel, StreamPosition { epoch, offset }));
         }
@@ -182,6 +184,31 @@ mod tests {
         let t = ResumeToken::parse(",0,news").expect("parses");
         assert_eq!(t.get("news"), Some(&StreamPosition::start()));
         assert_eq!(t.to_string(), ",0,news");
+    }
+
+    #[test]
+    fn offsets_are_plain_digits() {
+        // Found by the `resume_token` fuzz harness's reference reading: `+5` was offset 5.
+        assert_eq!(
+            ResumeToken::parse("ab,+5,news"),
+            Err(TokenError::BadOffset(0))
+        );
+        assert_eq!(
+            ResumeToken::parse("ab,-0,news"),
+            Err(TokenError::BadOffset(0))
+        );
+        assert_eq!(
+            ResumeToken::parse("ab,,news"),
+            Err(TokenError::BadOffset(0))
+        );
+        assert_eq!(
+            ResumeToken::parse("ab,18446744073709551616,news"),
+            Err(TokenError::BadOffset(0))
+        );
+        assert_eq!(
+            ResumeToken::parse("ab,007,news").map(|t| t.to_string()),
+            Ok("ab,7,news".to_owned())
+        );
     }
 
     proptest! {

@@ -8,6 +8,8 @@ pub mod app;
 pub mod auth;
 pub mod config;
 mod conn;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod http;
 pub mod hub;
 pub mod limits;

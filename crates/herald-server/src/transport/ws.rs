@@ -6,7 +6,7 @@
 //! writer takes everything queued in the outbox and writes the shared, pre-encoded frames with one
 //! vectored write.
 
-mod frame;
+pub(crate) mod frame;
 mod reader;
 mod session;
 

@@ -96,6 +96,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             127 => {
                 let mut b = [0u8; 8];
                 self.fill(&mut b).await?;
+                // RFC 6455 5.2: "the most significant bit MUST be 0" (a broken or hostile
+                // client, not merely a big frame).
+                if b[0] & 0x80 != 0 {
+                    return Err(ReadError::Protocol("64-bit length with the top bit set"));
+                }
                 u64::from_be_bytes(b)
             }
             n => n as u64,
@@ -244,5 +249,16 @@ mod tests {
         ));
         let big = masked(0x81, &[0u8; 11]);
         assert!(matches!(read_all(big, 10).await[0], Err(ReadError::TooBig)));
+    }
+
+    #[tokio::test]
+    async fn a_64_bit_length_with_the_top_bit_set_is_a_protocol_error() {
+        // Found by the `ws_frame` fuzz harness's RFC reading: this was "too big" (1009).
+        let mut f = vec![0x81, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        f.extend_from_slice(&[1, 2, 3, 4]);
+        assert!(matches!(
+            read_all(f, usize::MAX).await[0],
+            Err(ReadError::Protocol(_))
+        ));
     }
 }

@@ -1,0 +1,183 @@
+//! Fuzz targets `publish` and `client_op`: `POST /v1/publish` and `/v1/broadcast` bodies and
+//! WebSocket client ops.
+//!
+//! Each input is parsed twice: by `protocol.rs` and by [`model`], a plain reading of docs/api.md
+//! over `serde_json` values. They must agree on the result (the op, or the error code and the
+//! echoed `id`). What parses is then re-encoded, parsed again to the same value, and fanned out
+//! as a message: its WebSocket frame and SSE event must carry the data unchanged.
+
+use crate::{
+    error::{ErrorCode, error_body},
+    json,
+    message::{Epoch, Message},
+    protocol::{self, ClientOp, Publish},
+};
+
+use super::{LIMITS, wire};
+
+mod model;
+
+/// The harness for both publish endpoints: `data` as a `/v1/publish` and a `/v1/broadcast` body.
+pub fn publish(data: &[u8]) {
+    let got = protocol::parse_publish(data, &LIMITS);
+    let want = model::publish(data);
+    assert_eq!(
+        got.as_ref().map_err(|r| r.code),
+        want.as_ref().map_err(|c| *c),
+        "{}",
+        super::text(data)
+    );
+    match got {
+        Ok(p) => {
+            check_publish(&p);
+            let again = protocol::parse_publish(publish_body(&p, None).as_bytes(), &LIMITS);
+            assert_eq!(again.as_ref(), Ok(&p));
+        }
+        Err(r) => check_error(None, r.code, &r.message),
+    }
+
+    let got = protocol::parse_broadcast(data, &LIMITS);
+    let want = model::broadcast(data);
+    assert_eq!(
+        got.as_ref().map_err(|r| r.code),
+        want.as_ref().map_err(|c| *c),
+        "{}",
+        super::text(data)
+    );
+    match got {
+        Ok(all) => {
+            assert!(!all.is_empty() && all.len() <= LIMITS.max_broadcast_channels);
+            for (i, p) in all.iter().enumerate() {
+                check_publish(p);
+                assert!(all[..i].iter().all(|q| q.channel != p.channel), "duplicate");
+            }
+            let channels: Vec<&str> = all.iter().map(|p| p.channel.as_str()).collect();
+            let body = publish_body(&all[0], Some(&channels));
+            assert_eq!(
+                protocol::parse_broadcast(body.as_bytes(), &LIMITS).as_ref(),
+                Ok(&all)
+            );
+        }
+        Err(r) => check_error(None, r.code, &r.message),
+    }
+}
+
+/// The harness for WebSocket client ops: `data` as one text frame.
+pub fn client_op(data: &[u8]) {
+    let got = protocol::parse_client_op(data, &LIMITS);
+    let want = model::client_op(data);
+    assert_eq!(
+        got.as_ref().map_err(|e| (e.id, e.rejection.code)),
+        want.as_ref().map_err(|e| *e),
+        "{}",
+        super::text(data)
+    );
+    match got {
+        Ok(op) => {
+            if let ClientOp::Publish { publish, .. } = &op {
+                check_publish(publish);
+            }
+            let again = protocol::parse_client_op(op_frame(&op).as_bytes(), &LIMITS);
+            assert_eq!(again.as_ref(), Ok(&op));
+        }
+        Err(e) => check_error(e.id, e.rejection.code, &e.rejection.message),
+    }
+}
+
+/// An accepted publish: data is compact, one-line JSON within the limit, and survives both
+/// transports unchanged.
+fn check_publish(p: &Publish) {
+    let text = std::str::from_utf8(&p.data).expect("data is UTF-8");
+    serde_json::from_str::<serde_json::Value>(text).expect("data is JSON");
+    assert_eq!(json::compact(text), text, "data is compact");
+    assert!(!text.contains(['\n', '\r']));
+    assert!(p.data.len() <= LIMITS.max_message_bytes);
+    let msg = Message {
+        channel: p.channel.clone(),
+        offset: 1,
+        epoch: Epoch::from_random(1),
+        event: p.event.clone(),
+        data: p.data.clone(),
+        published_at_us: 0,
+    };
+    wire::check_message_frame(&msg);
+    wire::check_sse_message("0000000000000001,1,fuzz", &msg);
+}
+
+/// A refusal is reported as valid JSON carrying the code (WebSocket frame and HTTP body).
+fn check_error(id: Option<u64>, code: ErrorCode, message: &str) {
+    let frame: serde_json::Value =
+        serde_json::from_slice(&protocol::error_frame(id, code, message)).expect("error frame");
+    assert_eq!(frame["code"], code.as_str());
+    assert_eq!(frame["message"], message);
+    assert_eq!(frame["id"].as_u64(), id);
+    let body: serde_json::Value =
+        serde_json::from_str(&error_body(code, message)).expect("error body");
+    assert_eq!(body["error"]["code"], code.as_str());
+}
+
+fn quoted(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serialises")
+}
+
+/// The JSON members of `p` after `channel`/`channels`.
+fn publish_members(p: &Publish) -> String {
+    let mut out = String::new();
+    if let Some(e) = &p.event {
+        out.push_str(&format!(",\"event\":{}", quoted(e.as_str())));
+    }
+    if let Some(k) = &p.idempotency_key {
+        out.push_str(&format!(",\"idempotency_key\":{}", quoted(k)));
+    }
+    let data = std::str::from_utf8(&p.data).expect("data is UTF-8");
+    out.push_str(&format!(",\"data\":{data}"));
+    out
+}
+
+/// A publish (or, with `channels`, broadcast) body that means `p`.
+fn publish_body(p: &Publish, channels: Option<&[&str]>) -> String {
+    let target = match channels {
+        Some(list) => format!("\"channels\":{}", serde_json::json!(list)),
+        None => format!("\"channel\":{}", quoted(p.channel.as_str())),
+    };
+    format!("{{{target}{}}}", publish_members(p))
+}
+
+/// A client frame that means `op`.
+fn op_frame(op: &ClientOp) -> String {
+    let id = |id: &Option<u64>| id.map(|i| format!(",\"id\":{i}")).unwrap_or_default();
+    match op {
+        ClientOp::Subscribe {
+            id: i,
+            channel,
+            since,
+        } => {
+            let since = since
+                .as_ref()
+                .map(|s| {
+                    format!(
+                        ",\"since\":{{\"offset\":{},\"epoch\":\"{}\"}}",
+                        s.offset, s.epoch
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{{\"op\":\"subscribe\",\"channel\":{}{since}{}}}",
+                quoted(channel.as_str()),
+                id(i)
+            )
+        }
+        ClientOp::Unsubscribe { id: i, channel } => format!(
+            "{{\"op\":\"unsubscribe\",\"channel\":{}{}}}",
+            quoted(channel.as_str()),
+            id(i)
+        ),
+        ClientOp::Publish { id: i, publish } => format!(
+            "{{\"op\":\"publish\",\"channel\":{}{}{}}}",
+            quoted(publish.channel.as_str()),
+            publish_members(publish),
+            id(i)
+        ),
+        ClientOp::Ping { id: i } => format!("{{\"op\":\"ping\"{}}}", id(i)),
+    }
+}
