@@ -7,6 +7,7 @@
 //! for tests and with the `fuzzing` feature (which the fuzz crate enables).
 
 pub mod names;
+pub mod patterns;
 pub mod requests;
 pub mod resume;
 pub mod wire;

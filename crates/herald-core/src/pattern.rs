@@ -66,11 +66,14 @@ impl ChannelPattern {
         // The fixed part obeys the channel-name rules, so a pattern that can match nothing (a
         // space, a comma) is an error at start rather than a silent dead rule. A prefix may be
         // as long as a name minus the one character it requires after it.
-        ChannelName::parse_with_limit(name, MAX_CHANNEL_LEN).map_err(|e| {
-            PatternError::BadName {
-                pattern: text.to_owned(),
-                reason: e.to_string(),
-            }
+        let max = if prefix {
+            MAX_CHANNEL_LEN - 1
+        } else {
+            MAX_CHANNEL_LEN
+        };
+        ChannelName::parse_with_limit(name, max).map_err(|e| PatternError::BadName {
+            pattern: text.to_owned(),
+            reason: e.to_string(),
         })?;
         Ok(if prefix {
             Self::Prefix(name.into())
@@ -154,6 +157,20 @@ mod tests {
             ChannelPattern::parse("news*"),
             Err(PatternError::NoSeparator(_))
         ));
+    }
+
+    #[test]
+    fn a_prefix_leaves_room_for_a_channel_below_it() {
+        // Found by the `channel_pattern` fuzz harness's reading of the rules: a 255-byte prefix
+        // was accepted, a dead rule no channel name (at most 255 bytes) can match.
+        let longest = format!("{}.*", "a".repeat(MAX_CHANNEL_LEN - 2));
+        assert!(p(&longest).matches(&format!("{}.b", "a".repeat(MAX_CHANNEL_LEN - 2))));
+        let too_long = format!("{}.*", "a".repeat(MAX_CHANNEL_LEN - 1));
+        assert!(matches!(
+            ChannelPattern::parse(&too_long),
+            Err(PatternError::BadName { .. })
+        ));
+        assert!(ChannelPattern::parse(&"a".repeat(MAX_CHANNEL_LEN)).is_ok());
     }
 
     proptest! {

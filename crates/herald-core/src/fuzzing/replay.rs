@@ -2,7 +2,7 @@
 //! fuzzers explored is re-checked in seconds, and a harness change that breaks on an old input
 //! fails here first.
 
-use super::{names, replay, requests, resume};
+use super::{names, patterns, replay, requests, resume};
 
 #[test]
 fn names_corpus_holds() {
@@ -22,4 +22,9 @@ fn publish_corpus_holds() {
 #[test]
 fn client_op_corpus_holds() {
     replay("client_op", requests::client_op);
+}
+
+#[test]
+fn channel_pattern_corpus_holds() {
+    replay("channel_pattern", patterns::channel_pattern);
 }

@@ -64,10 +64,21 @@ struct RawSince<'a> {
     epoch: Text<'a>,
 }
 
+/// Whether `json` (valid or not) is an object: serde's derived structs also read a JSON array
+/// as their fields in order (`["ping",1,...]`), a shape the protocol does not have.
+fn is_object(json: &[u8]) -> bool {
+    json.iter().find(|b| !b" \t\n\r".contains(b)) == Some(&b'{')
+}
+
 impl<'a> Fields<'a> {
     pub fn parse(json: &'a [u8]) -> Result<Self, Rejection> {
-        serde_json::from_slice(json)
-            .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}")))
+        let invalid =
+            |e: String| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
+        let fields: Self = serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+        if !is_object(json) {
+            return Err(invalid("expected a JSON object".to_owned()));
+        }
+        Ok(fields)
     }
 }
 
@@ -107,8 +118,11 @@ pub(super) fn id(raw: Option<&RawValue>) -> Result<Option<u64>, Rejection> {
 pub(super) fn since(raw: Option<&RawValue>) -> Result<Option<StreamPosition>, Rejection> {
     let Some(raw) = raw else { return Ok(None) };
     let bad = |why: &str| Rejection::new(ErrorCode::InvalidPosition, format!("`since` {why}"));
-    let s: RawSince<'_> = serde_json::from_str(raw.get())
-        .map_err(|_| bad(r#"must be {"offset": <non-negative integer>, "epoch": "<epoch>"}"#))?;
+    let shape = || bad(r#"must be {"offset": <non-negative integer>, "epoch": "<epoch>"}"#);
+    if !is_object(raw.get().as_bytes()) {
+        return Err(shape());
+    }
+    let s: RawSince<'_> = serde_json::from_str(raw.get()).map_err(|_| shape())?;
     let epoch = Epoch::parse(&s.epoch.0).ok_or_else(|| bad("has an invalid epoch"))?;
     Ok(Some(StreamPosition {
         epoch,
@@ -222,6 +236,26 @@ mod tests {
                 .map(|p| (p.offset, p.epoch.to_string())),
             Some((3, "ab".to_owned()))
         );
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        // Found by the `client_op` and `publish` fuzz harnesses' reading of the rules: serde read
+        // an array of the right length as the fields in order.
+        let op = r#"["ping",7,null,null,null,null,null,null]"#;
+        let err = Fields::parse(op.as_bytes()).err().expect("an array");
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(
+            err.message.contains("expected a JSON object"),
+            "{}",
+            err.message
+        );
+        let f = fields(r#"{"since":[3,"ab"]}"#).since;
+        assert_eq!(
+            since(f).expect_err("array").code,
+            ErrorCode::InvalidPosition
+        );
+        assert!(Fields::parse(b" \n{\"op\":\"ping\"}").is_ok());
     }
 
     #[test]

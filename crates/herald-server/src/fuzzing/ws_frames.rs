@@ -6,15 +6,15 @@
 //! the limit and however the bytes are split across reads.
 
 use std::{
-    future::Future,
     io,
-    pin::{Pin, pin},
-    task::{Context, Poll, Waker},
+    pin::Pin,
+    task::{Context, Poll},
 };
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use crate::transport::ws::frame::{FrameReader, ReadError};
+use super::block_on;
+use crate::transport::ws::frame::{BadClose, CLOSE, FrameReader, ReadError, check_close};
 
 /// The payload limits tried: around the 7-bit and 16-bit length encodings, and none at all.
 const LIMITS: [usize; 8] = [0, 1, 125, 126, 1000, 65_535, 65_536, 1 << 20];
@@ -59,6 +59,13 @@ pub fn ws_frames(data: &[u8]) {
                 assert!(frame.payload.len() <= max && frame.payload.capacity() <= max);
                 let unmasked = payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]);
                 assert!(frame.payload.iter().copied().eq(unmasked), "payload");
+                if opcode == CLOSE {
+                    let kind = |r: Result<(), BadClose>| r.map_err(|e| matches!(e, BadClose::Utf8));
+                    assert_eq!(
+                        kind(check_close(&frame.payload)),
+                        kind(rfc_close(&frame.payload))
+                    );
+                }
             }
             (Err(ReadError::Gone), Step::End(End::Gone))
             | (Err(ReadError::TooBig), Step::End(End::TooBig))
@@ -160,6 +167,26 @@ impl<'a> Rfc<'a> {
     }
 }
 
+/// RFC 6455 5.5.1 and 7.4: a close body is empty, or a status code an endpoint may send (the
+/// defined 1000-1003 and 1007-1011, the IANA-registered 1012-1014, and 3000-4999) and a UTF-8
+/// reason. 1004 is reserved; 1005, 1006 and 1015 must never be sent.
+fn rfc_close(payload: &[u8]) -> Result<(), BadClose> {
+    let Some((code, reason)) = payload.split_first_chunk::<2>() else {
+        return match payload.len() {
+            0 => Ok(()),
+            _ => Err(BadClose::Protocol("1 byte")),
+        };
+    };
+    let code = u16::from_be_bytes(*code);
+    let sendable = matches!(code, 1000..=1003 | 1007..=1011 | 1012..=1014 | 3000..=4999);
+    if !sendable {
+        return Err(BadClose::Protocol("code"));
+    }
+    std::str::from_utf8(reason)
+        .map(|_| ())
+        .map_err(|_| BadClose::Utf8)
+}
+
 /// A client that sends `data` in reads of at most `chunk` bytes, each after a `Pending` when
 /// `stall` is set, then closes.
 struct Trickle<'a> {
@@ -186,17 +213,5 @@ impl AsyncRead for Trickle<'_> {
         buf.put_slice(&this.data[..n]);
         this.data = &this.data[n..];
         Poll::Ready(Ok(()))
-    }
-}
-
-/// Polls `f` to completion on this thread: [`Trickle`] is never pending for long, so no
-/// runtime is needed.
-fn block_on<F: Future>(f: F) -> F::Output {
-    let mut f = pin!(f);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(out) = f.as_mut().poll(&mut cx) {
-            return out;
-        }
     }
 }

@@ -1,10 +1,12 @@
-//! docs/api.md's publish bodies and client ops, read a second way: the body as a list of JSON
-//! members (duplicates kept, so they can be refused), each value converted on its own.
+//! docs/api.md's publish bodies and client ops ("JSON input"), read a second way: the body as
+//! a list of JSON members (duplicates kept, so they can be refused), each value converted on
+//! its own with plain `serde_json` types.
 //!
-//! Rules: the body is one JSON object; a member given twice, or a known member of the wrong
-//! type, is `invalid_json` (and no `id` is echoed); `null` means absent, except for `data`,
-//! where it is the value `null`; unknown members are ignored; string escapes mean what JSON
-//! says they mean. Then the checks of each op in the order the API lists its fields.
+//! Rules: the body is one JSON object; a known member given twice, or an `id` that is not a
+//! `u64`, is `invalid_json` with no `id` echoed; `null` means absent, except for `data`, where it
+//! is the value `null`; unknown members are ignored; strings may use any escape; a member of the
+//! wrong type gets that member's code. Then each op's members are checked in the order
+//! docs/api.md lists them.
 
 use serde::{
     Deserialize, Deserializer,
@@ -45,13 +47,34 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
-/// A body the rules refuse before looking at any op: `invalid_json`, no `id`.
+/// A body the rules refuse before looking at any member: `invalid_json`, no `id`.
 #[derive(Debug)]
 struct Malformed;
+
+/// Every member a request or op may carry.
+const KNOWN: [&str; 8] = [
+    "op",
+    "id",
+    "channel",
+    "channels",
+    "since",
+    "data",
+    "event",
+    "idempotency_key",
+];
 
 impl Members {
     fn parse(text: &str) -> Result<Self, Malformed> {
         serde_json::from_str(text).map_err(|_| Malformed)
+    }
+
+    /// The body: an object whose known members appear at most once.
+    fn body(data: &[u8]) -> Result<Self, Malformed> {
+        let members = Self::parse(std::str::from_utf8(data).map_err(|_| Malformed)?)?;
+        for name in KNOWN {
+            members.raw(name)?;
+        }
+        Ok(members)
     }
 
     /// The raw value of `name`: `None` when absent, refused when given twice.
@@ -64,84 +87,81 @@ impl Members {
         }
     }
 
-    /// `name` converted to `T`; `null` counts as absent.
-    fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Malformed> {
-        match self.raw(name)? {
-            None => Ok(None),
-            Some(raw) => serde_json::from_str::<Option<T>>(raw.get()).map_err(|_| Malformed),
-        }
+    /// `name` (a known member, so never duplicated) when present and not `null`.
+    fn value(&self, name: &str) -> Option<&RawValue> {
+        self.raw(name).ok().flatten().filter(|v| v.get() != "null")
     }
 
-    /// `since`: `null`, or an object with a `u64` `offset` and a string `epoch`.
-    fn since(&self) -> Result<Option<(u64, String)>, Malformed> {
-        let Some(raw) = self.raw("since")? else {
+    /// `name` converted to `T`; a value of another type is refused with `code`.
+    fn get<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        code: ErrorCode,
+    ) -> Result<Option<T>, ErrorCode> {
+        self.value(name)
+            .map(|raw| serde_json::from_str::<T>(raw.get()).map_err(|_| code))
+            .transpose()
+    }
+
+    /// `since`: absent, or an object with a `u64` `offset` and an epoch string.
+    fn since(&self) -> Result<Option<StreamPosition>, ErrorCode> {
+        let Some(raw) = self.value("since") else {
             return Ok(None);
         };
-        if raw.get() == "null" {
-            return Ok(None);
+        let bad = ErrorCode::InvalidPosition;
+        let inner = Members::parse(raw.get()).map_err(|_| bad)?;
+        let offset = inner.raw("offset").map_err(|_| bad)?.ok_or(bad)?;
+        let epoch = inner.raw("epoch").map_err(|_| bad)?.ok_or(bad)?;
+        let offset = serde_json::from_str(offset.get()).map_err(|_| bad)?;
+        let epoch: String = serde_json::from_str(epoch.get()).map_err(|_| bad)?;
+        let epoch = Epoch::parse(&epoch).ok_or(bad)?;
+        Ok(Some(StreamPosition { epoch, offset }))
+    }
+
+    /// The one `channel`: missing is `invalid_json`, anything but a valid name `invalid_channel`.
+    fn channel(&self) -> Result<ChannelName, ErrorCode> {
+        let name: String = self
+            .get("channel", ErrorCode::InvalidChannel)?
+            .ok_or(ErrorCode::InvalidJson)?;
+        channel(&name)
+    }
+
+    /// Event, data and idempotency key, in that order.
+    fn message(&self) -> Result<(Option<EventName>, bytes::Bytes, Option<String>), ErrorCode> {
+        let event = self
+            .get::<String>("event", ErrorCode::InvalidEvent)?
+            .map(|e| EventName::parse(&e).map_err(|_| ErrorCode::InvalidEvent))
+            .transpose()?;
+        // Not `value`: `null` is data.
+        let raw = self
+            .raw("data")
+            .ok()
+            .flatten()
+            .ok_or(ErrorCode::InvalidJson)?;
+        let data = json::compact(raw.get());
+        if data.len() > LIMITS.max_message_bytes {
+            return Err(ErrorCode::PayloadTooLarge);
         }
-        let inner = Members::parse(raw.get())?;
-        let offset = inner.raw("offset")?.ok_or(Malformed)?;
-        let epoch = inner.raw("epoch")?.ok_or(Malformed)?;
-        Ok(Some((
-            serde_json::from_str(offset.get()).map_err(|_| Malformed)?,
-            serde_json::from_str(epoch.get()).map_err(|_| Malformed)?,
-        )))
-    }
-}
-
-/// The members every publish-like request has, type-checked.
-struct Fields {
-    channel: Option<String>,
-    data: Option<String>,
-    event: Option<String>,
-    idempotency_key: Option<String>,
-}
-
-impl Fields {
-    fn read(m: &Members) -> Result<Self, Malformed> {
-        Ok(Self {
-            channel: m.get("channel")?,
-            data: m.raw("data")?.map(|raw| raw.get().to_owned()),
-            event: m.get("event")?,
-            idempotency_key: m.get("idempotency_key")?,
-        })
+        let key = self.get::<String>("idempotency_key", ErrorCode::BadRequest)?;
+        if let Some(k) = &key
+            && (k.is_empty()
+                || k.len() > MAX_IDEMPOTENCY_KEY_LEN
+                || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        {
+            return Err(ErrorCode::BadRequest);
+        }
+        Ok((event, data.into(), key))
     }
 
-    /// The publish these fields describe for `channel`, checked in the documented order.
-    fn publish(&self, channel: Option<&str>) -> Result<Publish, ErrorCode> {
-        let channel = self::channel(channel.ok_or(ErrorCode::InvalidJson)?)?;
-        let (event, data, key) = self.message()?;
+    fn publish(&self) -> Result<Publish, ErrorCode> {
+        let channel = self.channel()?;
+        let (event, data, idempotency_key) = self.message()?;
         Ok(Publish {
             channel,
             event,
             data,
-            idempotency_key: key,
+            idempotency_key,
         })
-    }
-
-    /// Event, data and idempotency key.
-    fn message(&self) -> Result<(Option<EventName>, bytes::Bytes, Option<String>), ErrorCode> {
-        let event = self
-            .event
-            .as_deref()
-            .map(|e| EventName::parse(e).map_err(|_| ErrorCode::InvalidEvent))
-            .transpose()?;
-        let data = json::compact(self.data.as_deref().ok_or(ErrorCode::InvalidJson)?);
-        if data.len() > LIMITS.max_message_bytes {
-            return Err(ErrorCode::PayloadTooLarge);
-        }
-        let key = match &self.idempotency_key {
-            Some(k)
-                if k.is_empty()
-                    || k.len() > MAX_IDEMPOTENCY_KEY_LEN
-                    || !k.bytes().all(|b| (0x21..=0x7e).contains(&b)) =>
-            {
-                return Err(ErrorCode::BadRequest);
-            }
-            k => k.clone(),
-        };
-        Ok((event, data.into(), key))
     }
 }
 
@@ -150,89 +170,71 @@ fn channel(name: &str) -> Result<ChannelName, ErrorCode> {
         .map_err(|_| ErrorCode::InvalidChannel)
 }
 
-fn body(data: &[u8]) -> Result<(Members, Fields), Malformed> {
-    let text = std::str::from_utf8(data).map_err(|_| Malformed)?;
-    let members = Members::parse(text)?;
-    let fields = Fields::read(&members)?;
-    // Read (and so type-checked) by both endpoints, used by broadcast only.
-    members.get::<Vec<String>>("channels")?;
-    Ok((members, fields))
-}
-
 /// `POST /v1/publish`.
 pub fn publish(data: &[u8]) -> Result<Publish, ErrorCode> {
-    let (_, fields) = body(data).map_err(|Malformed| ErrorCode::InvalidJson)?;
-    fields.publish(fields.channel.as_deref())
+    Members::body(data)
+        .map_err(|Malformed| ErrorCode::InvalidJson)?
+        .publish()
 }
 
-/// `POST /v1/broadcast`: one publish per distinct channel, in the order listed.
+/// `POST /v1/broadcast`: one publish per distinct channel, in the order first listed; more than
+/// the limit of distinct channels is refused as soon as the list goes over it.
 pub fn broadcast(data: &[u8]) -> Result<Vec<Publish>, ErrorCode> {
-    let (members, fields) = body(data).map_err(|Malformed| ErrorCode::InvalidJson)?;
+    let members = Members::body(data).map_err(|Malformed| ErrorCode::InvalidJson)?;
     let names: Vec<String> = members
-        .get("channels")
-        .map_err(|Malformed| ErrorCode::InvalidJson)?
+        .get("channels", ErrorCode::InvalidChannel)?
         .ok_or(ErrorCode::InvalidJson)?;
-    if names.is_empty() || names.len() > LIMITS.max_broadcast_channels {
+    let mut channels: Vec<ChannelName> = Vec::new();
+    for name in &names {
+        if channels.iter().any(|c| c.as_str() == name) {
+            continue;
+        }
+        if channels.len() == LIMITS.max_broadcast_channels {
+            return Err(ErrorCode::LimitExceeded);
+        }
+        channels.push(channel(name)?);
+    }
+    if channels.is_empty() {
         return Err(ErrorCode::LimitExceeded);
     }
-    let (event, data, key) = fields.message()?;
-    let mut out: Vec<Publish> = Vec::new();
-    for name in &names {
-        let channel = channel(name)?;
-        if !out.iter().any(|p| p.channel == channel) {
-            out.push(Publish {
-                channel,
-                event: event.clone(),
-                data: data.clone(),
-                idempotency_key: key.clone(),
-            });
-        }
-    }
-    Ok(out)
+    let (event, data, key) = members.message()?;
+    Ok(channels
+        .into_iter()
+        .map(|channel| Publish {
+            channel,
+            event: event.clone(),
+            data: data.clone(),
+            idempotency_key: key.clone(),
+        })
+        .collect())
 }
 
 /// A WebSocket text frame: the op, or the refusal's echoed `id` and code.
 pub fn client_op(data: &[u8]) -> Result<ClientOp, (Option<u64>, ErrorCode)> {
-    let malformed = |Malformed| (None, ErrorCode::InvalidJson);
-    let text = std::str::from_utf8(data).map_err(|_| (None, ErrorCode::InvalidJson))?;
-    let members = Members::parse(text).map_err(malformed)?;
-    let op: Option<String> = members.get("op").map_err(malformed)?;
-    let id: Option<u64> = members.get("id").map_err(malformed)?;
-    let since = members.since().map_err(malformed)?;
-    let fields = Fields::read(&members).map_err(malformed)?;
+    let members = Members::body(data).map_err(|Malformed| (None, ErrorCode::InvalidJson))?;
+    let id: Option<u64> = members
+        .get("id", ErrorCode::InvalidJson)
+        .map_err(|code| (None, code))?;
     let fail = |code| (id, code);
-    let need_channel = || {
-        fields
-            .channel
-            .as_deref()
-            .ok_or(ErrorCode::InvalidJson)
-            .and_then(channel)
-            .map_err(fail)
-    };
-    match op.as_deref() {
-        None => Err(fail(ErrorCode::InvalidJson)),
-        Some("subscribe") => {
-            let since = since
-                .map(|(offset, epoch)| {
-                    let epoch = Epoch::parse(&epoch).ok_or(fail(ErrorCode::InvalidPosition))?;
-                    Ok(StreamPosition { epoch, offset })
-                })
-                .transpose()?;
-            Ok(ClientOp::Subscribe {
-                id,
-                channel: need_channel()?,
-                since,
-            })
-        }
-        Some("unsubscribe") => Ok(ClientOp::Unsubscribe {
+    let op: String = members
+        .get("op", ErrorCode::UnknownOp)
+        .map_err(fail)?
+        .ok_or(fail(ErrorCode::InvalidJson))?;
+    match op.as_str() {
+        "subscribe" => Ok(ClientOp::Subscribe {
             id,
-            channel: need_channel()?,
+            channel: members.channel().map_err(fail)?,
+            since: members.since().map_err(fail)?,
         }),
-        Some("publish") => Ok(ClientOp::Publish {
+        "unsubscribe" => Ok(ClientOp::Unsubscribe {
             id,
-            publish: fields.publish(fields.channel.as_deref()).map_err(fail)?,
+            channel: members.channel().map_err(fail)?,
         }),
-        Some("ping") => Ok(ClientOp::Ping { id }),
-        Some(_) => Err(fail(ErrorCode::UnknownOp)),
+        "publish" => Ok(ClientOp::Publish {
+            id,
+            publish: members.publish().map_err(fail)?,
+        }),
+        "ping" => Ok(ClientOp::Ping { id }),
+        _ => Err(fail(ErrorCode::UnknownOp)),
     }
 }
