@@ -28,6 +28,8 @@ fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+# The cargo-fuzz crate is its own workspace (docs/security.md, "Hostile input").
+rustfmt --check --edition 2024 fuzz/fuzz_targets/*.rs
 
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -67,6 +67,16 @@ pub fn classify(buf: &[u8]) -> Head {
     if !buf.is_empty() && H2_PREFACE.starts_with(buf) {
         return Head::PartialHttp2;
     }
+    // Anything else that starts like the preface is hyper's HTTP/1 server's to answer (or refuse)
+    // as it sees fit; it looks for the preface after any empty lines, as it skips them before a
+    // request line.
+    let start = buf
+        .iter()
+        .position(|b| !b"\r\n".contains(b))
+        .unwrap_or(buf.len());
+    if buf[start..].starts_with(b"PRI * HTTP/2.0") {
+        return Head::Other;
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -213,6 +223,8 @@ mod tests {
             "POST /v1/sse?channel=a HTTP/1.1\r\n\r\n",
             "GET /v1/ssex HTTP/1.1\r\n\r\n",
             "GET /v1/sse?channel=a HTTP/1.1\r\nHost: x\r\n",
+            // Found by the `sse_head` fuzz target: hyper closes without an answer, this was 400.
+            "\r\n\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "",
         ] {
             assert_eq!(classify(head.as_bytes()), Head::Other, "{head:?}");
