@@ -74,7 +74,10 @@ impl<'a> Fields<'a> {
     pub fn parse(json: &'a [u8]) -> Result<Self, Rejection> {
         let invalid =
             |e: String| Rejection::new(ErrorCode::InvalidJson, format!("invalid JSON: {e}"));
-        let fields: Self = serde_json::from_slice(json).map_err(|e| invalid(e.to_string()))?;
+        // serde_json checks UTF-8 only in the strings it reads, not in those of unknown fields it
+        // skips; JSON text is UTF-8 throughout (RFC 8259 8.1).
+        let text = std::str::from_utf8(json).map_err(|e| invalid(format!("not UTF-8 ({e})")))?;
+        let fields: Self = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if !is_object(json) {
             return Err(invalid("expected a JSON object".to_owned()));
         }
@@ -236,6 +239,16 @@ mod tests {
                 .map(|p| (p.offset, p.epoch.to_string())),
             Some((3, "ab".to_owned()))
         );
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_even_where_ignored() {
+        // Found by the `publish` and `client_op` fuzz targets: bytes that are not UTF-8 in an
+        // unknown field's string were skipped, so a body that is not JSON text was published.
+        let body = b"{\"channel\":\"a\",\"data\":1,\"x\":\"\xff\"}";
+        let err = Fields::parse(body).err().expect("not UTF-8");
+        assert_eq!(err.code, ErrorCode::InvalidJson);
+        assert!(err.message.contains("not UTF-8"), "{}", err.message);
     }
 
     #[test]

@@ -26,6 +26,9 @@ use crate::http::{
     query,
 };
 
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// The harness.
 pub fn sse_head(data: &[u8]) {
     let hyper = Hyper::read(data);
@@ -48,11 +51,16 @@ pub fn sse_head(data: &[u8]) {
                 hyper.request.is_none(),
                 "hyper serves a head called malformed"
             );
-            assert_eq!(
-                hyper.status,
-                Some(status),
-                "hyper's answer to a malformed head"
-            );
+            // hyper's one exception: after a head it cannot use, if what follows is an HTTP/2
+            // preface, it closes without answering (it takes the client for an HTTP/2 one).
+            let h2_after = data.windows(H2_PREFACE.len()).any(|w| w == H2_PREFACE);
+            if !(hyper.status.is_none() && h2_after) {
+                assert_eq!(
+                    hyper.status,
+                    Some(status),
+                    "hyper's answer to a malformed head"
+                );
+            }
         }
         Head::Other => {}
     }
