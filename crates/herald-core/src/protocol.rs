@@ -120,6 +120,12 @@ fn data(raw: Option<&RawValue>, limits: &Limits) -> Result<Bytes, Rejection> {
             ),
         ));
     }
+    json::check_interoperable(&compact).map_err(|e| {
+        Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("`data` is not interoperable JSON: {e}"),
+        )
+    })?;
     Ok(Bytes::from(compact))
 }
 

@@ -5,7 +5,8 @@
 //! Rules: the body is one JSON object; a known member given twice, or an `id` that is not a
 //! `u64`, is `invalid_json` with no `id` echoed; `null` means absent, except for `data`, where it
 //! is the value `null`; unknown members are ignored; strings may use any escape; a member of the
-//! wrong type gets that member's code. Then each op's members are checked in the order
+//! wrong type gets that member's code; `data` must be interoperable (I-JSON: Unicode strings,
+//! numbers a double can hold, limited nesting). Then each op's members are checked in the order
 //! docs/api.md lists them.
 
 use serde::{
@@ -142,6 +143,13 @@ impl Members {
         if data.len() > LIMITS.max_message_bytes {
             return Err(ErrorCode::PayloadTooLarge);
         }
+        // Interoperable JSON (I-JSON): what serde_json reads as a value, nested at most
+        // `json::MAX_DEPTH` levels.
+        let value: serde_json::Value =
+            serde_json::from_str(&data).map_err(|_| ErrorCode::InvalidJson)?;
+        if depth(&value) > json::MAX_DEPTH {
+            return Err(ErrorCode::InvalidJson);
+        }
         let key = self.get::<String>("idempotency_key", ErrorCode::BadRequest)?;
         if let Some(k) = &key
             && (k.is_empty()
@@ -162,6 +170,15 @@ impl Members {
             data,
             idempotency_key,
         })
+    }
+}
+
+/// Levels of arrays and objects in `v` (a scalar has none).
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
