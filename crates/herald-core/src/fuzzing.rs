@@ -6,6 +6,7 @@
 //! the fuzzer and `cargo test` check the same properties and cannot drift apart. Compiled only
 //! for tests and with the `fuzzing` feature (which the fuzz crate enables).
 
+pub mod claims;
 pub mod names;
 pub mod patterns;
 pub mod requests;

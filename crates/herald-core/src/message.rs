@@ -112,7 +112,8 @@ impl StreamPosition {
     /// message, whose publish created its epoch).
     pub fn is_followed_by(&self, epoch: &Epoch, offset: u64) -> bool {
         if self.epoch == *epoch {
-            offset == self.offset + 1
+            // Checked: a client's position may say offset u64::MAX.
+            self.offset.checked_add(1) == Some(offset)
         } else {
             self.epoch.is_none() && self.offset == 0 && offset == 1
         }
@@ -194,6 +195,19 @@ mod tests {
         assert!(Epoch::parse("a,b").is_none());
         assert!(Epoch::parse(&"a".repeat(MAX_EPOCH_LEN + 1)).is_none());
         assert_eq!(Epoch::from_random(255).as_str(), "00000000000000ff");
+    }
+
+    #[test]
+    fn the_last_offset_is_followed_by_nothing() {
+        // Found by the `resume_token` fuzz harness (a `Last-Event-ID` offset of u64::MAX):
+        // `offset + 1` overflowed, a panic in debug builds.
+        let e = Epoch::parse("e1").expect("valid");
+        let last = StreamPosition {
+            epoch: e.clone(),
+            offset: u64::MAX,
+        };
+        assert!(!last.is_followed_by(&e, 0));
+        assert!(!last.is_followed_by(&e, u64::MAX));
     }
 
     #[test]

@@ -167,8 +167,11 @@ impl Claims {
                 "the payload is not a JSON object".into(),
             ));
         }
+        // serde_json checks UTF-8 only in the strings it reads, not in unknown claims it skips.
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| ClaimsError::Malformed(format!("the payload is not UTF-8 ({e})")))?;
         let raw: RawClaims<'_> =
-            serde_json::from_slice(payload).map_err(|e| ClaimsError::Malformed(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ClaimsError::Malformed(e.to_string()))?;
         let sub = match raw.sub {
             Some(s) if s.is_empty() || s.len() > MAX_SUB_LEN => return Err(ClaimsError::BadSub),
             s => s.map(String::into_boxed_str),
@@ -180,6 +183,9 @@ impl Claims {
                 if compact.len() > MAX_INFO_BYTES {
                     return Err(ClaimsError::InfoTooLarge);
                 }
+                // It may travel with messages: every client must be able to read it.
+                json::check_interoperable(&compact)
+                    .map_err(|e| ClaimsError::Malformed(format!("`info`: {e}")))?;
                 Some(Bytes::from(compact))
             }
         };
@@ -260,6 +266,28 @@ mod tests {
         assert!(matches!(err(r#"["alice", 5]"#), ClaimsError::Malformed(_)));
         let big = format!(r#"{{"exp":1,"info":"{}"}}"#, "x".repeat(MAX_INFO_BYTES));
         assert_eq!(err(&big), ClaimsError::InfoTooLarge);
+    }
+
+    #[test]
+    fn payloads_are_utf8_and_info_interoperable() {
+        // Found by the `claims` fuzz harness's claim table: bytes that are not UTF-8 in an
+        // unknown claim were skipped, and `info` took JSON that strict parsers refuse (as message
+        // data did, see `json::check_interoperable`).
+        let err = |json: &[u8]| Claims::parse(json).expect_err("refused");
+        assert!(matches!(
+            err(b"{\"exp\":1,\"x\":\"\xff\"}"),
+            ClaimsError::Malformed(_)
+        ));
+        assert!(matches!(
+            err(br#"{"exp":1,"info":{"a":"\ud800"}}"#),
+            ClaimsError::Malformed(_)
+        ));
+        let deep = format!(
+            r#"{{"exp":1,"info":{}1{}}}"#,
+            "[".repeat(65),
+            "]".repeat(65)
+        );
+        assert!(matches!(err(deep.as_bytes()), ClaimsError::Malformed(_)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! fuzzers explored is re-checked in seconds, and a harness change that breaks on an old input
 //! fails here first.
 
-use super::{names, patterns, replay, requests, resume};
+use super::{claims, names, patterns, replay, requests, resume};
 
 #[test]
 fn names_corpus_holds() {
@@ -27,4 +27,9 @@ fn client_op_corpus_holds() {
 #[test]
 fn channel_pattern_corpus_holds() {
     replay("channel_pattern", patterns::channel_pattern);
+}
+
+#[test]
+fn claims_corpus_holds() {
+    replay("claims", claims::claims);
 }

@@ -17,6 +17,8 @@ use super::{LIMITS, wire};
 
 mod model;
 
+pub(super) use model::members;
+
 /// The harness for both publish endpoints: `data` as a `/v1/publish` and a `/v1/broadcast` body.
 pub fn publish(data: &[u8]) {
     let got = protocol::parse_publish(data, &LIMITS);
@@ -179,5 +181,15 @@ fn op_frame(op: &ClientOp) -> String {
             id(i)
         ),
         ClientOp::Ping { id: i } => format!("{{\"op\":\"ping\"{}}}", id(i)),
+        ClientOp::Auth { id: i, token } => {
+            format!("{{\"op\":\"auth\",\"token\":{}{}}}", quoted(token), id(i))
+        }
+        ClientOp::Refresh { id: i, token } => {
+            format!(
+                "{{\"op\":\"refresh\",\"token\":{}{}}}",
+                quoted(token),
+                id(i)
+            )
+        }
     }
 }

@@ -33,6 +33,24 @@ pub fn resume_token(data: &[u8]) {
         return;
     };
 
+    // Each position is continued by the next offset of its epoch (or, from the start of a
+    // channel without history, by the first message of any epoch), whatever the offset.
+    for entry in want.iter().flatten() {
+        let channel = entry.rsplit(',').next().unwrap_or_default();
+        let Some(p) = token.get(channel) else {
+            panic!("{channel} listed but not found");
+        };
+        if let Some(next) = p.offset.checked_add(1) {
+            assert!(p.is_followed_by(&p.epoch, next));
+        }
+        assert!(!p.is_followed_by(&p.epoch, p.offset));
+        let other = Epoch::parse("zz9").expect("valid");
+        assert_eq!(
+            p.is_followed_by(&other, 1),
+            p.epoch.is_none() && p.offset == 0 || p.epoch == other && p.offset == 0
+        );
+    }
+
     // A channel listed twice resumes from its first position.
     for entry in want.iter().flatten() {
         let channel = entry.rsplit(',').next().unwrap_or_default();

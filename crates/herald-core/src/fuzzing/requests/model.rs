@@ -20,7 +20,7 @@ use crate::{
     error::ErrorCode,
     json,
     message::{Epoch, StreamPosition},
-    protocol::{ClientOp, MAX_IDEMPOTENCY_KEY_LEN, Publish},
+    protocol::{ClientOp, MAX_AUTH_TOKEN_LEN, MAX_IDEMPOTENCY_KEY_LEN, Publish},
 };
 
 use super::LIMITS;
@@ -48,12 +48,18 @@ impl<'de> Deserialize<'de> for Members {
     }
 }
 
+/// The members of the JSON object `text`, in order, duplicates included; `None` when `text` is
+/// not one JSON object.
+pub fn members(text: &str) -> Option<Vec<(String, Box<RawValue>)>> {
+    Members::parse(text).ok().map(|m| m.0)
+}
+
 /// A body the rules refuse before looking at any member: `invalid_json`, no `id`.
 #[derive(Debug)]
 struct Malformed;
 
 /// Every member a request or op may carry.
-const KNOWN: [&str; 8] = [
+const KNOWN: [&str; 9] = [
     "op",
     "id",
     "channel",
@@ -62,6 +68,7 @@ const KNOWN: [&str; 8] = [
     "data",
     "event",
     "idempotency_key",
+    "token",
 ];
 
 impl Members {
@@ -161,6 +168,17 @@ impl Members {
         Ok((event, data.into(), key))
     }
 
+    /// The subscriber token of `auth` and `refresh`: a string of 1 to 16 KiB bytes.
+    fn token(&self) -> Result<String, ErrorCode> {
+        let token: String = self
+            .get("token", ErrorCode::Unauthorized)?
+            .ok_or(ErrorCode::InvalidJson)?;
+        if token.is_empty() || token.len() > MAX_AUTH_TOKEN_LEN {
+            return Err(ErrorCode::Unauthorized);
+        }
+        Ok(token)
+    }
+
     fn publish(&self) -> Result<Publish, ErrorCode> {
         let channel = self.channel()?;
         let (event, data, idempotency_key) = self.message()?;
@@ -252,6 +270,14 @@ pub fn client_op(data: &[u8]) -> Result<ClientOp, (Option<u64>, ErrorCode)> {
             publish: members.publish().map_err(fail)?,
         }),
         "ping" => Ok(ClientOp::Ping { id }),
+        "auth" => Ok(ClientOp::Auth {
+            id,
+            token: members.token().map_err(fail)?,
+        }),
+        "refresh" => Ok(ClientOp::Refresh {
+            id,
+            token: members.token().map_err(fail)?,
+        }),
         _ => Err(fail(ErrorCode::UnknownOp)),
     }
 }
