@@ -79,6 +79,12 @@ proptest! {
     }
 
     #[test]
+    fn a_poll_answer_reads_back_as_the_message(msg in strategies::message()) {
+        let token = format!("{},{},{}", msg.epoch.as_str(), msg.offset, msg.channel.as_str());
+        wire::check_poll_answer(&token, &msg);
+    }
+
+    #[test]
     fn reply_frames_read_back(
         id in prop::option::of(any::<u64>()),
         channel in strategies::channel(),

@@ -107,4 +107,5 @@ pub fn names(data: &[u8]) {
     };
     wire::check_sse_message(&text, &msg);
     wire::check_message_frame(&msg);
+    wire::check_poll_answer(&text, &msg);
 }

@@ -104,6 +104,7 @@ fn check_publish(p: &Publish) {
     };
     wire::check_message_frame(&msg);
     wire::check_sse_message("0000000000000001,1,fuzz", &msg);
+    wire::check_poll_answer("0000000000000001,1,fuzz", &msg);
 }
 
 /// A refusal is reported as valid JSON carrying the code (WebSocket frame and HTTP body).

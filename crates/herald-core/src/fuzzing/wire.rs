@@ -156,17 +156,44 @@ pub fn check_message_frame(msg: &Message) {
     let frame = crate::protocol::message_frame(msg);
     let v: serde_json::Value = serde_json::from_slice(&frame)
         .unwrap_or_else(|e| panic!("message frame is not JSON ({e}): {frame:?}"));
+    check_message_members(msg, &v, false);
+}
+
+/// Reads a `GET /v1/poll` answer carrying `msg`, resumable from `token`, as any JSON client
+/// would: one message with every member unchanged (`event` always present), and the token.
+pub fn check_poll_answer(token: &str, msg: &Message) {
+    let answer = crate::poll::response(std::iter::once(msg), token, true);
+    let v: serde_json::Value = serde_json::from_slice(&answer)
+        .unwrap_or_else(|e| panic!("poll answer is not JSON ({e}): {answer:?}"));
+    let obj = v.as_object().expect("answer is an object");
+    assert_eq!(obj.len(), 3, "members of {answer:?}");
+    assert_eq!(v["last_event_id"], token);
+    assert_eq!(v["recovered"], true);
+    let [item] = &v["messages"].as_array().expect("messages")[..] else {
+        panic!("not one message: {answer:?}");
+    };
+    check_message_members(msg, item, true);
+}
+
+/// `v` is one JSON object holding `msg`'s members (`type` only in a WebSocket frame, `event`
+/// always in a poll answer).
+fn check_message_members(msg: &Message, v: &serde_json::Value, poll: bool) {
     let obj = v.as_object().expect("frame is an object");
-    let want_len = if msg.event.is_some() { 6 } else { 5 };
-    assert_eq!(obj.len(), want_len, "members of {frame:?}");
-    assert_eq!(v["type"], "message");
+    if poll {
+        assert_eq!(obj.len(), 5, "members of {v}");
+        assert_eq!(v["event"], msg.event_name());
+    } else {
+        let want_len = if msg.event.is_some() { 6 } else { 5 };
+        assert_eq!(obj.len(), want_len, "members of {v}");
+        assert_eq!(v["type"], "message");
+        match &msg.event {
+            Some(e) => assert_eq!(v["event"], e.as_str()),
+            None => assert!(obj.get("event").is_none()),
+        }
+    }
     assert_eq!(v["channel"], msg.channel.as_str());
     assert_eq!(v["offset"].as_u64(), Some(msg.offset));
     assert_eq!(v["epoch"], msg.epoch.as_str());
-    match &msg.event {
-        Some(e) => assert_eq!(v["event"], e.as_str()),
-        None => assert!(obj.get("event").is_none()),
-    }
     let data: serde_json::Value = serde_json::from_slice(&msg.data).expect("data is JSON");
     assert_eq!(v["data"], data);
 }
