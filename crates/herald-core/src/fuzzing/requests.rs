@@ -23,12 +23,7 @@ pub(super) use model::members;
 pub fn publish(data: &[u8]) {
     let got = protocol::parse_publish(data, &LIMITS);
     let want = model::publish(data);
-    assert_eq!(
-        got.as_ref().map_err(|r| r.code),
-        want.as_ref().map_err(|c| *c),
-        "{}",
-        super::text(data)
-    );
+    same_verdict(got.as_ref().map_err(|r| r.code), want.as_ref(), data);
     match got {
         Ok(p) => {
             check_publish(&p);
@@ -40,12 +35,7 @@ pub fn publish(data: &[u8]) {
 
     let got = protocol::parse_broadcast(data, &LIMITS);
     let want = model::broadcast(data);
-    assert_eq!(
-        got.as_ref().map_err(|r| r.code),
-        want.as_ref().map_err(|c| *c),
-        "{}",
-        super::text(data)
-    );
+    same_verdict(got.as_ref().map_err(|r| r.code), want.as_ref(), data);
     match got {
         Ok(all) => {
             assert!(!all.is_empty() && all.len() <= LIMITS.max_broadcast_channels);
@@ -62,6 +52,15 @@ pub fn publish(data: &[u8]) {
         }
         Err(r) => check_error(None, r.code, &r.message),
     }
+}
+
+/// Herald and the model read `data` the same way: the same value, or the same error code.
+fn same_verdict<T: PartialEq + std::fmt::Debug>(
+    got: Result<&T, ErrorCode>,
+    want: Result<&T, &ErrorCode>,
+    data: &[u8],
+) {
+    assert_eq!(got, want.map_err(|c| *c), "{}", super::text(data));
 }
 
 /// The harness for WebSocket client ops: `data` as one text frame.
