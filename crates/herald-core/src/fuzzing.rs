@@ -11,6 +11,7 @@ pub mod names;
 pub mod patterns;
 pub mod requests;
 pub mod resume;
+pub mod rooms;
 pub mod wire;
 
 #[cfg(test)]

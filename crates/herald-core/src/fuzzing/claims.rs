@@ -156,6 +156,9 @@ pub fn claims(data: &[u8]) {
         return;
     };
     check_time(&c);
+    if let Some(sub) = &c.sub {
+        super::rooms::check(sub, c.info.as_deref());
+    }
     for channel in channels_named(&c) {
         check_access(&c, &channel);
     }

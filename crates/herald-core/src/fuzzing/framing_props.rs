@@ -1,5 +1,6 @@
 //! Property tests: no data, event type or id can break the SSE framing or the WebSocket
-//! envelope. Every case is read back with the reference readers in [`super::wire`].
+//! envelope, and no token `sub` or `info` a room frame. Every case is read back with the
+//! reference readers in [`super::wire`].
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -125,5 +126,16 @@ proptest! {
         prop_assert_eq!(&payload[..2], &code.to_be_bytes());
         let text = std::str::from_utf8(&payload[2..]).expect("reason stays UTF-8");
         prop_assert!(reason.starts_with(text));
+    }
+
+    /// A token's `sub` and `info`, whatever they hold, read back from every room encoding:
+    /// `from`/`info` of its messages, `join`/`leave`, presence listings.
+    #[test]
+    fn a_member_reads_back_in_every_room_encoding(
+        user in strategies::hostile_text(),
+        info in prop::option::of(strategies::json()),
+    ) {
+        let info = info.map(|v| serde_json::to_vec(&v).expect("a value serialises"));
+        super::rooms::check(&user, info.as_deref());
     }
 }

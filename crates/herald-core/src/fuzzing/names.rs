@@ -104,6 +104,7 @@ pub fn names(data: &[u8]) {
         event: event.ok(),
         data: bytes::Bytes::from_static(b"{\"k\":[1,\"\\n\"]}"),
         published_at_us: 0,
+        sender: None,
     };
     wire::check_sse_message(&text, &msg);
     wire::check_message_frame(&msg);

@@ -5,12 +5,15 @@
 //! over `serde_json` values. They must agree on the result (the op, or the error code and the
 //! echoed `id`). What parses is then re-encoded, parsed again to the same value, and fanned out
 //! as a message: its WebSocket frame and SSE event must carry the data unchanged.
+//! A presence op's replies (listing, counts, refusals) must read back with its channel and `id`.
 
 use crate::{
+    channel::ChannelName,
     error::{ErrorCode, error_body},
     json,
     message::{Epoch, Message},
     protocol::{self, ClientOp, Publish},
+    room::Member,
 };
 
 use super::{LIMITS, wire};
@@ -75,8 +78,12 @@ pub fn client_op(data: &[u8]) {
     );
     match got {
         Ok(op) => {
-            if let ClientOp::Publish { publish, .. } = &op {
-                check_publish(publish);
+            match &op {
+                ClientOp::Publish { publish, .. } => check_publish(publish),
+                ClientOp::Presence { id, channel } | ClientOp::PresenceStats { id, channel } => {
+                    check_presence(*id, channel)
+                }
+                _ => {}
             }
             let again = protocol::parse_client_op(op_frame(&op).as_bytes(), &LIMITS);
             assert_eq!(again.as_ref(), Ok(&op));
@@ -100,10 +107,31 @@ fn check_publish(p: &Publish) {
         event: p.event.clone(),
         data: p.data.clone(),
         published_at_us: 0,
+        sender: None,
     };
     wire::check_message_frame(&msg);
     wire::check_sse_message("0000000000000001,1,fuzz", &msg);
     wire::check_poll_answer("0000000000000001,1,fuzz", &msg);
+}
+
+/// The replies a presence op of `channel` may get (docs/api.md, "Rooms"): the listing or the
+/// counts, or `forbidden` (not subscribed) / `bad_request` (no presence), all carrying `id`.
+fn check_presence(id: Option<u64>, channel: &ChannelName) {
+    let member = Member::new(
+        "alice",
+        "3f9c0e12a4b5d6e7-42",
+        Some(b"{\"name\":\"Alice\"}"),
+    );
+    let want: serde_json::Value = serde_json::from_slice(&member.json).expect("member JSON");
+    for listed in super::rooms::presence_replies(id, channel, &member) {
+        assert_eq!(listed, want);
+    }
+    check_error(id, ErrorCode::Forbidden, "not subscribed to the channel");
+    check_error(
+        id,
+        ErrorCode::BadRequest,
+        "the channel's namespace has no presence",
+    );
 }
 
 /// A refusal is reported as valid JSON carrying the code (WebSocket frame and HTTP body).
@@ -145,6 +173,14 @@ fn publish_body(p: &Publish, channels: Option<&[&str]>) -> String {
     format!("{{{target}{}}}", publish_members(p))
 }
 
+/// `{"op":OP,"channel":..}` and the `id` member (or nothing).
+fn channel_op(op: &str, channel: &ChannelName, id: String) -> String {
+    format!(
+        "{{\"op\":\"{op}\",\"channel\":{}{id}}}",
+        quoted(channel.as_str())
+    )
+}
+
 /// A client frame that means `op`.
 fn op_frame(op: &ClientOp) -> String {
     let id = |id: &Option<u64>| id.map(|i| format!(",\"id\":{i}")).unwrap_or_default();
@@ -169,11 +205,9 @@ fn op_frame(op: &ClientOp) -> String {
                 id(i)
             )
         }
-        ClientOp::Unsubscribe { id: i, channel } => format!(
-            "{{\"op\":\"unsubscribe\",\"channel\":{}{}}}",
-            quoted(channel.as_str()),
-            id(i)
-        ),
+        ClientOp::Unsubscribe { id: i, channel } => channel_op("unsubscribe", channel, id(i)),
+        ClientOp::Presence { id: i, channel } => channel_op("presence", channel, id(i)),
+        ClientOp::PresenceStats { id: i, channel } => channel_op("presence_stats", channel, id(i)),
         ClientOp::Publish { id: i, publish } => format!(
             "{{\"op\":\"publish\",\"channel\":{}{}{}}}",
             quoted(publish.channel.as_str()),

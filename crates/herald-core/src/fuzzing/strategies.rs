@@ -63,6 +63,7 @@ pub fn message() -> impl Strategy<Value = Message> {
             event,
             data: Bytes::from(data.to_string()),
             published_at_us: 0,
+            sender: None,
         },
     )
 }

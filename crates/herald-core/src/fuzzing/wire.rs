@@ -176,15 +176,28 @@ pub fn check_poll_answer(token: &str, msg: &Message) {
 }
 
 /// `v` is one JSON object holding `msg`'s members (`type` only in a WebSocket frame, `event`
-/// always in a poll answer).
+/// always in a poll answer; `from` and `info` for a message a client published, `info` the same
+/// JSON value as its sender's token claim).
 fn check_message_members(msg: &Message, v: &serde_json::Value, poll: bool) {
     let obj = v.as_object().expect("frame is an object");
+    let sender = msg.sender.as_deref();
+    let from = sender.map_or(0, |s| 1 + usize::from(s.info.is_some()));
+    match sender {
+        Some(s) => {
+            assert_eq!(v["from"], &*s.user, "from in {v}");
+            let info = s.info.as_ref().map(|i| {
+                serde_json::from_slice::<serde_json::Value>(i).expect("an info claim is JSON")
+            });
+            assert_eq!(obj.get("info"), info.as_ref(), "info in {v}");
+        }
+        None => assert!(obj.get("from").is_none() && obj.get("info").is_none()),
+    }
     if poll {
-        assert_eq!(obj.len(), 5, "members of {v}");
+        assert_eq!(obj.len(), 5 + from, "members of {v}");
         assert_eq!(v["event"], msg.event_name());
     } else {
         let want_len = if msg.event.is_some() { 6 } else { 5 };
-        assert_eq!(obj.len(), want_len, "members of {v}");
+        assert_eq!(obj.len(), want_len + from, "members of {v}");
         assert_eq!(v["type"], "message");
         match &msg.event {
             Some(e) => assert_eq!(v["event"], e.as_str()),

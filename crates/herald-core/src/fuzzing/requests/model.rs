@@ -187,6 +187,7 @@ impl Members {
             event,
             data,
             idempotency_key,
+            sender: None,
         })
     }
 }
@@ -240,6 +241,7 @@ pub fn broadcast(data: &[u8]) -> Result<Vec<Publish>, ErrorCode> {
             event: event.clone(),
             data: data.clone(),
             idempotency_key: key.clone(),
+            sender: None,
         })
         .collect())
 }
@@ -277,6 +279,16 @@ pub fn client_op(data: &[u8]) -> Result<ClientOp, (Option<u64>, ErrorCode)> {
         "refresh" => Ok(ClientOp::Refresh {
             id,
             token: members.token().map_err(fail)?,
+        }),
+        // Rooms: who is in a channel, or only the counts. Whether the connection subscribes to
+        // it and whether its namespace has presence are decided when the op runs, not here.
+        "presence" => Ok(ClientOp::Presence {
+            id,
+            channel: members.channel().map_err(fail)?,
+        }),
+        "presence_stats" => Ok(ClientOp::PresenceStats {
+            id,
+            channel: members.channel().map_err(fail)?,
         }),
         _ => Err(fail(ErrorCode::UnknownOp)),
     }
