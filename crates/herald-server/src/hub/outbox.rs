@@ -389,7 +389,11 @@ impl Outbox {
     /// Queues a replayed history item if the queue is under half its bounds (or empty, with
     /// nothing being written: a replay always makes progress). Otherwise hands the item back with
     /// the room generation to wait on ([`Outbox::room`]); never closes the outbox.
-    pub fn push_replay(&self, item: Item) -> Result<(), (Item, u64)> {
+    ///
+    /// On success it also stops counting `held` bytes held outside the queue (what the replay
+    /// kept for this item), under the same lock: the bytes move from held to queued at once, so
+    /// a reader that has taken the item never sees them still held.
+    pub fn push_replay(&self, item: Item, held: usize) -> Result<(), (Item, u64)> {
         let mut inner = self.inner.lock();
         if inner.closed.is_some() {
             return Err((item, inner.replay().room_gen));
@@ -401,8 +405,12 @@ impl Outbox {
         if !(idle || fits) {
             return Err((item, inner.replay().room_gen));
         }
+        if let Some(r) = &mut inner.replay {
+            r.held = r.held.saturating_sub(held);
+        }
         let (_, rest) = inner.write_direct(item);
         let Some(item) = rest else {
+            inner.count(&self.totals);
             return Ok(());
         };
         inner.enqueue(item);

@@ -194,10 +194,9 @@ impl Pending {
                     continue;
                 }
                 let next = position_of(&item);
-                match outbox.push_replay(item) {
+                match outbox.push_replay(item, cost) {
                     Ok(()) => {
                         self.paged -= cost;
-                        outbox.release(cost);
                         if let Some(next) = next {
                             position = next;
                         }

@@ -284,9 +284,9 @@ async fn a_replay_writes_directly_too_and_keeps_its_order_behind_a_queue() {
     let o = outbox(100, 1000);
     let wire = FakeWire::with_room(5);
     o.attach(wire.clone());
-    assert!(o.push_replay(raw("one")).is_ok());
-    assert!(o.push_replay(raw("two")).is_ok());
-    assert!(o.push_replay(raw("three")).is_ok());
+    assert!(o.push_replay(raw("one"), 0).is_ok());
+    assert!(o.push_replay(raw("two"), 0).is_ok());
+    assert!(o.push_replay(raw("three"), 0).is_ok());
     assert_eq!(wire.taken.lock().as_slice(), b"onetw");
     let batch = o.take().await;
     assert_eq!(concat(&batch.items), b"othree");
