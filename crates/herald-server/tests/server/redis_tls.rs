@@ -102,19 +102,7 @@ async fn redis_refusals_stop_the_start_with_a_clear_message() {
     for (url, ca, why) in cases {
         let mut args = vec!["--redis-url".to_owned(), url];
         args.extend(certs.herald_args(ca));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, stdout, stderr) = Herald::run_to_exit(&args).await;
-        assert_eq!(
-            code,
-            Some(1),
-            "{why}: exits with status 1; stderr: {stderr}"
-        );
-        assert!(
-            !stdout.contains("listening"),
-            "{why}: refused before listening"
-        );
-        assert!(stderr.contains(why), "{why}: says why: {stderr}");
-        assert!(!stderr.contains(PASSWORD), "{why}: no password in {stderr}");
+        Herald::assert_refused_at_start(&args, why, PASSWORD).await;
     }
     // A plain connection to the TLS port, and TLS files without a TLS URL, are refused too.
     let (code, _, stderr) = Herald::run_to_exit(&[

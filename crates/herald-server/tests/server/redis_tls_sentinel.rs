@@ -101,13 +101,10 @@ async fn a_wrong_sentinel_password_stops_the_start() {
     let certs = TestCerts::generate();
     let redis = tls_sentinel(&certs);
     let args = args(&certs, &redis, "wrong-sentinel-password");
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, stdout, stderr) = Herald::run_to_exit(&args).await;
-    assert_eq!(code, Some(1), "stderr: {stderr}");
-    assert!(!stdout.contains("listening"));
-    assert!(
-        stderr.contains("Redis rejected the credentials"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("wrong-sentinel-password"), "{stderr}");
+    Herald::assert_refused_at_start(
+        &args,
+        "Redis rejected the credentials",
+        "wrong-sentinel-password",
+    )
+    .await;
 }

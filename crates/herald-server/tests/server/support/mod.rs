@@ -167,6 +167,28 @@ impl Herald {
         )
     }
 
+    /// Runs herald with `args` (see [`Herald::run_to_exit`]) and checks that the start is
+    /// refused: exit status 1 before "listening", a message containing `why`, and no `secret`
+    /// anywhere in what it printed.
+    pub async fn assert_refused_at_start(args: &[String], why: &str, secret: &str) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, stdout, stderr) = Self::run_to_exit(&args).await;
+        assert_eq!(
+            code,
+            Some(1),
+            "{why}: exits with status 1; stderr: {stderr}"
+        );
+        assert!(
+            !stdout.contains("listening"),
+            "{why}: refused before listening"
+        );
+        assert!(stderr.contains(why), "{why}: says why: {stderr}");
+        assert!(
+            !stderr.contains(secret) && !stdout.contains(secret),
+            "{why}: no secret in {stderr}"
+        );
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
