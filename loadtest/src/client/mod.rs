@@ -153,6 +153,21 @@ impl Conn {
         }
     }
 
+    /// Reads until the server confirms the subscription (`Ok`) or refuses it with an error
+    /// (`End::Protocol` with its code); other events before that are skipped.
+    pub async fn await_subscribed(&mut self) -> Result<(), End> {
+        let mut outcome: Option<Result<(), End>> = None;
+        while outcome.is_none() {
+            self.next_batch(&mut |ev| match ev {
+                Event::Subscribed { .. } => outcome = Some(Ok(())),
+                Event::Error { code } => outcome = Some(Err(End::Protocol(code.to_owned()))),
+                _ => {}
+            })
+            .await?;
+        }
+        outcome.unwrap_or(Ok(()))
+    }
+
     /// Waits for data and dispatches every complete event it holds.
     pub async fn next_batch<F: FnMut(Event<'_>)>(&mut self, f: &mut F) -> Result<(), End> {
         match self {

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 
 use super::{Common, Ctx, subscribe_rate::cpu_seconds};
 use crate::{
-    client::{Conn, End, Event, Resume, Transport, http::HttpConn},
+    client::{Conn, End, Resume, Transport, http::HttpConn},
     redis_info, report,
 };
 
@@ -117,16 +117,8 @@ async fn enter(ctx: &Ctx, args: &Args, secret: &[u8], i: usize) -> Result<Conn, 
         None,
     )
     .await?;
-    let mut outcome: Option<Result<(), End>> = None;
-    while outcome.is_none() {
-        conn.next_batch(&mut |ev| match ev {
-            Event::Subscribed { .. } => outcome = Some(Ok(())),
-            Event::Error { code } => outcome = Some(Err(End::Protocol(code.to_owned()))),
-            _ => {}
-        })
-        .await?;
-    }
-    outcome.unwrap_or(Ok(())).map(|()| conn)
+    conn.await_subscribed().await?;
+    Ok(conn)
 }
 
 /// Connections presence counts in every room, summed (asked of the first node: presence is

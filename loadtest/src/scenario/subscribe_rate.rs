@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::{Common, Ctx};
 use crate::{
-    client::{Conn, End, Event, Resume, Transport},
+    client::{Conn, End, Resume, Transport},
     report,
     stats::{Percentiles, new_histogram},
 };
@@ -91,16 +91,7 @@ async fn subscribe_once(ctx: &Ctx, args: &Args, i: usize) -> Result<(), End> {
         None,
     )
     .await?;
-    let mut outcome: Option<Result<(), End>> = None;
-    while outcome.is_none() {
-        conn.next_batch(&mut |ev| match ev {
-            Event::Subscribed { .. } => outcome = Some(Ok(())),
-            Event::Error { code } => outcome = Some(Err(End::Protocol(code.to_owned()))),
-            _ => {}
-        })
-        .await?;
-    }
-    outcome.unwrap_or(Ok(()))
+    conn.await_subscribed().await
 }
 
 pub async fn run(args: Args) -> Result<bool, String> {
