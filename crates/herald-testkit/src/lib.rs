@@ -25,7 +25,26 @@ use std::{
 
 static NEXT_DIR: AtomicU64 = AtomicU64::new(0);
 
+/// A port for a server a test starts (redis-server, a Sentinel, a Cluster bus). Taken below the
+/// kernel's ephemeral range (32768-60999 by default): a port from `127.0.0.1:0` is free only
+/// until the check's socket closes, and in the meantime another test's outgoing connection or
+/// `:0` listener could take it, so redis-server failed to bind now and then (seen in CI). Each
+/// process walks its own offset of the range and never hands out a port twice; the bind check
+/// skips ports something else holds.
 pub fn free_port() -> u16 {
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(997) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (offset + n) % SPAN;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
