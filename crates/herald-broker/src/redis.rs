@@ -18,6 +18,7 @@ mod hooks;
 pub(crate) mod keys;
 mod probe;
 mod pubsub;
+pub(crate) mod refresh;
 mod relay;
 mod scripts;
 mod sentinel;

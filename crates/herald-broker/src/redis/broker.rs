@@ -28,6 +28,7 @@ use super::{
     keys,
     probe::{self, Probes},
     pubsub::PubSub,
+    refresh::{self, Refreshes},
     relay::{self, Event, Slot},
     scripts::{self, ReadReply},
     sentinel,
@@ -47,6 +48,8 @@ pub(crate) struct Shared {
     /// With `Durability::Replicated`: what publishes, reads and live messages wait for.
     pub barrier: Option<Barrier>,
     publish_script: Script,
+    /// Which channels' key TTLs this node refreshed recently (publishes skip the refresh).
+    refreshes: Refreshes,
     read_script: Script,
     reset_script: Script,
     pub channels: Mutex<HashMap<ChannelName, Slot>>,
@@ -132,7 +135,8 @@ impl Shared {
             .arg(query.limit.min(retention.size))
             .arg(query.max_bytes)
             .arg(self.cfg.max_entry_bytes)
-            .arg(self.node_ids());
+            .arg(self.node_ids())
+            .arg(refresh::key_ttl_ms(retention.ttl));
         let (reply, server) = self
             .commands
             .script(&inv, self.cfg.timeout)
@@ -311,6 +315,7 @@ impl RedisBroker {
             commands,
             barrier,
             publish_script: Script::new(scripts::PUBLISH),
+            refreshes: Refreshes::default(),
             read_script: Script::new(scripts::READ),
             reset_script: Script::new(scripts::RESET),
             channels: Mutex::new(HashMap::new()),
@@ -447,6 +452,9 @@ impl Broker for RedisBroker {
             inv.key(keys::idempotency(c, k));
         }
         let retention = s.retention(c);
+        let generation = s.commands.generation();
+        let refresh = s.refreshes.due(c, generation);
+        let sent = std::time::Instant::now();
         inv.arg(Epoch::from_random(rand::random()).as_str())
             .arg(retention.size)
             .arg(ttl_ms(retention.ttl))
@@ -461,13 +469,19 @@ impl Broker for RedisBroker {
                 .arg(sender.info.as_deref().unwrap_or_default()),
             None => inv.arg("").arg(""),
         };
-        inv.arg(s.node_ids());
+        inv.arg(s.node_ids())
+            .arg(refresh::key_ttl_ms(retention.ttl))
+            .arg(if refresh { "1" } else { "0" });
         let (reply, server) = s
             .commands
             .script(&inv, s.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         let (position, duplicate, node) = scripts::parse_publish(reply)?;
+        // A duplicate returned before appending: it refreshed nothing.
+        if refresh && !duplicate {
+            s.refreshes.refreshed(c, retention.ttl, sent, generation);
+        }
         // Acknowledge only what a replica has (a duplicate too: its first publish may not have
         // reached a replica when the client gave up on it). The barrier's own write covers a
         // first publish made by another connection or node.

@@ -13,7 +13,13 @@
 //! single-flight, so an unreachable Redis costs one connection attempt at a time rather than one
 //! per waiting call.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use redis::{
     AsyncConnectionConfig, ErrorKind, RedisError, ScriptInvocation, ServerErrorKind, Value,
@@ -31,6 +37,9 @@ pub(crate) struct Commands {
     shared: parking_lot::Mutex<Option<(Shared, Server)>>,
     /// Held while connecting.
     connecting: tokio::sync::Mutex<()>,
+    /// Bumped whenever the shared connection is dropped: what a script did on an earlier
+    /// connection may be gone (a failover), see `refresh`.
+    generation: AtomicU64,
 }
 
 /// The server a command ran on, so a replication barrier can tell whether it covers the write.
@@ -64,6 +73,7 @@ impl Commands {
             timeout,
             shared: parking_lot::Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -112,13 +122,24 @@ impl Commands {
 
     /// Drops the shared connection (the primary changed): the next call connects again.
     pub(crate) fn reset(&self) {
+        self.drop_shared();
+    }
+
+    fn drop_shared(&self) {
         *self.shared.lock() = None;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Changes whenever the shared connection is dropped. Read it before a call: a call's
+    /// effects are known to be on the current server only while it has not changed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Drops the shared connection after `result` failed for a reason a new connection may fix.
     fn check<T>(&self, result: Result<T, BrokerError>) -> Result<T, BrokerError> {
         if matches!(result, Err(BrokerError::Unavailable(_))) {
-            *self.shared.lock() = None;
+            self.drop_shared();
         }
         result
     }

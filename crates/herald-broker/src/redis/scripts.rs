@@ -22,21 +22,28 @@ use crate::BrokerError;
 /// [`PUBLISH`], shared with the room script (`crate::presence`), whose join and leave messages
 /// take the same path (offset, history, backbone).
 ///
-/// `herald_append(meta, stream, backbone, new_epoch, size, ttl, ts, event, channel, from, info,
-/// data, sharded)` creates the channel's epoch if it has none, takes the next offset, builds the
-/// payload (`h1`, or `h2` when `from` is not empty: see `codec`), appends it to history (unless
-/// `size` is 0), refreshes the TTLs and publishes it. Returns the epoch and the offset.
+/// `herald_append(meta, stream, backbone, new_epoch, size, key_ttl, refresh, ts, event, channel,
+/// from, info, data, sharded)` creates the channel's epoch if it has none, takes the next
+/// offset, builds the payload (`h1`, or `h2` when `from` is not empty: see `codec`), appends it
+/// to history (unless `size` is 0) and publishes it. Returns the epoch and the offset.
+///
+/// The history entry's time (`t`, what the read script expires entries by) is the message's
+/// `published_at_us` (`ts`, the publishing node's clock) in milliseconds: no `TIME` call.
+/// The keys' TTLs are set to `key_ttl` when `refresh` is `'1'` (the node did not refresh them
+/// within the slack, see `refresh`), and whenever this call creates a key (a new epoch, or a
+/// stream that is missing: `XADD NOMKSTREAM` says so), so a key never lives without a TTL.
 macro_rules! append_fn {
     () => {
         r#"
-local function herald_append(meta, stream, backbone, new_epoch, size, ttl, ts, event, channel,
-                             from, info, data, sharded)
+local function herald_append(meta, stream, backbone, new_epoch, size, key_ttl, refresh, ts,
+                             event, channel, from, info, data, sharded)
   local epoch = redis.call('HGET', meta, 'e')
   if not epoch then
     -- A new incarnation: whatever history is left belongs to a lost epoch.
     epoch = new_epoch
     redis.call('DEL', stream)
     redis.call('HSET', meta, 'e', epoch, 'o', 0)
+    refresh = '1'
   end
   local offset = string.format('%d', redis.call('HINCRBY', meta, 'o', 1))
   local head = offset .. ' ' .. epoch .. ' ' .. ts .. ' ' .. event .. ' ' .. channel
@@ -46,12 +53,15 @@ local function herald_append(meta, stream, backbone, new_epoch, size, ttl, ts, e
   else
     payload = 'h1 ' .. head .. '\n' .. data
   end
-  redis.call('PEXPIRE', meta, ttl)
+  if refresh == '1' then redis.call('PEXPIRE', meta, key_ttl) end
   if tonumber(size) > 0 then
-    local now = redis.call('TIME')
-    local ms = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000))
-    redis.call('XADD', stream, 'MAXLEN', size, offset .. '-0', 't', ms, 'p', payload)
-    redis.call('PEXPIRE', stream, ttl)
+    local id = offset .. '-0'
+    local ms = string.format('%d', math.floor(tonumber(ts) / 1000))
+    if refresh == '1' or
+        not redis.call('XADD', stream, 'NOMKSTREAM', 'MAXLEN', size, id, 't', ms, 'p', payload) then
+      redis.call('XADD', stream, 'MAXLEN', size, id, 't', ms, 'p', payload)
+      redis.call('PEXPIRE', stream, key_ttl)
+    end
   end
   if sharded == 's' then
     redis.call('SPUBLISH', backbone, payload)
@@ -66,9 +76,10 @@ end
 pub(crate) use append_fn;
 
 /// KEYS: meta, stream, backbone channel, [idempotency key].
-/// ARGV: new epoch, history size, ttl ms, published_at_us, event ('' = default), channel, data,
-/// 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' = none), info, '1' to return the
-/// node's id (Cluster).
+/// ARGV: new epoch, history size, ttl ms (the idempotency key's), published_at_us, event
+/// ('' = default), channel, data, 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' =
+/// none), info, '1' to return the node's id (Cluster), the keys' TTL ms, '1' to refresh the
+/// keys' TTLs (see `herald_append`).
 /// Returns `{duplicate 0|1, "<epoch>:<offset>", node id or ''}`.
 pub(crate) const PUBLISH: &str = concat!(
     append_fn!(),
@@ -80,8 +91,8 @@ if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {1, prev, node} end
 end
-local epoch, offset = herald_append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ttl, ARGV[4],
-  ARGV[5], ARGV[6], ARGV[9], ARGV[10], ARGV[7], ARGV[8])
+local epoch, offset = herald_append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[12],
+  ARGV[13], ARGV[4], ARGV[5], ARGV[6], ARGV[9], ARGV[10], ARGV[7], ARGV[8])
 if KEYS[4] then
   redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ttl)
 end
@@ -90,8 +101,8 @@ return {0, epoch .. ':' .. offset, node}
 );
 
 /// KEYS: meta, stream.
-/// ARGV: ttl ms, mode, since epoch, since offset, limit, max bytes, max entry bytes, '1' to
-/// return the node's id (Cluster).
+/// ARGV: ttl ms (messages older than this are expired), mode, since epoch, since offset,
+/// limit, max bytes, max entry bytes, '1' to return the node's id (Cluster), the keys' TTL ms.
 /// Modes: 'a' after (epoch, offset): another epoch gets nothing, except ('', 0), the position of
 /// a channel seen before its first message, which reads the current epoch from its start; 'f'
 /// follow: like 'a' but any other epoch reads the current one from its start (the relay); 'o'
@@ -101,6 +112,7 @@ return {0, epoch .. ':' .. offset, node}
 ///
 /// Never creates anything: a channel without meta reads as `{'', 0}`. An existing meta key's TTL
 /// is refreshed, so a channel that is read (subscribed) keeps its epoch while it is quiet.
+/// Messages expire by their publish time (the publishing node's clock) against Redis's `TIME`.
 ///
 /// Redis runs one script at a time, so this one stays short: it copies at most one page out of
 /// the stream, in XRANGE chunks of at most 64 entries sized so that a chunk of entries like the
@@ -115,7 +127,7 @@ local meta = redis.call('HMGET', KEYS[1], 'e', 'o')
 if not meta[1] then return {'', '0', node} end
 local epoch = meta[1]
 local top = tonumber(meta[2]) or 0
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[9])
 local out = {epoch, string.format('%d', top), node}
 local mode = ARGV[2]
 local limit = tonumber(ARGV[5]) or 0

@@ -45,7 +45,7 @@ use tokio::{
 use super::{Presence, RoomPolicy, RoomsConfig};
 use crate::{
     BrokerError, now_us,
-    redis::{RedisStats, Shared, keys},
+    redis::{RedisStats, Shared, keys, refresh},
 };
 
 /// Most room calls in flight at once (they share one multiplexed connection).
@@ -176,7 +176,7 @@ impl Inner {
             .arg(call.limit)
             .arg(script::node_set_prefix(channel))
             .arg(retention.size)
-            .arg(ms(retention.ttl))
+            .arg(refresh::key_ttl_ms(retention.ttl))
             .arg(Epoch::from_random(rand::random()).as_str())
             .arg(now_us())
             .arg(channel.as_str())

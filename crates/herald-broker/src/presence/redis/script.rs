@@ -57,7 +57,7 @@ pub(super) fn leaving(c: &ChannelName) -> String {
 /// KEYS: pm, pu, pn, pg, pl, pc:<node>, meta, stream, backbone.
 /// ARGV: 1 node, 2 mode ('w': ops and heartbeat, 'r': sweep and read only), 3 presence ttl ms,
 /// 4 grace ms, 5 join_leave '1'|'0', 6 max members for messages, 7 key ttl ms, 8 listing limit
-/// (0: counts only), 9 pc prefix, 10 history size, 11 history ttl ms, 12 new epoch,
+/// (0: counts only), 9 pc prefix, 10 history size, 11 the channel keys' TTL ms, 12 new epoch,
 /// 13 published_at_us, 14 channel, 15 's'|'p' (SPUBLISH or PUBLISH), 16.. ops:
 /// 'j' client user json | 'l' client | 'x'.
 /// Returns `{messages sent, ms until the next grace ends (-1: none), ms until another node's
@@ -77,7 +77,7 @@ local sent = 0
 -- A transition is announced when the room holds at most `cap` connections after it.
 local function announce(event, json)
   if join_leave and redis.call('HLEN', pm) <= cap then
-    herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], ARGV[13], event,
+    herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], '1', ARGV[13], event,
       ARGV[14], '', '', json, ARGV[15])
     sent = sent + 1
   end
@@ -145,7 +145,7 @@ for _, user in ipairs(redis.call('ZRANGEBYSCORE', pg, '-inf', now)) do
   local json = redis.call('HGET', pl, user)
   redis.call('HDEL', pl, user)
   if json and redis.call('HEXISTS', pu, user) == 0 then
-    herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], ARGV[13],
+    herald_append(KEYS[7], KEYS[8], KEYS[9], ARGV[12], ARGV[10], ARGV[11], '1', ARGV[13],
       'herald.leave', ARGV[14], '', '', json, ARGV[15])
     sent = sent + 1
   end
