@@ -69,11 +69,11 @@ for v in "$@"; do
     fi
   done
   kill -9 "$pid" 2>/dev/null || true
-  unit=delivery
-  [ "$TR" = publish ] && unit=publish
+  unit=delivery units=deliveries
+  [ "$TR" = publish ] && unit=publish units=publishes
   per=$(awk -v a="${ir[short]}" -v b="${ir[long]}" -v x="${got[short]}" -v y="${got[long]}" \
     'BEGIN{printf "%.0f", (b-a)/(y-x)}')
-  echo "$name $TR: Ir short ${ir[short]} (${got[short]} ${unit}s), long ${ir[long]} (${got[long]}): $per instructions per $unit" | tee -a "$OUT/summary.txt"
+  echo "$name $TR: Ir short ${ir[short]} (${got[short]} $units), long ${ir[long]} (${got[long]}): $per instructions per $unit" | tee -a "$OUT/summary.txt"
   unset ir got
 done
 echo "== $OUT"

@@ -197,3 +197,19 @@ async fn a_zero_namespace_ttl_is_refused() {
     .expect("refused");
     assert!(err.to_string().contains("history_ttl"), "{err}");
 }
+
+#[tokio::test]
+async fn scripts_are_loaded_again_after_a_script_flush() {
+    let redis = RedisServer::start();
+    let b = broker(&redis, 10).await;
+    let first = b.publish(publish("s", 1, None)).await.expect("publish");
+    // SCRIPT FLUSH is what a Redis restart or failover does to the script cache: the next
+    // EVALSHA is answered NOSCRIPT, and the broker loads the script and runs it again.
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
+    let second = b.publish(publish("s", 2, None)).await.expect("publish");
+    assert_eq!(second.position.offset, first.position.offset + 1);
+    assert_eq!(second.position.epoch, first.position.epoch);
+    redis.cli(&["SCRIPT", "FLUSH"]);
+    let h = b.history(&ch("s"), latest(10)).await.expect("history");
+    assert_eq!(h.messages.len(), 2);
+}

@@ -48,7 +48,20 @@ impl Epoch {
 
     /// A fresh epoch from 64 random bits, rendered as 16 hex digits.
     pub fn from_random(bits: u64) -> Self {
-        Self(Arc::from(format!("{bits:016x}")))
+        let hex = Self::random_hex(bits);
+        // Hex digits are ASCII.
+        Self(Arc::from(std::str::from_utf8(&hex).unwrap_or_default()))
+    }
+
+    /// The 16 lowercase hex digits of [`Epoch::from_random`], on the stack: what a publish
+    /// sends as the epoch a new channel would get (most publishes go to a channel that has one).
+    pub fn random_hex(bits: u64) -> [u8; 16] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, d) in out.iter_mut().enumerate() {
+            *d = DIGITS[((bits >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
     }
 
     pub fn as_str(&self) -> &str {
@@ -195,6 +208,9 @@ mod tests {
         assert!(Epoch::parse("a,b").is_none());
         assert!(Epoch::parse(&"a".repeat(MAX_EPOCH_LEN + 1)).is_none());
         assert_eq!(Epoch::from_random(255).as_str(), "00000000000000ff");
+        for bits in [0, 1, 0x0123_4567_89ab_cdef, u64::MAX, 0xf000_0000_0000_000f] {
+            assert_eq!(Epoch::from_random(bits).as_str(), format!("{bits:016x}"));
+        }
     }
 
     #[test]

@@ -444,18 +444,23 @@ impl Broker for RedisBroker {
     async fn publish(&self, publish: Publish) -> Result<Published, BrokerError> {
         let s = &self.shared;
         let c = &publish.channel;
-        let mut inv = s.publish_script.prepare_invoke();
-        inv.key(keys::meta(c))
-            .key(keys::stream(c))
-            .key(keys::backbone(c));
-        if let Some(k) = &publish.idempotency_key {
-            inv.key(keys::idempotency(c, k));
-        }
         let retention = s.retention(c);
         let generation = s.commands.generation();
         let refresh = s.refreshes.due(c, generation);
         let sent = std::time::Instant::now();
-        inv.arg(Epoch::from_random(rand::random()).as_str())
+        // The EVALSHA is built in one buffer (see `Commands::evalsha`); the keys are written
+        // into it, and the epoch a new channel would get is formatted on the stack.
+        let idempotency = publish.idempotency_key.as_deref().map(|k| [":i:", k]);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(s.publish_script.get_hash())
+            .arg(if idempotency.is_some() { 4 } else { 3 })
+            .arg(keys::Key::meta(c))
+            .arg(keys::Key::stream(c))
+            .arg(keys::Key::backbone(c));
+        if let Some(suffix) = &idempotency {
+            cmd.arg(keys::Key::idempotency(c, suffix));
+        }
+        cmd.arg(&Epoch::random_hex(rand::random())[..])
             .arg(retention.size)
             .arg(ttl_ms(retention.ttl))
             .arg(now_us())
@@ -464,17 +469,17 @@ impl Broker for RedisBroker {
             .arg(&publish.data[..])
             .arg(if s.commands.is_cluster() { "s" } else { "p" });
         match &publish.sender {
-            Some(sender) => inv
+            Some(sender) => cmd
                 .arg(sender.user.as_bytes())
                 .arg(sender.info.as_deref().unwrap_or_default()),
-            None => inv.arg("").arg(""),
+            None => cmd.arg("").arg(""),
         };
-        inv.arg(s.node_ids())
+        cmd.arg(s.node_ids())
             .arg(refresh::key_ttl_ms(retention.ttl))
             .arg(if refresh { "1" } else { "0" });
         let (reply, server) = s
             .commands
-            .script(&inv, s.cfg.timeout)
+            .evalsha(&s.publish_script, &cmd, s.cfg.timeout)
             .await
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         let (position, duplicate, node) = scripts::parse_publish(reply)?;

@@ -163,6 +163,27 @@ impl Commands {
         self.check(deadline(timeout, call).await)
     }
 
+    /// Runs a prebuilt `EVALSHA` of `script` (hash, key count, keys, args: what
+    /// `ScriptInvocation` would build, without its copy of every argument) within `timeout`,
+    /// loading the script on NOSCRIPT like `invoke_async` does; also says on which server it ran.
+    pub(crate) async fn evalsha(
+        &self,
+        script: &redis::Script,
+        cmd: &redis::Cmd,
+        timeout: Duration,
+    ) -> Result<(Value, Server), BrokerError> {
+        let call = async {
+            let (conn, server) = self.connection().await?;
+            match conn {
+                Shared::Standalone(mut conn) => evalsha_on(&mut conn, script, cmd).await,
+                Shared::Cluster(mut conn) => evalsha_on(&mut conn, script, cmd).await,
+            }
+            .map(|v| (v, server))
+            .map_err(|e: RedisError| classify(&e))
+        };
+        self.check(deadline(timeout, call).await)
+    }
+
     /// Runs one command within `timeout`.
     pub(crate) async fn query(
         &self,
@@ -177,6 +198,20 @@ impl Commands {
             .map_err(|e| classify(&e))
         };
         self.check(deadline(timeout, call).await)
+    }
+}
+
+async fn evalsha_on(
+    conn: &mut impl redis::aio::ConnectionLike,
+    script: &redis::Script,
+    cmd: &redis::Cmd,
+) -> Result<Value, RedisError> {
+    match cmd.query_async::<Value>(conn).await {
+        Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(conn).await?;
+            cmd.query_async(conn).await
+        }
+        other => other,
     }
 }
 

@@ -131,21 +131,29 @@ fn rejected(app: &App, r: Rejection) -> Response<Body> {
     error(r.code, &r.message)
 }
 
-/// `{"channel","offset","epoch"}`: a publish's result, rendered for HTTP.
-fn published_json(channel: &ChannelName, p: &Published) -> serde_json::Value {
-    serde_json::json!({
-        "channel": channel.as_str(),
-        "offset": p.position.offset,
-        "epoch": p.position.epoch.as_str(),
-    })
+/// `{"channel","offset","epoch"}`: a publish's result, rendered for HTTP (serialised straight
+/// from the borrowed fields: no `serde_json::Value` map per publish).
+#[derive(serde::Serialize)]
+struct PublishedBody<'a> {
+    channel: &'a str,
+    offset: u64,
+    epoch: &'a str,
 }
 
-/// Publishes one message: the JSON result or the error for one channel.
-async fn publish_one(app: &App, p: Publish) -> Result<serde_json::Value, (ErrorCode, String)> {
-    let channel = p.channel.clone();
+impl<'a> PublishedBody<'a> {
+    fn of(channel: &'a ChannelName, p: &'a Published) -> Self {
+        Self {
+            channel: channel.as_str(),
+            offset: p.position.offset,
+            epoch: p.position.epoch.as_str(),
+        }
+    }
+}
+
+/// Publishes one message: the result or the error for one channel.
+async fn publish_one(app: &App, p: Publish) -> Result<Published, (ErrorCode, String)> {
     crate::publish::publish(app.broker.as_ref(), &app.metrics, p)
         .await
-        .map(|published| published_json(&channel, &published))
         .map_err(|r| (r.code, r.message))
 }
 
@@ -161,8 +169,12 @@ pub async fn publish(app: &App, req: Request<Incoming>) -> Response<Body> {
     if let Err((code, message)) = check_scope(publisher, p.channel.as_str()) {
         return error(code, &message);
     }
+    let channel = p.channel.clone();
     match publish_one(app, p).await {
-        Ok(v) => json(StatusCode::OK, v.to_string()),
+        Ok(published) => match serde_json::to_vec(&PublishedBody::of(&channel, &published)) {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => error(ErrorCode::Internal, &e.to_string()),
+        },
         Err((code, message)) => error(code, &message),
     }
 }
@@ -195,7 +207,7 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Response<Body> {
     let items: Vec<serde_json::Value> = results
         .into_iter()
         .map(|(channel, r)| match r {
-            Ok(v) => v,
+            Ok(published) => serde_json::json!(PublishedBody::of(&channel, &published)),
             Err((code, message)) => serde_json::json!({
                 "channel": channel.as_str(),
                 "error": {"code": code.as_str(), "message": message},
