@@ -451,8 +451,16 @@ impl Broker for RedisBroker {
         // The EVALSHA is built in one buffer (see `Commands::evalsha`); the keys are written
         // into it, and the epoch a new channel would get is formatted on the stack.
         let idempotency = publish.idempotency_key.as_deref().map(|k| [":i:", k]);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(s.publish_script.get_hash())
+        // Sized up front (argument count, then bytes: the fixed-size arguments, each key's
+        // `herald:{}` and suffix, the variable ones), so adding arguments never reallocates.
+        let variable = 4 * c.as_str().len()
+            + publish.data.len()
+            + publish.idempotency_key.as_ref().map_or(0, String::len)
+            + publish.event.as_ref().map_or(0, |e| e.as_str().len())
+            + publish.sender.as_ref().map_or(0, |sender| sender.len());
+        let mut cmd = redis::Cmd::with_capacity(20, 256 + variable);
+        cmd.arg("EVALSHA")
+            .arg(s.publish_script.get_hash())
             .arg(if idempotency.is_some() { 4 } else { 3 })
             .arg(keys::Key::meta(c))
             .arg(keys::Key::stream(c))

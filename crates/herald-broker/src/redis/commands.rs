@@ -3,8 +3,10 @@
 //!
 //! The bound holds whether Redis refuses connections, blackholes them, or answers slowly: the
 //! whole call (connecting included) runs under one `tokio::time::timeout`, and the client's own
-//! connection and response timeouts are set to the same value, so it is this setting, not a
-//! library default, that decides when a slow Redis counts as unavailable.
+//! connection timeout is set to the same value, so it is this setting, not a library default,
+//! that decides when a slow Redis counts as unavailable. A standalone connection has no response
+//! timeout of its own (`None`, not the library's 500 ms): it would fire after ours anyway (same
+//! value, started later) and cost a second timer per call; Cluster's is set to the same value.
 //!
 //! Every call shares one multiplexed connection (many requests in flight, pipelined on one
 //! socket), made on first use by the [`Endpoint`] (which asks Sentinel for the primary). A call
@@ -107,7 +109,7 @@ impl Commands {
             None => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout));
+                    .set_response_timeout(None);
                 let primary = self
                     .endpoint
                     .primary(&config, false)
