@@ -80,7 +80,8 @@ pub(crate) use append_fn;
 /// ('' = default), channel, data, 's' to SPUBLISH (Cluster) or 'p' to PUBLISH, from ('' =
 /// none), info, '1' to return the node's id (Cluster), the keys' TTL ms, '1' to refresh the
 /// keys' TTLs (see `herald_append`).
-/// Returns `{duplicate 0|1, "<epoch>:<offset>", node id or ''}`.
+/// Returns one string, `<duplicate 0|1>:<epoch>:<offset>:<node id or ''>`: one bulk reply is
+/// parsed by the client several times faster than an array of three.
 pub(crate) const PUBLISH: &str = concat!(
     append_fn!(),
     r#"
@@ -89,14 +90,14 @@ local node = ''
 if ARGV[11] == '1' then node = redis.call('CLUSTER', 'MYID') end
 if KEYS[4] then
   local prev = redis.call('GET', KEYS[4])
-  if prev then return {1, prev, node} end
+  if prev then return '1:' .. prev .. ':' .. node end
 end
 local epoch, offset = herald_append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[12],
   ARGV[13], ARGV[4], ARGV[5], ARGV[6], ARGV[9], ARGV[10], ARGV[7], ARGV[8])
 if KEYS[4] then
   redis.call('SET', KEYS[4], epoch .. ':' .. offset, 'PX', ttl)
 end
-return {0, epoch .. ':' .. offset, node}
+return '0:' .. epoch .. ':' .. offset .. ':' .. node
 "#
 );
 
@@ -238,25 +239,23 @@ fn array(v: Value) -> Result<Vec<Value>, BrokerError> {
     }
 }
 
-/// Parses `"<epoch>:<offset>"`.
-fn position(raw: &[u8]) -> Result<StreamPosition, BrokerError> {
-    let s = std::str::from_utf8(raw).map_err(|_| bad("position not UTF-8"))?;
-    let (epoch, offset) = s.split_once(':').ok_or_else(|| bad("position"))?;
-    Ok(StreamPosition {
-        epoch: Epoch::parse(epoch).ok_or_else(|| bad("epoch"))?,
-        offset: offset.parse().map_err(|_| bad("offset"))?,
-    })
-}
-
-/// The publish script's reply: (position, duplicate, the id of the Cluster node that ran it or
-/// an empty string).
+/// The publish script's reply, `<duplicate 0|1>:<epoch>:<offset>:<node id or ''>`: (position,
+/// duplicate, the id of the Cluster node that ran it or an empty string). Epochs and node ids
+/// never contain `:`.
 pub(crate) fn parse_publish(v: Value) -> Result<(StreamPosition, bool, String), BrokerError> {
-    let mut it = array(v)?.into_iter();
-    let mut next = || it.next().ok_or_else(|| bad("short publish reply"));
-    let dup = int(next()?)? == 1;
-    let pos = position(&bulk(next()?)?)?;
-    let node = text(next()?)?;
-    Ok((pos, dup, node))
+    let raw = bulk(v)?;
+    let s = std::str::from_utf8(&raw).map_err(|_| bad("publish reply not UTF-8"))?;
+    let mut parts = s.splitn(4, ':');
+    let mut next = || parts.next().ok_or_else(|| bad("short publish reply"));
+    let dup = match next()? {
+        "0" => false,
+        "1" => true,
+        _ => return Err(bad("duplicate flag")),
+    };
+    let epoch = Epoch::parse(next()?).ok_or_else(|| bad("epoch"))?;
+    let offset = next()?.parse().map_err(|_| bad("offset"))?;
+    let node = next()?.to_owned();
+    Ok((StreamPosition { epoch, offset }, dup, node))
 }
 
 fn text(v: Value) -> Result<String, BrokerError> {
@@ -299,22 +298,23 @@ mod tests {
 
     #[test]
     fn publish_replies_parse() {
-        let v = Value::Array(vec![
-            Value::Int(1),
-            Value::BulkString(b"abc:7".to_vec()),
-            Value::BulkString(b"n1".to_vec()),
-        ]);
-        let (pos, dup, node) = parse_publish(v).expect("parse");
+        let reply = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let (pos, dup, node) = parse_publish(reply("1:abc:7:n1")).expect("parse");
         assert!(dup);
         assert_eq!(node, "n1");
         assert_eq!(pos.offset, 7);
         assert_eq!(pos.epoch.as_str(), "abc");
+        let (pos, dup, node) = parse_publish(reply("0:abc:8:")).expect("parse");
+        assert!(!dup && node.is_empty() && pos.offset == 8);
         for bad in [
             Value::Nil,
-            Value::Array(vec![Value::Int(0)]),
-            Value::Array(vec![Value::Int(0), Value::BulkString(b"abc:1".to_vec())]),
-            Value::Array(vec![Value::Int(0), Value::BulkString(b"abc".to_vec())]),
-            Value::Array(vec![Value::Int(0), Value::BulkString(b"a,c:1".to_vec())]),
+            Value::Array(vec![Value::Int(0), reply("abc:1"), reply("")]),
+            reply("0:abc:1"),
+            reply("0:abc"),
+            reply("2:abc:1:"),
+            reply("0:a,c:1:"),
+            reply("0:abc:x:"),
+            reply("0:abc:-1:"),
         ] {
             assert!(parse_publish(bad).is_err());
         }
