@@ -447,7 +447,8 @@ impl Broker for RedisBroker {
         let retention = s.retention(c);
         let generation = s.commands.generation();
         let refresh = s.refreshes.due(c, generation);
-        let sent = std::time::Instant::now();
+        // Only a refreshing call needs to know when it was sent.
+        let sent = refresh.then(std::time::Instant::now);
         // The EVALSHA is built in one buffer (see `Commands::evalsha`); the keys are written
         // into it, and the epoch a new channel would get is formatted on the stack.
         let idempotency = publish.idempotency_key.as_deref().map(|k| [":i:", k]);
@@ -492,7 +493,9 @@ impl Broker for RedisBroker {
             .inspect_err(|_| RedisStats::inc(&s.stats.command_errors))?;
         let (position, duplicate, node) = scripts::parse_publish(reply)?;
         // A duplicate returned before appending: it refreshed nothing.
-        if refresh && !duplicate {
+        if let Some(sent) = sent
+            && !duplicate
+        {
             s.refreshes.refreshed(c, retention.ttl, sent, generation);
         }
         // Acknowledge only what a replica has (a duplicate too: its first publish may not have
