@@ -72,7 +72,14 @@ impl ResumeToken {
     pub fn set(&mut self, channel: &ChannelName, pos: StreamPosition) {
         match self.entries.iter_mut().find(|(c, _)| c == channel) {
             Some(entry) => entry.1 = pos,
-            None => self.entries.push((channel.clone(), pos)),
+            None => {
+                // Most streams carry one channel: the first entry gets room for itself only
+                // (a `Vec`'s first push reserves four, which an idle SSE stream would carry).
+                if self.entries.capacity() == 0 {
+                    self.entries.reserve_exact(1);
+                }
+                self.entries.push((channel.clone(), pos))
+            }
         }
     }
 

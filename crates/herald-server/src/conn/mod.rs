@@ -12,9 +12,11 @@
 //! (`header_read_timeout`) bounds the TLS handshake and then the first request head (HTTP/1.1)
 //! or the first stream (HTTP/2).
 //!
-//! A task is as large as the largest state of its future, and an idle SSE stream on the fast
-//! path is the most numerous kind of connection: the TLS handshake and the hyper servers are
-//! boxed, so that state is not sized by an HTTP/2 connection it never uses.
+//! A task is as large as the largest state of its future, so a connection that becomes an idle
+//! stream does not stay in this task: an SSE stream on the fast path runs in a task of its own
+//! ([`sse_direct::SseStream::run`]) and this one ends, like hyper's connection task ends when it
+//! hands a WebSocket over. The TLS handshake and the hyper servers are boxed, so the states a
+//! connection passes through on its way are not sized by an HTTP/2 connection it never uses.
 
 mod h1;
 mod h2;
@@ -34,7 +36,7 @@ use crate::{
     http::{self, Body, head::Head},
     limits::{Limit, Peer, Permit, refuse},
     tls::Tls,
-    transport::sse_direct,
+    transport::sse_direct::{self, Direct},
 };
 
 /// The HTTP version a connection speaks.
@@ -107,9 +109,17 @@ pub async fn serve(
             } else {
                 sse_direct::try_serve(&conn.app, stream, conn.peer, head_deadline).await
             };
-            // `None`: served as an SSE stream, or closed.
-            if let Some((stream, protocol)) = served {
-                Box::pin(conn.serve(TokioIo::new(stream), protocol, false)).await;
+            match served {
+                Direct::Hyper(stream, protocol) => {
+                    Box::pin(conn.serve(TokioIo::new(stream), protocol, false)).await;
+                }
+                // A task of its own, sized for an idle stream; this one, sized for everything a
+                // connection may need on its way there, ends.
+                Direct::Stream(sse) => {
+                    conn.app.tasks.spawn(sse.run(permit));
+                    return;
+                }
+                Direct::Done => {}
             }
         }
     }
@@ -129,17 +139,13 @@ async fn speaks_plain_http(stream: &TcpStream, head_deadline: Instant) -> bool {
 
 /// The HTTP version of a plain connection accepted during the drain (no SSE fast path then:
 /// new streams are refused anyway).
-async fn sniff(
-    app: &App,
-    stream: TcpStream,
-    head_deadline: Instant,
-) -> Option<(TcpStream, Protocol)> {
+async fn sniff(app: &App, stream: TcpStream, head_deadline: Instant) -> Direct {
     match tokio::time::timeout_at(head_deadline, sse_direct::peek_head(&stream)).await {
-        Ok(Head::Http2) if app.config.http2 => Some((stream, Protocol::Http2)),
-        Ok(_) => Some((stream, Protocol::Http1)),
+        Ok(Head::Http2) if app.config.http2 => Direct::Hyper(stream, Protocol::Http2),
+        Ok(_) => Direct::Hyper(stream, Protocol::Http1),
         Err(_) => {
             app.metrics.limits.hit(Limit::HeaderReadTimeout);
-            None
+            Direct::Done
         }
     }
 }

@@ -7,11 +7,16 @@
 //! could read differently), it is validated and subscribed exactly like the hyper route
 //! ([`super::sse::open`]); then the head is consumed and the same [`SseBody`] is written straight
 //! to the socket, delimited by closing the connection; an error `open` returns is written here
-//! too (hyper would run the same `open` again). Anything else is left untouched in the socket for
+//! too (hyper would run the same `open` again).
+//!
+//! The open stream runs in a task of its own ([`SseStream::run`]), sized by what an idle stream
+//! holds: a task is as large as the largest state of its future, and the connection task that
+//! peeked the head, admitted and subscribed it is several times larger (an idle stream cost
+//! 3,200 B of task in the connection task, docs/benchmarks.md). Anything else is left untouched in the socket for
 //! hyper to serve, except a head hyper would refuse outright, which is answered here with a JSON
 //! error (hyper's own answer has no body).
 
-use std::{pin::pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use http_body_util::BodyExt;
 use hyper::Response;
@@ -36,7 +41,7 @@ use crate::{
         cors::Verdict,
         head::{self, Head},
     },
-    limits::{Limit, Peer, refuse},
+    limits::{Limit, Peer, Permit, refuse},
 };
 
 /// Largest request head looked at; a longer one goes to hyper.
@@ -52,30 +57,40 @@ const DRAIN_GRACE_FOR_NEW: Duration = Duration::from_secs(1);
 const RESPONSE_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
 cache-control: no-cache\r\nx-accel-buffering: no\r\nconnection: close\r\n";
 
-/// Serves `stream` if its first request is an SSE subscription, answers it if hyper would refuse
-/// its head (with a JSON error instead of hyper's empty 400); otherwise hands it back with the
-/// HTTP version its first bytes speak (the HTTP/2 preface: h2 with prior knowledge). Also
-/// `None` when no byte arrived before `head_deadline` (`header_read_timeout`): the socket is
-/// closed.
+/// What [`try_serve`] made of a fresh connection.
+pub enum Direct {
+    /// Not an SSE subscription: hyper serves it, in the HTTP version its first bytes speak.
+    Hyper(TcpStream, Protocol),
+    /// An SSE stream, subscribed: run it ([`SseStream::run`]) in a task of its own.
+    Stream(SseStream),
+    /// Answered (an error) or closed.
+    Done,
+}
+
+/// Serves `stream` if its first request is an SSE subscription ([`Direct::Stream`]: subscribed,
+/// to be run), answers it if hyper would refuse its head (with a JSON error instead of hyper's
+/// empty 400); otherwise hands it back with the HTTP version its first bytes speak (the HTTP/2
+/// preface: h2 with prior knowledge). Also [`Direct::Done`] when no byte arrived before
+/// `head_deadline` (`header_read_timeout`): the socket is closed.
 pub async fn try_serve(
     app: &Arc<App>,
     stream: TcpStream,
     peer: Peer,
     head_deadline: Instant,
-) -> Option<(TcpStream, Protocol)> {
+) -> Direct {
     let head = tokio::select! {
         head = tokio::time::timeout_at(head_deadline, peek_head(&stream)) => match head {
             Ok(head) => head,
             Err(_) => {
                 // Not a byte before the deadline: a silent socket.
                 app.metrics.limits.hit(Limit::HeaderReadTimeout);
-                return None;
+                return Direct::Done;
             }
         },
         // A connection with no request yet does not hold up a drain, but it may be one a client
         // opened just before the drain began and is about to use: it gets the same chance as an
         // idle keep-alive connection, its own moment in the drain window (at least a second).
-        () = idle_until_drained(app) => return None,
+        () = idle_until_drained(app) => return Direct::Done,
     };
     let req = match head {
         Head::Sse(req) => req,
@@ -87,10 +102,12 @@ pub async fn try_serve(
             // Boxed: rare, and inline its buffers would size every connection's task.
             let response = head::malformed_response(status, &message);
             Box::pin(refuse::write_and_close(stream, &response)).await;
-            return None;
+            return Direct::Done;
         }
-        Head::Http2 if app.config.http2 => return Some((stream, Protocol::Http2)),
-        Head::Other | Head::Http2 | Head::PartialHttp2 => return Some((stream, Protocol::Http1)),
+        Head::Http2 if app.config.http2 => return Direct::Hyper(stream, Protocol::Http2),
+        Head::Other | Head::Http2 | Head::PartialHttp2 => {
+            return Direct::Hyper(stream, Protocol::Http1);
+        }
     };
     // A refused origin is left to hyper, which reads the same request again and answers it.
     let listing = !app.config.allowed_origins.is_any();
@@ -99,7 +116,7 @@ pub async fn try_serve(
         .allowed_origins
         .check(req.origin.as_deref(), req.host.as_deref());
     if matches!(cors, Verdict::Refused) {
-        return Some((stream, Protocol::Http1));
+        return Direct::Hyper(stream, Protocol::Http1);
     }
     let permit = match app.connections.admit_stream(
         peer,
@@ -113,7 +130,7 @@ pub async fn try_serve(
         Err(refusal) => {
             let response = refuse::response(refusal);
             Box::pin(refuse::write_and_close(stream, &response)).await;
-            return None;
+            return Direct::Done;
         }
     };
     let signal = CancellationToken::new();
@@ -140,7 +157,7 @@ pub async fn try_serve(
         Err(mut resp) => {
             cors.decorate(resp.headers_mut(), listing);
             Box::pin(answer(app, stream, req.head_len, resp)).await;
-            return None;
+            return Direct::Done;
         }
     };
     body.hold(permit);
@@ -154,8 +171,13 @@ pub async fn try_serve(
         "SSE stream (direct)"
     );
     let head = format!("{RESPONSE_HEAD}{}\r\n", cors.head_lines(listing));
-    stream_to(stream, req.head_len, head.into_bytes(), body, signal).await;
-    None
+    Direct::Stream(SseStream {
+        stream,
+        head_len: req.head_len,
+        response_head: head.into_bytes(),
+        body: Box::new(body),
+        signal,
+    })
 }
 
 /// Writes `resp` (an error `open` produced: a small JSON body) after consuming the request
@@ -214,12 +236,43 @@ pub async fn peek_head(stream: &TcpStream) -> Head {
     }
 }
 
+/// A subscribed SSE stream whose request head is still in the socket.
+pub struct SseStream {
+    stream: TcpStream,
+    head_len: usize,
+    response_head: Vec<u8>,
+    /// Boxed: an async fn keeps a copy of its arguments beside the locals it moves them into,
+    /// and the body is the largest of them.
+    body: Box<SseBody>,
+    signal: CancellationToken,
+}
+
+impl SseStream {
+    /// Consumes the request head, writes the response head and streams until either side ends
+    /// it. `permit`, the connection's, is held until then. (Not an `async fn`: that would be one
+    /// more future holding the stream's parts.)
+    pub fn run(self, permit: Permit) -> impl Future<Output = ()> + Send + 'static {
+        let Self {
+            stream,
+            head_len,
+            response_head,
+            body,
+            signal,
+        } = self;
+        stream_to(stream, head_len, response_head, body, signal, permit)
+    }
+}
+
+/// The stream's task. Its future is what an idle SSE connection costs besides its outbox, so
+/// whatever only the start or the end needs (the head buffers, the end-of-stream timeouts) is
+/// on the heap while it is needed, not in the future.
 async fn stream_to(
     mut stream: TcpStream,
     head_len: usize,
     mut response_head: Vec<u8>,
-    mut body: SseBody,
+    mut body: Box<SseBody>,
     signal: CancellationToken,
+    permit: Permit,
 ) {
     let mut head = vec![0u8; head_len];
     if let Some(preamble) = body.take_preamble() {
@@ -240,7 +293,6 @@ async fn stream_to(
     // found at once instead of at the next heartbeat.
     let gone = client_gone(&mut read);
     tokio::pin!(gone);
-    let mut body = pin!(body);
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
@@ -259,16 +311,22 @@ async fn stream_to(
                 // The stream is closing (it overflowed, or the server drains) while a peer that
                 // stopped reading may block this write: it gets the notice deadline to finish
                 // (whole events), then the closing event follows under the same deadline.
-                if !matches!(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending).await, Ok(Ok(()))) {
+                let rest = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending));
+                if !matches!(rest.await, Ok(Ok(()))) {
                     return;
                 }
             }
         }
     }
-    let _ = tokio::time::timeout(FINAL_NOTICE_DEADLINE, write.shutdown()).await;
+    let _ = Box::pin(tokio::time::timeout(
+        FINAL_NOTICE_DEADLINE,
+        write.shutdown(),
+    ))
+    .await;
     // Wait for the client to hang up (or the deadline): closing with its bytes unread would
     // reset the connection, and a reset can destroy the closing event before it is read.
-    let _ = tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone).await;
+    let _ = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone)).await;
+    drop(permit);
 }
 
 /// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.
