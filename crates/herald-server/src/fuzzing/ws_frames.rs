@@ -3,18 +3,18 @@
 //! The bytes are decoded a second time by [`Rfc`], a plain reading of RFC 6455 section 5 that
 //! keeps no buffer: the reader must return the same frames (flags, opcode, unmasked payload)
 //! and stop with the same kind of error, never panic, never hold more than its limit, whatever
-//! the limit and however the bytes are split across reads.
+//! the limit and however the bytes are split across reads, and however often a pending read is
+//! dropped (it is polled through a fresh call every time).
 
 use std::{
     io,
     pin::Pin,
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
 };
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-use super::block_on;
-use crate::transport::ws::frame::{BadClose, CLOSE, FrameReader, ReadError, check_close};
+use crate::transport::ws::frame::{BadClose, CLOSE, Frame, FrameReader, ReadError, check_close};
 
 /// The payload limits tried: around the 7-bit and 16-bit length encodings, and none at all.
 const LIMITS: [usize; 8] = [0, 1, 125, 126, 1000, 65_535, 65_536, 1 << 20];
@@ -43,7 +43,9 @@ pub fn ws_frames(data: &[u8]) {
     let mut reader = FrameReader::new(io, max);
     let mut rfc = Rfc { input, pos: 0, max };
     loop {
-        let got = block_on(reader.read());
+        // Polled afresh each time, as a `select!` that another branch won would: a read
+        // dropped while pending must lose nothing.
+        let got = poll_fresh(&mut reader);
         let want = rfc.next();
         match (got, want) {
             (
@@ -76,6 +78,17 @@ pub fn ws_frames(data: &[u8]) {
             ),
         }
     }
+}
+
+/// The next frame, each poll through a new [`FrameReader::read`] future, dropped when pending.
+fn poll_fresh(reader: &mut FrameReader<Trickle<'_>>) -> Result<Frame, ReadError> {
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..1_000_000 {
+        if let Poll::Ready(out) = std::pin::pin!(reader.read()).poll(&mut cx) {
+            return out;
+        }
+    }
+    panic!("a read over in-memory IO never completed");
 }
 
 #[derive(Debug)]

@@ -1,24 +1,19 @@
 //! `GET /v1/ws`: the WebSocket transport.
 //!
-//! fastwebsockets performs the handshake and parses client frames on the read half, in a task of
-//! its own (its `read_frame` is not cancel-safe, so it never sits in a `select!`). The write half
-//! belongs to this module's writer: server frames are unmasked and trivial to encode, so the
-//! writer takes everything queued in the outbox and writes the shared, pre-encoded frames with one
-//! vectored write.
+//! fastwebsockets performs the handshake (inside hyper); then one task serves the connection.
+//! It waits in one `select!` for its outbox, its timers and the next client frame: frames are
+//! read by [`frame::FrameReader`], which keeps every byte it read in itself and so loses nothing
+//! when the `select!` drops a pending read (fastwebsockets' `read_frame` is not cancel-safe and
+//! would need a task of its own). Server frames are unmasked and trivial to encode, so the task
+//! takes everything queued in the outbox and writes the shared, pre-encoded frames with one
+//! vectored write; while the hub finds the connection idle it writes to the socket itself
+//! (`hub::outbox`).
 
 pub(crate) mod frame;
 mod reader;
 mod session;
 
-use std::{
-    collections::VecDeque,
-    io::IoSlice,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{collections::VecDeque, io::IoSlice, pin::Pin, sync::Arc};
 
 use bytes::Bytes;
 use fastwebsockets::upgrade;
@@ -29,15 +24,16 @@ use herald_core::{
 use hyper::{Request, Response, body::Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
     time::Sleep,
 };
 use tokio_rustls::server::TlsStream;
 
 use self::{
-    frame::FrameReader,
-    session::{Deadline, Session},
+    frame::{FrameReader, ReadError},
+    reader::{Next, Reader},
+    session::Session,
 };
 use super::{
     Connection,
@@ -202,15 +198,14 @@ async fn session<R, W>(
     who: Option<Identity>,
     permit: Option<Permit>,
 ) where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     // Copied out and dropped: the `Bytes` is a view of hyper's whole 8 KiB read buffer and would
     // keep it alive.
     let early = read_buf.to_vec();
     drop(read_buf);
-    let read = std::io::Cursor::new(early).chain(read);
-    let frames = FrameReader::new(read, app.config.max_ws_frame_bytes);
+    let mut frames = FrameReader::with_early(read, early, app.config.max_ws_frame_bytes);
 
     let mut conn = Connection::new(&app, "ws", Default::default());
     conn.hold(permit);
@@ -218,31 +213,16 @@ async fn session<R, W>(
     if let Some(wire) = wire {
         conn.outbox.attach(wire);
     }
-    let conn = Arc::new(conn);
     for channel in channels {
         // Boxed so the connection task's idle state is not sized by the subscribe future.
         Box::pin(subscribe(&app, &conn, channel, None, None, who.as_deref())).await;
     }
 
     let clock = tokio::time::Instant::now();
-    let last_heard = Arc::new(AtomicU64::new(0));
-    // The session lives in the reader task, which handles the ops that change it; its deadline
-    // (token expiry, auth timeout) is shared with the writer, which enforces it.
-    let deadline = Arc::new(Deadline::new(clock));
-    let session = Session::start(&app, who, deadline.clone());
-    let reader = tokio::spawn(reader::run(
-        app.clone(),
-        conn.clone(),
-        frames,
-        last_heard.clone(),
-        clock,
-        session,
-    ));
-
-    let mut reader = reader;
-    write_loop(&app, &conn, &mut write, &last_heard, clock, &deadline).await;
+    let mut reader = Reader::new(&app, Session::start(&app, who, clock), clock);
+    let read_end = run(&app, &conn, &mut frames, &mut write, &mut reader, clock).await;
     // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every idle
-    // connection's task would carry the space for each of them (serve's future: 920 -> 808 B).
+    // connection's task would carry the space for each of them.
     let _ = Box::pin(tokio::time::timeout(
         super::FINAL_NOTICE_DEADLINE,
         write.shutdown(),
@@ -250,16 +230,25 @@ async fn session<R, W>(
     .await;
     // Keep reading until the client answers the close (or the deadline): a socket closed with
     // unread input is reset, and a reset can destroy the close frame before the client reads it.
-    // (A close the reader asked for ends with the reader dropping what the client still sends,
-    // see `reader::CLOSE_LINGER`.)
-    if Box::pin(tokio::time::timeout(
-        super::FINAL_NOTICE_DEADLINE,
-        &mut reader,
-    ))
-    .await
-    .is_err()
-    {
-        reader.abort();
+    match read_end {
+        // The server closed: the client's close frame (or its hanging up) ends the connection.
+        None => {
+            let answer = async {
+                while let Ok(frame) = frames.read().await {
+                    if frame.opcode == frame::CLOSE {
+                        break;
+                    }
+                }
+            };
+            let _ = Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, answer)).await;
+        }
+        // The read side closed it for a fault of the client's: drop what it still sends.
+        Some(code) if code != close::NORMAL => {
+            let discard = frames.discard_until_eof();
+            let _ = Box::pin(tokio::time::timeout(reader::CLOSE_LINGER, discard)).await;
+        }
+        // The client closed, or is gone.
+        Some(_) => {}
     }
 }
 
@@ -326,30 +315,76 @@ pub fn send_error(conn: &Connection, id: Option<u64>, code: ErrorCode, message: 
     send_text(conn, &protocol::error_frame(id, code, message));
 }
 
-/// Writes queued frames until the connection ends (why is recorded in the outbox).
-async fn write_loop<W: AsyncWrite + Unpin>(
+/// What reading a client frame led to.
+enum Read {
+    /// Go on.
+    More,
+    /// The read side is done: the connection closes with this code (the outbox is closed).
+    Done(u16),
+}
+
+/// Takes one client frame (or the read's failure): runs it, and closes the outbox when the
+/// connection is to end.
+async fn on_read(
     app: &App,
     conn: &Connection,
+    reader: &mut Reader,
+    frame: Result<frame::Frame, ReadError>,
+    last_heard: &mut u64,
+) -> Read {
+    let end = match frame {
+        Ok(frame) => {
+            let now = elapsed_ms(reader.clock());
+            *last_heard = now;
+            match reader.on_frame(app, conn, frame, now) {
+                Next::Nothing => None,
+                Next::Op(text) => Box::pin(reader.op(app, conn, &text)).await.err(),
+                Next::Close(code, reason) => Some((code, reason)),
+            }
+        }
+        Err(e) => Some(reader::read_error(app, e)),
+    };
+    match end {
+        None => Read::More,
+        Some((code, reason)) => {
+            conn.outbox.close(CloseReason::Closed { code, reason });
+            Read::Done(code)
+        }
+    }
+}
+
+/// Serves the connection until it ends: writes what the outbox queues, reads client frames, and
+/// keeps its timers (ping, auth deadline, drain). Returns the close code of the read side, if it
+/// was the read side that ended the connection (`None`: the server ended it, or a write failed).
+async fn run<R, W>(
+    app: &App,
+    conn: &Connection,
+    frames: &mut FrameReader<R>,
     write: &mut W,
-    last_heard: &AtomicU64,
+    reader: &mut Reader,
     clock: tokio::time::Instant,
-    auth_deadline: &Deadline,
-) {
+) -> Option<u16>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Armed only on connections with an auth deadline; boxed so others carry 8 bytes for it.
     let mut auth_timer: Option<Pin<Box<Sleep>>> = None;
     let mut armed = u64::MAX;
     let ping_every = app.config.ws_ping_interval;
     let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    let mut last_heard = 0u64;
+    let mut read_end: Option<u16> = None;
     let mut batch: VecDeque<Item> = VecDeque::new();
     let drained = app.drained();
     tokio::pin!(drained);
     let mut drain_started = false;
     loop {
-        let raw = auth_deadline.raw();
+        let raw = reader.session.deadline().raw();
         if raw != armed {
             armed = raw;
-            match (auth_deadline.decode(raw), auth_timer.as_mut()) {
+            match (reader.session.deadline().decode(raw), auth_timer.as_mut()) {
                 (Some((at, _)), Some(timer)) => timer.as_mut().reset(at),
                 (Some((at, _)), None) => auth_timer = Some(Box::pin(tokio::time::sleep_until(at))),
                 (None, _) => auth_timer = None,
@@ -358,17 +393,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         batch.clear();
         let closed = tokio::select! {
             closed = conn.outbox.take_into(&mut batch) => closed,
+            // Cancel-safe: a read dropped here loses nothing (see `frame`).
+            frame = frames.read(), if read_end.is_none() => {
+                if let Read::Done(code) = on_read(app, conn, reader, frame, &mut last_heard).await {
+                    read_end = Some(code);
+                }
+                continue;
+            }
             () = fire(&mut auth_timer) => {
                 auth_timer = None;
-                // Unless the reader moved the deadline meanwhile (a refresh, re-armed next time
+                // Unless an op moved the deadline meanwhile (a refresh, re-armed next time
                 // round), it is due.
-                if auth_deadline.raw() == armed {
-                    session::on_deadline(conn, auth_deadline, armed);
+                if reader.session.deadline().raw() == armed {
+                    session::on_deadline(conn, reader.session.deadline(), armed);
                 }
                 continue;
             }
             _ = ping.tick() => {
-                if elapsed_ms(clock).saturating_sub(last_heard.load(Ordering::Relaxed)) > deadline {
+                if elapsed_ms(clock).saturating_sub(last_heard) > deadline {
                     conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
                 } else {
                     conn.outbox.push(Item::raw(protocol::frame(Opcode::Ping, b"")));
@@ -419,21 +461,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 write_all(write, &batch),
             ))
             .await;
-            return;
+            return read_end;
         }
         // A peer that stops reading blocks this write, so the outbox closing meanwhile (it
         // overflowed, or the server drains) must still end the connection: the write in flight
         // gets the notice deadline to finish (no torn frame), then the close frame follows.
+        // Client frames are still read meanwhile: a client that writes before it reads again
+        // must not wait for this write while this write waits for it.
         let pending = write_all(write, &batch);
         tokio::pin!(pending);
-        tokio::select! {
-            res = &mut pending => match res {
-                Ok(()) => app.metrics.wrote("ws", messages, oldest),
-                Err(_) => return,
-            },
-            () = conn.outbox.signal().cancelled() => {
-                if !matches!(Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, pending)).await, Ok(Ok(()))) {
-                    return;
+        loop {
+            tokio::select! {
+                res = &mut pending => match res {
+                    Ok(()) => {
+                        app.metrics.wrote("ws", messages, oldest);
+                        break;
+                    }
+                    Err(_) => return read_end,
+                },
+                frame = frames.read(), if read_end.is_none() => {
+                    if let Read::Done(code) = on_read(app, conn, reader, frame, &mut last_heard).await {
+                        read_end = Some(code);
+                    }
+                }
+                () = conn.outbox.signal().cancelled() => {
+                    if !matches!(Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, pending)).await, Ok(Ok(()))) {
+                        return read_end;
+                    }
+                    break;
                 }
             }
         }

@@ -1,14 +1,29 @@
-//! Reading client WebSocket frames (RFC 6455 section 5) with a small, fixed buffer.
+//! Reading client WebSocket frames (RFC 6455 section 5), cancel-safe by construction.
 //!
 //! fastwebsockets performs the handshake, but its read half allocates an 8 KiB buffer per
 //! connection up front, which is most of what an idle connection would cost. Client frames are
-//! simple (always masked, control frames tiny), so this reader keeps only a few hundred bytes
-//! buffered and allocates a payload only when a frame arrives.
+//! simple (always masked, control frames tiny), so this reader buffers only the bytes of the
+//! frame being read, on the heap and only while one is arriving: an idle connection's reader
+//! holds no allocation.
+//!
+//! Every byte read is kept in the reader itself ([`FrameReader::poll_frame`] reads into its own
+//! buffer and parses from there), so dropping a pending [`FrameReader::read`] loses nothing: the
+//! next call carries on where the last one stopped. That is what lets the connection task wait
+//! for a frame inside a `select!` beside its outbox and timers, with no reader task of its own.
 
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use std::{
+    future::poll_fn,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
 
-/// Read buffer per connection: enough for the header and a typical small op in one read.
-const BUFFER: usize = 256;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Bytes read beyond the frame being read, at most (the next small frame often arrives with it).
+const READ_AHEAD: usize = 256;
+
+/// The longest frame header: 2 bytes, a 64-bit length, the mask.
+const MAX_HEADER: usize = 14;
 
 pub const CONTINUATION: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
@@ -61,83 +76,166 @@ pub fn check_close(payload: &[u8]) -> Result<(), BadClose> {
 }
 
 pub struct FrameReader<R> {
-    io: BufReader<R>,
+    io: R,
     max_payload: usize,
+    /// `buf[..filled]` is read and not yet returned as frames; the rest is zeroed room for the
+    /// next read (so it is zeroed once, however the bytes trickle in). Empty, with no
+    /// allocation, whenever no frame is partly read.
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+/// What the buffered bytes hold.
+enum Parsed {
+    /// A whole frame, and how many bytes it took.
+    Frame(Frame, usize),
+    /// Not a whole frame yet: it needs this many bytes in all (header, then the whole frame).
+    Need(usize),
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader of a stream with nothing read yet (the fuzz harness and tests).
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn new(io: R, max_payload: usize) -> Self {
+        Self::with_early(io, Vec::new(), max_payload)
+    }
+
+    /// A reader whose stream begins with `early`: bytes the client sent right after the
+    /// handshake, already read from the socket by whoever did the handshake.
+    pub fn with_early(io: R, early: Vec<u8>, max_payload: usize) -> Self {
+        let filled = early.len();
         Self {
-            io: BufReader::with_capacity(BUFFER, io),
+            io,
             max_payload,
+            buf: early,
+            filled,
         }
     }
 
+    /// The next frame. Cancel-safe: see the module docs.
     pub async fn read(&mut self) -> Result<Frame, ReadError> {
-        let mut head = [0u8; 2];
-        self.fill(&mut head).await?;
-        let fin = head[0] & 0x80 != 0;
-        if head[0] & 0x70 != 0 {
-            return Err(ReadError::Protocol("reserved bits set"));
-        }
-        let opcode = head[0] & 0x0f;
-        if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
-            return Err(ReadError::Protocol("unknown opcode"));
-        }
-        if head[1] & 0x80 == 0 {
-            return Err(ReadError::Protocol("client frames must be masked"));
-        }
-        let len = match head[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                self.fill(&mut b).await?;
-                u16::from_be_bytes(b) as u64
+        poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    /// Polls for the next frame; everything read meanwhile stays in `self`.
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Frame, ReadError>> {
+        loop {
+            let need = match parse(&self.buf[..self.filled], self.max_payload)? {
+                Parsed::Frame(frame, used) => {
+                    self.consume(used);
+                    return Poll::Ready(Ok(frame));
+                }
+                Parsed::Need(need) => need,
+            };
+            let room = need.max(self.filled + READ_AHEAD);
+            if self.buf.len() < room {
+                self.buf.resize(room, 0);
             }
-            127 => {
-                let mut b = [0u8; 8];
-                self.fill(&mut b).await?;
+            let mut read = ReadBuf::new(&mut self.buf[self.filled..room]);
+            if ready!(Pin::new(&mut self.io).poll_read(cx, &mut read)).is_err() {
+                return Poll::Ready(Err(ReadError::Gone));
+            }
+            let n = read.filled().len();
+            if n == 0 {
+                return Poll::Ready(Err(ReadError::Gone));
+            }
+            self.filled += n;
+        }
+    }
+
+    /// Drops the first `used` buffered bytes (a frame returned); frees the buffer once empty.
+    fn consume(&mut self, used: usize) {
+        if used == self.filled {
+            self.buf = Vec::new();
+            self.filled = 0;
+        } else {
+            self.buf.copy_within(used..self.filled, 0);
+            self.filled -= used;
+        }
+    }
+
+    /// Reads and drops everything until the peer closes (or the connection fails).
+    pub async fn discard_until_eof(&mut self) {
+        self.buf = Vec::new();
+        self.filled = 0;
+        // On the heap: this runs in the connection's task, whose size is that of its largest
+        // state.
+        let mut sink = vec![0u8; READ_AHEAD];
+        poll_fn(|cx| {
+            loop {
+                let mut read = ReadBuf::new(&mut sink);
+                match ready!(Pin::new(&mut self.io).poll_read(cx, &mut read)) {
+                    Ok(()) if !read.filled().is_empty() => continue,
+                    _ => return Poll::Ready(()),
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// Parses the frame at the start of `buf` (RFC 6455 5.2, client to server), reporting what
+/// breaks the RFC as soon as the bytes that show it are there.
+fn parse(buf: &[u8], max_payload: usize) -> Result<Parsed, ReadError> {
+    let &[b0, b1, ref rest @ ..] = buf else {
+        return Ok(Parsed::Need(2));
+    };
+    let fin = b0 & 0x80 != 0;
+    if b0 & 0x70 != 0 {
+        return Err(ReadError::Protocol("reserved bits set"));
+    }
+    let opcode = b0 & 0x0f;
+    if !matches!(opcode, CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG) {
+        return Err(ReadError::Protocol("unknown opcode"));
+    }
+    if b1 & 0x80 == 0 {
+        return Err(ReadError::Protocol("client frames must be masked"));
+    }
+    let (len, rest) = match b1 & 0x7f {
+        126 => match rest.split_first_chunk::<2>() {
+            Some((b, rest)) => (u64::from(u16::from_be_bytes(*b)), rest),
+            None => return Ok(Parsed::Need(4)),
+        },
+        127 => match rest.split_first_chunk::<8>() {
+            Some((b, rest)) => {
                 // RFC 6455 5.2: "the most significant bit MUST be 0" (a broken or hostile
                 // client, not merely a big frame).
                 if b[0] & 0x80 != 0 {
                     return Err(ReadError::Protocol("64-bit length with the top bit set"));
                 }
-                u64::from_be_bytes(b)
+                (u64::from_be_bytes(*b), rest)
             }
-            n => n as u64,
-        };
-        if opcode >= CLOSE && (len > 125 || !fin) {
-            return Err(ReadError::Protocol("invalid control frame"));
-        }
-        if len > self.max_payload as u64 {
-            return Err(ReadError::TooBig);
-        }
-        let mut mask = [0u8; 4];
-        self.fill(&mut mask).await?;
-        let mut payload = vec![0u8; len as usize];
-        self.fill(&mut payload).await?;
-        for (i, b) in payload.iter_mut().enumerate() {
-            *b ^= mask[i & 3];
-        }
-        Ok(Frame {
+            None => return Ok(Parsed::Need(10)),
+        },
+        n => (u64::from(n), rest),
+    };
+    if opcode >= CLOSE && (len > 125 || !fin) {
+        return Err(ReadError::Protocol("invalid control frame"));
+    }
+    if len > max_payload as u64 {
+        return Err(ReadError::TooBig);
+    }
+    // Within `max_payload`, so it fits in memory.
+    let len = len as usize;
+    let header = buf.len() - rest.len() + 4;
+    debug_assert!(header <= MAX_HEADER);
+    let Some(frame) = buf.get(header..header + len) else {
+        return Ok(Parsed::Need(header + len));
+    };
+    let mask = &buf[header - 4..header];
+    let payload = frame
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ mask[i & 3])
+        .collect();
+    Ok(Parsed::Frame(
+        Frame {
             fin,
             opcode,
             payload,
-        })
-    }
-
-    /// Reads and drops everything until the peer closes (or the connection fails).
-    pub async fn discard_until_eof(&mut self) {
-        let mut sink = [0u8; BUFFER];
-        while let Ok(1..) = self.io.read(&mut sink).await {}
-    }
-
-    async fn fill(&mut self, buf: &mut [u8]) -> Result<(), ReadError> {
-        self.io
-            .read_exact(buf)
-            .await
-            .map(|_| ())
-            .map_err(|_| ReadError::Gone)
-    }
+        },
+        header + len,
+    ))
 }
 
 #[cfg(test)]
@@ -202,6 +300,38 @@ mod tests {
             Some(b"hello".to_vec())
         );
         assert!(matches!(frames.last(), Some(Err(ReadError::Gone))));
+    }
+
+    #[tokio::test]
+    async fn a_read_dropped_mid_frame_loses_nothing() {
+        // What a `select!` does when another branch wins: the pending read is dropped. The
+        // next read must return the frame whole, from the bytes the dropped one had read.
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(server, 1000);
+        let mut bytes = masked(0x81, b"hello, world");
+        bytes.extend(masked(0x89, b"p"));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for chunk in bytes[..9].chunks(2) {
+            tokio::io::AsyncWriteExt::write_all(&mut client, chunk)
+                .await
+                .expect("write");
+            let read = std::pin::pin!(r.read());
+            assert!(read.poll(&mut cx).is_pending());
+        }
+        assert!(!r.buf.is_empty(), "the partial frame is kept in the reader");
+        tokio::io::AsyncWriteExt::write_all(&mut client, &bytes[9..])
+            .await
+            .expect("write");
+        let f = r.read().await.map_err(|e| format!("{e:?}")).expect("frame");
+        assert_eq!(
+            (f.fin, f.opcode, &f.payload[..]),
+            (true, TEXT, &b"hello, world"[..])
+        );
+        let f = r.read().await.map_err(|e| format!("{e:?}")).expect("frame");
+        assert_eq!((f.opcode, &f.payload[..]), (PING, &b"p"[..]));
+        assert_eq!(r.buf.capacity(), 0, "an idle reader holds no buffer");
+        drop(client);
+        assert!(matches!(r.read().await, Err(ReadError::Gone)));
     }
 
     #[test]

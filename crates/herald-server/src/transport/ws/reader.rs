@@ -1,32 +1,27 @@
-//! The read side of a WebSocket: client frames in, ops executed, replies queued to the writer.
+//! The read side of a WebSocket: client frames in, ops executed, replies queued to the outbox.
 //!
-//! Ops run one at a time in arrival order, so a client sees replies in the order it sent ops.
-//! Any frame at all counts as a sign of life for the ping timeout.
+//! The connection's task reads frames ([`super::frame::FrameReader`], cancel-safe) in the same
+//! `select!` that waits for its outbox, and hands each to [`Reader::on_frame`]; ops run one at
+//! a time in arrival order, so a client sees replies in the order it sent ops. Any frame at all
+//! counts as a sign of life for the ping timeout.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
 use herald_core::{
     ErrorCode, Sender,
     protocol::{self, ClientOp, Opcode},
 };
-use tokio::io::AsyncRead;
 
 use super::{
     close, elapsed_ms,
-    frame::{self, BadClose, FrameReader, ReadError},
+    frame::{self, BadClose, ReadError},
     send_error, send_text,
     session::Session,
     subscribe,
 };
 use crate::{
     app::App,
-    hub::{CloseReason, Item},
+    hub::Item,
     limits::{
         Limit,
         bucket::{Rate, Taken, TokenBucket},
@@ -40,86 +35,103 @@ use crate::{
 /// frame before the client reads it.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-pub async fn run<R: AsyncRead + Unpin>(
-    app: Arc<App>,
-    conn: Arc<Connection>,
-    mut frames: FrameReader<R>,
-    last_heard: Arc<AtomicU64>,
+/// What a client frame asks of the connection.
+pub enum Next {
+    /// Nothing more (handled, or only a sign of life).
+    Nothing,
+    /// A complete text message: an op to run ([`Reader::op`]).
+    Op(Vec<u8>),
+    /// The connection is to close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// The read side's state: who the client is, its rates, a message split over frames.
+pub struct Reader {
+    pub session: Session,
+    rates: Rates,
+    /// A message split over continuation frames, bounded by the same limit as whole ones.
+    partial: Option<Vec<u8>>,
     clock: tokio::time::Instant,
-    mut session: Session,
-) {
-    let (code, reason) =
-        read_frames(&app, &conn, &mut frames, &last_heard, clock, &mut session).await;
-    conn.outbox.close(CloseReason::Closed { code, reason });
-    if code != close::NORMAL {
-        // The writer sends the close frame; until the client closes too, its bytes are dropped.
-        let _ = tokio::time::timeout(CLOSE_LINGER, frames.discard_until_eof()).await;
+}
+
+/// The close code and reason for a read that failed.
+pub fn read_error(app: &App, e: ReadError) -> (u16, &'static str) {
+    match e {
+        ReadError::TooBig => too_big(app),
+        ReadError::Gone => (close::NORMAL, "connection lost"),
+        ReadError::Protocol(why) => {
+            tracing::debug!(why, "WebSocket protocol error");
+            (close::PROTOCOL, why)
+        }
     }
 }
 
-/// Reads and runs client frames until the connection is to close; returns the close code and
-/// reason.
-async fn read_frames<R: AsyncRead + Unpin>(
-    app: &Arc<App>,
-    conn: &Arc<Connection>,
-    frames: &mut FrameReader<R>,
-    last_heard: &AtomicU64,
-    clock: tokio::time::Instant,
-    session: &mut Session,
-) -> (u16, &'static str) {
-    // A message split over continuation frames, bounded by the same limit as whole ones.
-    let mut partial: Option<Vec<u8>> = None;
-    let limit = app.config.max_ws_frame_bytes;
-    let mut rates = Rates::new(app, elapsed_ms(clock));
-    let too_big = || {
-        app.metrics.limits.hit(Limit::MaxWsFrameBytes);
-        (close::TOO_BIG, "message too big")
-    };
-    loop {
-        let frame = match frames.read().await {
-            Ok(f) => f,
-            Err(ReadError::TooBig) => return too_big(),
-            Err(ReadError::Gone) => return (close::NORMAL, "connection lost"),
-            Err(ReadError::Protocol(why)) => {
-                tracing::debug!(why, "WebSocket protocol error");
-                return (close::PROTOCOL, why);
-            }
-        };
-        let now = elapsed_ms(clock);
-        last_heard.store(now, Ordering::Relaxed);
+fn too_big(app: &App) -> (u16, &'static str) {
+    app.metrics.limits.hit(Limit::MaxWsFrameBytes);
+    (close::TOO_BIG, "message too big")
+}
+
+impl Reader {
+    pub fn new(app: &App, session: Session, clock: tokio::time::Instant) -> Self {
+        Self {
+            session,
+            rates: Rates::new(app, elapsed_ms(clock)),
+            partial: None,
+            clock,
+        }
+    }
+
+    /// The connection's clock (ms since it started are its timestamps).
+    pub fn clock(&self) -> tokio::time::Instant {
+        self.clock
+    }
+
+    /// Takes one client frame, received at `now` (ms on the connection's clock).
+    pub fn on_frame(
+        &mut self,
+        app: &App,
+        conn: &Connection,
+        frame: frame::Frame,
+        now: u64,
+    ) -> Next {
+        let limit = app.config.max_ws_frame_bytes;
         // Every message and control frame counts against the message rate (a fragment counts
         // once, with the frame that ends its message).
         if frame.fin {
-            match rates.message(app, now) {
+            match self.rates.message(app, now) {
                 Taken::Allowed => {}
                 Taken::Refused => {
-                    refuse_frame(conn, &frame, partial.take());
-                    continue;
+                    refuse_frame(conn, &frame, self.partial.take());
+                    return Next::Nothing;
                 }
-                Taken::Flooding => return (close::RATE_LIMITED, "too many messages"),
+                Taken::Flooding => return Next::Close(close::RATE_LIMITED, "too many messages"),
             }
         }
         let message = match frame.opcode {
-            frame::TEXT if frame.fin && partial.is_none() => frame.payload,
+            frame::TEXT if frame.fin && self.partial.is_none() => frame.payload,
             frame::TEXT => {
-                if partial.is_some() {
-                    return (close::PROTOCOL, "new message before the last one finished");
+                if self.partial.is_some() {
+                    return Next::Close(
+                        close::PROTOCOL,
+                        "new message before the last one finished",
+                    );
                 }
-                partial = Some(frame.payload);
-                continue;
+                self.partial = Some(frame.payload);
+                return Next::Nothing;
             }
             frame::CONTINUATION => {
-                let Some(buf) = partial.as_mut() else {
-                    return (close::PROTOCOL, "continuation without a message");
+                let Some(buf) = self.partial.as_mut() else {
+                    return Next::Close(close::PROTOCOL, "continuation without a message");
                 };
                 if buf.len() + frame.payload.len() > limit {
-                    return too_big();
+                    let (code, why) = too_big(app);
+                    return Next::Close(code, why);
                 }
                 buf.extend_from_slice(&frame.payload);
                 if !frame.fin {
-                    continue;
+                    return Next::Nothing;
                 }
-                partial.take().unwrap_or_default()
+                self.partial.take().unwrap_or_default()
             }
             frame::BINARY => {
                 send_error(
@@ -128,30 +140,46 @@ async fn read_frames<R: AsyncRead + Unpin>(
                     ErrorCode::BadRequest,
                     "binary frames are not supported; send JSON text",
                 );
-                continue;
+                return Next::Nothing;
             }
             frame::PING => {
                 conn.outbox
                     .push(Item::raw(protocol::frame(Opcode::Pong, &frame.payload)));
-                continue;
+                return Next::Nothing;
             }
             frame::CLOSE => {
-                return match frame::check_close(&frame.payload) {
+                let (code, why) = match frame::check_close(&frame.payload) {
                     Ok(()) => (close::NORMAL, ""),
                     Err(BadClose::Protocol(why)) => (close::PROTOCOL, why),
                     Err(BadClose::Utf8) => (close::INVALID_DATA, "close reason is not UTF-8"),
                 };
+                return Next::Close(code, why);
             }
-            _ => continue, // pong: only a sign of life
+            _ => return Next::Nothing, // pong: only a sign of life
         };
         if std::str::from_utf8(&message).is_err() {
-            return (close::INVALID_DATA, "invalid UTF-8");
+            return Next::Close(close::INVALID_DATA, "invalid UTF-8");
         }
-        // Boxed: ops are rare, and inlined their futures would size every idle reader task.
-        let op = handle_op(app, conn, session, &message, &mut rates, clock);
-        if let Err(end) = Box::pin(op).await {
-            return end;
-        }
+        Next::Op(message)
+    }
+
+    /// Runs one op; `Err` with the close code and reason when the connection is to end. Callers
+    /// box it: ops are rare, and inlined their futures would size every idle connection's task.
+    pub async fn op(
+        &mut self,
+        app: &App,
+        conn: &Connection,
+        text: &[u8],
+    ) -> Result<(), (u16, &'static str)> {
+        handle_op(
+            app,
+            conn,
+            &mut self.session,
+            text,
+            &mut self.rates,
+            self.clock,
+        )
+        .await
     }
 }
 

@@ -4,17 +4,13 @@
 //! `auth_timeout` unless it authenticated or holds a subscription to an anonymously readable
 //! channel by then.
 //!
-//! The session is owned by the connection's reader task, which runs ops one at a time, so it
-//! needs no lock. The deadline is shared with the writer task through one atomic: the writer
-//! already runs a `select!` for every connection, so a deadline costs a boxed timer there and no
-//! task of its own (a watchdog task per connection made an idle WebSocket with a token cost
-//! +590 B instead of +460-520 B, docs/benchmarks.md). After any change the reader queues a frame,
-//! which wakes the writer to re-arm its timer.
+//! The session is owned by the connection's task, which runs ops one at a time, so it needs no
+//! lock. The task already runs a `select!` for every connection, so a deadline costs a boxed
+//! timer there and no task of its own (a watchdog task per connection made an idle WebSocket
+//! with a token cost +590 B instead of +460-520 B, docs/benchmarks.md); the task re-arms its
+//! timer whenever the deadline's value changed.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use herald_core::{ErrorCode, auth::Claims, protocol};
 use tokio::time::Instant;
@@ -113,19 +109,27 @@ pub fn on_deadline(conn: &Connection, deadline: &Deadline, raw: u64) {
 
 pub struct Session {
     who: Option<Identity>,
-    deadline: Arc<Deadline>,
+    deadline: Deadline,
 }
 
 impl Session {
     /// The session of a connection that presented `who` at the upgrade (or nothing).
-    pub fn start(app: &App, who: Option<Identity>, deadline: Arc<Deadline>) -> Self {
-        let session = Self { who, deadline };
+    pub fn start(app: &App, who: Option<Identity>, clock: Instant) -> Self {
+        let session = Self {
+            who,
+            deadline: Deadline::new(clock),
+        };
         session.arm(app);
         session
     }
 
     pub fn who(&self) -> Option<&Claims> {
         self.who.as_deref()
+    }
+
+    /// When the connection is to end (token expiry, auth timeout), if ever.
+    pub fn deadline(&self) -> &Deadline {
+        &self.deadline
     }
 
     /// The `auth` op: authenticates a connection that has no token yet. A token that is not
@@ -204,7 +208,7 @@ impl Session {
 
     fn set(&mut self, app: &App, who: Identity) {
         self.who = Some(who);
-        // The reply queued next wakes the writer, which re-arms its timer.
+        // The connection task re-arms its timer when it sees the value changed.
         self.arm(app);
     }
 
