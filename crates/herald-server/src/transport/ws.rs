@@ -186,26 +186,32 @@ fn halves(upgraded: hyper::upgrade::Upgraded) -> Option<Halves> {
     Some(Halves::Tls(read_buf, read, write))
 }
 
-/// Serves a WebSocket on the two halves of its stream. `read_buf` holds bytes the client sent
-/// right after the handshake, which hyper has already read; `wire`, the socket for the hub's
-/// direct writes, when it can take them.
+/// Sets up a WebSocket on the two halves of its stream, then hands it to a task of its own
+/// ([`Ws::serve`]) and returns. `read_buf` holds bytes the client sent right after the
+/// handshake, which hyper has already read; `wire`, the socket for the hub's direct writes, when
+/// it can take them.
+///
+/// A task is as large as the largest state of its future, and a future keeps its arguments for
+/// its whole life: the task that waited for the upgrade and subscribed (with the channels, the
+/// identity, the permit and hyper's leftovers as arguments at each level) cost an idle
+/// connection 1,720 B. The connection's own task holds only [`Ws`] and its loop.
 async fn session<R, W>(
     app: Arc<App>,
     (read_buf, read): (Bytes, R),
-    mut write: W,
+    write: W,
     wire: Option<Arc<dyn Wire>>,
     channels: Vec<ChannelName>,
     who: Option<Identity>,
     permit: Option<Permit>,
 ) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     // Copied out and dropped: the `Bytes` is a view of hyper's whole 8 KiB read buffer and would
     // keep it alive.
     let early = read_buf.to_vec();
     drop(read_buf);
-    let mut frames = FrameReader::with_early(read, early, app.config.max_ws_frame_bytes);
+    let frames = FrameReader::with_early(read, early, app.config.max_ws_frame_bytes);
 
     let mut conn = Connection::new(&app, "ws", Default::default());
     conn.hold(permit);
@@ -217,38 +223,77 @@ async fn session<R, W>(
         // Boxed so the connection task's idle state is not sized by the subscribe future.
         Box::pin(subscribe(&app, &conn, channel, None, None, who.as_deref())).await;
     }
-
     let clock = tokio::time::Instant::now();
-    let mut reader = Reader::new(&app, Session::start(&app, who, clock), clock);
-    let read_end = run(&app, &conn, &mut frames, &mut write, &mut reader, clock).await;
-    // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every idle
-    // connection's task would carry the space for each of them.
-    let _ = Box::pin(tokio::time::timeout(
-        super::FINAL_NOTICE_DEADLINE,
-        write.shutdown(),
-    ))
-    .await;
-    // Keep reading until the client answers the close (or the deadline): a socket closed with
-    // unread input is reset, and a reset can destroy the close frame before the client reads it.
-    match read_end {
-        // The server closed: the client's close frame (or its hanging up) ends the connection.
-        None => {
-            let answer = async {
-                while let Ok(frame) = frames.read().await {
-                    if frame.opcode == frame::CLOSE {
-                        break;
-                    }
+    let reader = Reader::new(&app, Session::start(&app, who, clock), clock);
+    let ws = Ws {
+        app: app.clone(),
+        conn,
+        frames,
+        write,
+        reader,
+    };
+    app.tasks.spawn(ws.serve());
+}
+
+/// A WebSocket that is set up: everything its task holds.
+struct Ws<R, W> {
+    app: Arc<App>,
+    conn: Connection,
+    frames: FrameReader<R>,
+    write: W,
+    reader: Reader,
+}
+
+impl<R, W> Ws<R, W>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    /// Serves the connection until it ends. (Not an `async fn`: that would keep a second copy
+    /// of `self` in its future.)
+    fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let Self {
+                app,
+                conn,
+                frames,
+                write,
+                reader,
+            } = &mut self;
+            let clock = reader.clock();
+            let read_end = run(app, conn, frames, write, reader, clock).await;
+            // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every
+            // idle connection's task would carry the space for each of them.
+            let _ = Box::pin(tokio::time::timeout(
+                super::FINAL_NOTICE_DEADLINE,
+                write.shutdown(),
+            ))
+            .await;
+            // Keep reading until the client answers the close (or the deadline): a socket closed
+            // with unread input is reset, and a reset can destroy the close frame before the
+            // client reads it.
+            match read_end {
+                // The server closed: the client's close frame (or its hanging up) ends it.
+                None => {
+                    let answer = async {
+                        while let Ok(frame) = frames.read().await {
+                            if frame.opcode == frame::CLOSE {
+                                break;
+                            }
+                        }
+                    };
+                    let _ =
+                        Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, answer)).await;
                 }
-            };
-            let _ = Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, answer)).await;
+                // The read side closed it for a fault of the client's: drop what it still sends.
+                Some(code) if code != close::NORMAL => {
+                    let discard = frames.discard_until_eof();
+                    let _ = Box::pin(tokio::time::timeout(reader::CLOSE_LINGER, discard)).await;
+                }
+                // The client closed, or is gone.
+                Some(_) => {}
+            }
         }
-        // The read side closed it for a fault of the client's: drop what it still sends.
-        Some(code) if code != close::NORMAL => {
-            let discard = frames.discard_until_eof();
-            let _ = Box::pin(tokio::time::timeout(reader::CLOSE_LINGER, discard)).await;
-        }
-        // The client closed, or is gone.
-        Some(_) => {}
     }
 }
 

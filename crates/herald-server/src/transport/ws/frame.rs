@@ -80,7 +80,7 @@ pub struct FrameReader<R> {
     max_payload: usize,
     /// `buf[..filled]` is read and not yet returned as frames; the rest is zeroed room for the
     /// next read (so it is zeroed once, however the bytes trickle in). Empty, with no
-    /// allocation, whenever no frame is partly read.
+    /// allocation, whenever no frame is partly read (also while waiting for one).
     buf: Vec<u8>,
     filled: usize,
 }
@@ -127,6 +127,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 Parsed::Need(need) => need,
             };
+            if self.filled == 0 {
+                // Waiting for a frame to begin, which is what an idle connection does: read on
+                // the stack, and allocate only for bytes that came.
+                let mut first = [0u8; READ_AHEAD];
+                let mut read = ReadBuf::new(&mut first);
+                if ready!(Pin::new(&mut self.io).poll_read(cx, &mut read)).is_err() {
+                    return Poll::Ready(Err(ReadError::Gone));
+                }
+                if read.filled().is_empty() {
+                    return Poll::Ready(Err(ReadError::Gone));
+                }
+                self.buf = read.filled().to_vec();
+                self.filled = self.buf.len();
+                continue;
+            }
             let room = need.max(self.filled + READ_AHEAD);
             if self.buf.len() < room {
                 self.buf.resize(room, 0);
