@@ -71,11 +71,16 @@ impl App {
     /// sending every client to the other nodes at once.
     pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
         let shutdown = self.shutdown.clone();
-        let window = self.config.drain_window;
+        let delay = self.drain_delay();
         async move {
             shutdown.cancelled().await;
-            let delay = window.mul_f64(rand::random::<f64>());
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// How long after shutdown began a connection's turn to close comes (see [`App::drained`]),
+    /// for a connection that waits for the shutdown and then for this itself.
+    pub fn drain_delay(&self) -> std::time::Duration {
+        self.config.drain_window.mul_f64(rand::random::<f64>())
     }
 }

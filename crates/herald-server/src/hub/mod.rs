@@ -147,7 +147,7 @@ impl Hub {
     pub fn outbox(
         &self,
         bounds: Bounds,
-        signal: tokio_util::sync::CancellationToken,
+        signal: Option<tokio_util::sync::CancellationToken>,
     ) -> Arc<Outbox> {
         Outbox::counted(bounds, signal, self.totals.clone())
     }

@@ -284,9 +284,10 @@ pub struct Outbox {
     inner: Mutex<Inner>,
     bounds: Bounds,
     totals: Arc<Totals>,
-    /// Cancelled when the outbox closes. A writer blocked on a full socket cannot see the queue,
-    /// so it (or the HTTP connection carrying an SSE stream) races its write against this.
-    signal: CancellationToken,
+    /// Cancelled when the outbox closes, for an SSE stream whose HTTP connection must end with
+    /// it (a writer blocked on a full socket cannot see the queue). A WebSocket's task waits
+    /// with [`Outbox::closed`] instead, and has none: a token is 112 B per connection.
+    signal: Option<CancellationToken>,
 }
 
 /// What a writer takes out in one go.
@@ -302,8 +303,14 @@ impl Outbox {
         Self::counted(bounds, signal, Arc::default())
     }
 
-    /// An outbox that adds what it holds to `totals` (see the module docs).
-    pub fn counted(bounds: Bounds, signal: CancellationToken, totals: Arc<Totals>) -> Arc<Self> {
+    /// An outbox that adds what it holds to `totals` (see the module docs), and whose closing
+    /// cancels `signal`, if any.
+    pub fn counted(
+        bounds: Bounds,
+        signal: impl Into<Option<CancellationToken>>,
+        totals: Arc<Totals>,
+    ) -> Arc<Self> {
+        let signal = signal.into();
         Arc::new(Self {
             inner: Mutex::new(Inner {
                 items: VecDeque::new(),
@@ -380,7 +387,7 @@ impl Outbox {
         inner.count(&self.totals);
         drop(inner);
         if !ok {
-            self.signal.cancel();
+            self.cancel_signal();
             return Pushed::Refused;
         }
         written.map_or(Pushed::Queued, Pushed::Written)
@@ -508,7 +515,13 @@ impl Outbox {
             w.wake();
         }
         drop(inner);
-        self.signal.cancel();
+        self.cancel_signal();
+    }
+
+    fn cancel_signal(&self) {
+        if let Some(signal) = &self.signal {
+            signal.cancel();
+        }
     }
 
     /// Why the outbox closed, if it did.
@@ -516,9 +529,30 @@ impl Outbox {
         self.inner.lock().closed
     }
 
-    /// Cancelled once the outbox is closed.
-    pub fn signal(&self) -> &CancellationToken {
-        &self.signal
+    /// Cancelled once the outbox is closed (if it was given one).
+    pub fn signal(&self) -> Option<&CancellationToken> {
+        self.signal.as_ref()
+    }
+
+    /// Resolves once the outbox is closed: for the writer while it writes (and so does not wait
+    /// in [`Outbox::take_into`]). It waits in the writer's waker slot, so only the writer's task
+    /// may call it; a push meanwhile wakes it for nothing, which is harmless.
+    pub async fn closed(&self) {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.inner.lock();
+            if inner.closed.is_some() {
+                return Poll::Ready(());
+            }
+            if !inner
+                .waker
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                inner.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Moves everything queued into `into` (which the caller has emptied), or registers the

@@ -62,15 +62,15 @@ pub struct Opened {
 /// Validates a subscription request and subscribes its channels, or answers why not.
 /// `q` is the query string (`channel=`, `last_event_id=`), `header_token` the `Last-Event-ID`
 /// header (`Err` when it is not text, and it wins over the query's: it is what EventSource sends
-/// when it reconnects); `subscriber_token` the client's JWT, if it sent one; `signal` is
-/// cancelled when the connection's outbox closes.
+/// when it reconnects); `subscriber_token` the client's JWT, if it sent one; `signal`, if any,
+/// is cancelled when the connection's outbox closes.
 pub async fn open(
     app: &Arc<App>,
     transport: &'static str,
     q: Option<&str>,
     header_token: Option<Result<String, ()>>,
     subscriber_token: Option<&str>,
-    signal: CancellationToken,
+    signal: Option<CancellationToken>,
 ) -> Result<Opened, Response<Body>> {
     if app.is_draining() {
         return Err(http::error(
@@ -155,8 +155,9 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection whose outbox cancels `signal` when it closes (see [`Outbox::signal`]).
-    pub fn new(app: &Arc<App>, transport: &'static str, signal: CancellationToken) -> Self {
+    /// A connection whose outbox cancels `signal`, if any, when it closes (see
+    /// [`Outbox::signal`]).
+    pub fn new(app: &Arc<App>, transport: &'static str, signal: Option<CancellationToken>) -> Self {
         app.metrics
             .connections
             .with_label_values(&[transport])
@@ -199,7 +200,12 @@ impl Connection {
 
     /// Records a subscription the hub accepted.
     pub fn add(&self, channel: ChannelName) {
-        self.channels.lock().push(channel);
+        let mut channels = self.channels.lock();
+        // Most connections hold one channel: room for it alone (a first push reserves four).
+        if channels.capacity() == 0 {
+            channels.reserve_exact(1);
+        }
+        channels.push(channel);
     }
 
     /// Unsubscribes one channel; false if it was not subscribed.

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use herald_core::{ErrorCode, token::ResumeToken};
 use hyper::{Request, Response, StatusCode, body::Incoming, header};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Connection, Opened, sse};
 use crate::{
@@ -50,7 +49,8 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         q,
         header_token,
         subscriber_token.as_deref(),
-        CancellationToken::new(),
+        // Nothing waits on the outbox closing but the poll itself, which polls the outbox.
+        None,
     );
     let Opened {
         mut conn,

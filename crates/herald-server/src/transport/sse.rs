@@ -60,7 +60,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>) -> Response<Body> {
         req.uri().query(),
         header_token,
         token.as_deref(),
-        signal.0,
+        Some(signal.0),
     );
     match opened.await {
         Ok(mut body) => {
@@ -116,14 +116,15 @@ pub fn admit(
 
 /// Validates an SSE request and subscribes its channels: the stream to send, or the error
 /// response. `header_token` is the `Last-Event-ID` header (`Err` when it is not text);
-/// `subscriber_token` the client's JWT, if it sent one; `signal` is cancelled when the stream's
-/// outbox closes (see [`ConnectionSignal`]).
+/// `subscriber_token` the client's JWT, if it sent one; `signal`, if any, is cancelled when the
+/// stream's outbox closes (see [`ConnectionSignal`]; the direct path waits with
+/// [`SseBody::closed`] instead).
 pub async fn open(
     app: &Arc<App>,
     q: Option<&str>,
     header_token: Option<Result<String, ()>>,
     subscriber_token: Option<&str>,
-    signal: tokio_util::sync::CancellationToken,
+    signal: Option<tokio_util::sync::CancellationToken>,
 ) -> Result<SseBody, Response<Body>> {
     let super::Opened { conn, who, .. } =
         super::open(app, "sse", q, header_token, subscriber_token, signal).await?;
@@ -278,6 +279,12 @@ impl SseBody {
     /// Keeps the stream's connection-limit permit for as long as it runs.
     pub fn hold(&mut self, permit: Option<Permit>) {
         self.conn.hold(permit);
+    }
+
+    /// Resolves once the stream's outbox is closed: for the task writing the stream while a
+    /// write blocks (see [`crate::hub::Outbox::closed`]).
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.conn.outbox.closed()
     }
 
     /// The `retry:` line, for a caller that writes it with the response head.

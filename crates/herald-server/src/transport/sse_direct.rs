@@ -25,7 +25,6 @@ use tokio::{
     net::TcpStream,
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 
 use super::{
     FINAL_NOTICE_DEADLINE,
@@ -133,7 +132,6 @@ pub async fn try_serve(
             return Direct::Done;
         }
     };
-    let signal = CancellationToken::new();
     let token = credentials::find_token(
         || {
             req.credentials
@@ -148,9 +146,12 @@ pub async fn try_serve(
         req.query.as_deref(),
         req.last_event_id,
         token.as_deref(),
-        signal.clone(),
+        // No cancellation token: the stream's task waits with `SseBody::closed`.
+        None,
     );
-    let mut body = match opened.await {
+    // Boxed: the connection task (every connection's, while its first request is read) would
+    // otherwise be sized by the subscribe it holds.
+    let mut body = match Box::pin(opened).await {
         Ok(body) => body,
         // Answered here, not by handing the request to hyper: hyper would run the same `open`
         // again, and an error that took time (a broker timeout) would be waited for twice.
@@ -176,7 +177,6 @@ pub async fn try_serve(
         head_len: req.head_len,
         response_head: head.into_bytes(),
         body: Box::new(body),
-        signal,
     })
 }
 
@@ -244,7 +244,6 @@ pub struct SseStream {
     /// Boxed: an async fn keeps a copy of its arguments beside the locals it moves them into,
     /// and the body is the largest of them.
     body: Box<SseBody>,
-    signal: CancellationToken,
 }
 
 impl SseStream {
@@ -257,9 +256,8 @@ impl SseStream {
             head_len,
             response_head,
             body,
-            signal,
         } = self;
-        stream_to(stream, head_len, response_head, body, signal, permit)
+        stream_to(stream, head_len, response_head, body, permit)
     }
 }
 
@@ -271,7 +269,6 @@ async fn stream_to(
     head_len: usize,
     mut response_head: Vec<u8>,
     mut body: Box<SseBody>,
-    signal: CancellationToken,
     permit: Permit,
 ) {
     let mut head = vec![0u8; head_len];
@@ -307,7 +304,7 @@ async fn stream_to(
         tokio::select! {
             res = &mut pending => if res.is_err() { return },
             () = &mut gone => return,
-            () = signal.cancelled() => {
+            () = body.closed() => {
                 // The stream is closing (it overflowed, or the server drains) while a peer that
                 // stopped reading may block this write: it gets the notice deadline to finish
                 // (whole events), then the closing event follows under the same deadline.

@@ -213,7 +213,8 @@ async fn session<R, W>(
     drop(read_buf);
     let frames = FrameReader::with_early(read, early, app.config.max_ws_frame_bytes);
 
-    let mut conn = Connection::new(&app, "ws", Default::default());
+    // No cancellation token: the task waits for the outbox to close with `Outbox::closed`.
+    let mut conn = Connection::new(&app, "ws", None);
     conn.hold(permit);
     // hyper wrote the handshake response before handing the socket over: frames may follow.
     if let Some(wire) = wire {
@@ -224,7 +225,7 @@ async fn session<R, W>(
         Box::pin(subscribe(&app, &conn, channel, None, None, who.as_deref())).await;
     }
     let clock = tokio::time::Instant::now();
-    let reader = Reader::new(&app, Session::start(&app, who, clock), clock);
+    let reader = Reader::new(&app, Session::start(&app, who, clock));
     let ws = Ws {
         app: app.clone(),
         conn,
@@ -250,7 +251,8 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     /// Serves the connection until it ends. (Not an `async fn`: that would keep a second copy
-    /// of `self` in its future.)
+    /// of `self` in its future, rust-lang/rust#62958.)
+    #[allow(clippy::manual_async_fn)]
     fn serve(mut self) -> impl Future<Output = ()> + Send + 'static {
         async move {
             let Self {
@@ -422,9 +424,11 @@ where
     let mut last_heard = 0u64;
     let mut read_end: Option<u16> = None;
     let mut batch: VecDeque<Item> = VecDeque::new();
-    let drained = app.drained();
-    tokio::pin!(drained);
-    let mut drain_started = false;
+    // The drain: once shutdown begins, the ping timer is moved to this connection's turn to
+    // close (`App::drained`, whose future is twice the size of this one), which it then does.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    let mut draining = false;
     loop {
         let raw = reader.session.deadline().raw();
         if raw != armed {
@@ -455,16 +459,18 @@ where
                 continue;
             }
             _ = ping.tick() => {
-                if elapsed_ms(clock).saturating_sub(last_heard) > deadline {
+                if draining {
+                    conn.outbox.close(CloseReason::Shutdown);
+                } else if elapsed_ms(clock).saturating_sub(last_heard) > deadline {
                     conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
                 } else {
                     conn.outbox.push(Item::raw(protocol::frame(Opcode::Ping, b"")));
                 }
                 continue;
             }
-            () = &mut drained, if !drain_started => {
-                drain_started = true;
-                conn.outbox.close(CloseReason::Shutdown);
+            () = &mut shutdown, if !draining => {
+                draining = true;
+                ping.reset_at(tokio::time::Instant::now() + app.drain_delay());
                 continue;
             }
         };
@@ -529,7 +535,7 @@ where
                         read_end = Some(code);
                     }
                 }
-                () = conn.outbox.signal().cancelled() => {
+                () = conn.outbox.closed() => {
                     if !matches!(Box::pin(tokio::time::timeout(super::FINAL_NOTICE_DEADLINE, pending)).await, Ok(Ok(()))) {
                         return read_end;
                     }

@@ -20,10 +20,11 @@ use std::{
 use tokio::io::{AsyncRead, ReadBuf};
 
 /// Bytes read beyond the frame being read, at most (the next small frame often arrives with it).
-const READ_AHEAD: usize = 256;
+/// The reader's buffer is never larger than the frame (header and payload) plus this.
+pub const READ_AHEAD: usize = 256;
 
 /// The longest frame header: 2 bytes, a 64-bit length, the mask.
-const MAX_HEADER: usize = 14;
+pub const MAX_HEADER: usize = 14;
 
 pub const CONTINUATION: u8 = 0x0;
 pub const TEXT: u8 = 0x1;
@@ -142,8 +143,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.filled = self.buf.len();
                 continue;
             }
+            // At most the frame and `READ_AHEAD` more: exactly that (no doubling), so what a
+            // header claims costs no more than the payload limit allows.
             let room = need.max(self.filled + READ_AHEAD);
             if self.buf.len() < room {
+                self.buf.reserve_exact(room - self.buf.len());
                 self.buf.resize(room, 0);
             }
             let mut read = ReadBuf::new(&mut self.buf[self.filled..room]);

@@ -51,7 +51,6 @@ pub struct Reader {
     rates: Rates,
     /// A message split over continuation frames, bounded by the same limit as whole ones.
     partial: Option<Vec<u8>>,
-    clock: tokio::time::Instant,
 }
 
 /// The close code and reason for a read that failed.
@@ -72,18 +71,18 @@ fn too_big(app: &App) -> (u16, &'static str) {
 }
 
 impl Reader {
-    pub fn new(app: &App, session: Session, clock: tokio::time::Instant) -> Self {
+    pub fn new(app: &App, session: Session) -> Self {
+        let clock = session.deadline().clock();
         Self {
             session,
             rates: Rates::new(app, elapsed_ms(clock)),
             partial: None,
-            clock,
         }
     }
 
-    /// The connection's clock (ms since it started are its timestamps).
+    /// The connection's clock (ms since it started are its timestamps): the session's.
     pub fn clock(&self) -> tokio::time::Instant {
-        self.clock
+        self.session.deadline().clock()
     }
 
     /// Takes one client frame, received at `now` (ms on the connection's clock).
@@ -171,15 +170,8 @@ impl Reader {
         conn: &Connection,
         text: &[u8],
     ) -> Result<(), (u16, &'static str)> {
-        handle_op(
-            app,
-            conn,
-            &mut self.session,
-            text,
-            &mut self.rates,
-            self.clock,
-        )
-        .await
+        let clock = self.clock();
+        handle_op(app, conn, &mut self.session, text, &mut self.rates, clock).await
     }
 }
 

@@ -65,6 +65,11 @@ impl Deadline {
         self.at.store(NONE, Ordering::Release);
     }
 
+    /// The connection's clock, which deadlines count from.
+    pub fn clock(&self) -> Instant {
+        self.clock
+    }
+
     /// The raw value, to tell whether it changed since a timer was armed.
     pub fn raw(&self) -> u64 {
         self.at.load(Ordering::Acquire)
