@@ -248,82 +248,73 @@ pub struct SseStream {
 
 impl SseStream {
     /// Consumes the request head, writes the response head and streams until either side ends
-    /// it. `permit`, the connection's, is held until then. (Not an `async fn`: that would be one
-    /// more future holding the stream's parts.)
-    pub fn run(self, permit: Permit) -> impl Future<Output = ()> + Send + 'static {
-        let Self {
-            stream,
-            head_len,
-            response_head,
-            body,
-        } = self;
-        stream_to(stream, head_len, response_head, body, permit)
-    }
-}
-
-/// The stream's task. Its future is what an idle SSE connection costs besides its outbox, so
-/// whatever only the start or the end needs (the head buffers, the end-of-stream timeouts) is
-/// on the heap while it is needed, not in the future.
-async fn stream_to(
-    mut stream: TcpStream,
-    head_len: usize,
-    mut response_head: Vec<u8>,
-    mut body: Box<SseBody>,
-    permit: Permit,
-) {
-    let mut head = vec![0u8; head_len];
-    if let Some(preamble) = body.take_preamble() {
-        response_head.extend_from_slice(&preamble);
-    }
-    if stream.read_exact(&mut head).await.is_err()
-        || stream.write_all(&response_head).await.is_err()
-    {
-        return;
-    }
-    drop(head);
-    drop(response_head);
-    // From here the hub writes events to the socket itself while the stream is idle; this task
-    // writes only what was queued (see `hub::outbox`).
-    let socket = body.attach_socket(stream);
-    let (mut read, mut write) = (ReadHalf(socket.clone()), WriteHalf(socket));
-    // The client sends nothing more; EOF means it hung up (as hyper would notice by reading),
-    // found at once instead of at the next heartbeat.
-    let gone = client_gone(&mut read);
-    tokio::pin!(gone);
-    loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = &mut gone => return,
-        };
-        let Some(Ok(frame)) = frame else { break };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let pending = write.write_all(&data);
-        tokio::pin!(pending);
-        tokio::select! {
-            res = &mut pending => if res.is_err() { return },
-            () = &mut gone => return,
-            () = body.closed() => {
-                // The stream is closing (it overflowed, or the server drains) while a peer that
-                // stopped reading may block this write: it gets the notice deadline to finish
-                // (whole events), then the closing event follows under the same deadline.
-                let rest = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending));
-                if !matches!(rest.await, Ok(Ok(()))) {
-                    return;
+    /// it. `permit`, the connection's, is held until then.
+    ///
+    /// This future is what an idle SSE connection costs besides its outbox, so whatever only the
+    /// start or the end needs (the head buffers, the end-of-stream timeouts) is on the heap while
+    /// it is needed, not in the future. (Not an `async fn`: that would keep a second copy of its
+    /// arguments beside the locals it moves them into, rust-lang/rust#62958.)
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self, permit: Permit) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let mut head = vec![0u8; self.head_len];
+            if let Some(preamble) = self.body.take_preamble() {
+                self.response_head.extend_from_slice(&preamble);
+            }
+            if self.stream.read_exact(&mut head).await.is_err()
+                || self.stream.write_all(&self.response_head).await.is_err()
+            {
+                return;
+            }
+            drop(head);
+            drop(std::mem::take(&mut self.response_head));
+            // From here the hub writes events to the socket itself while the stream is idle;
+            // this task writes only what was queued (see `hub::outbox`).
+            let socket = self.body.attach_socket(self.stream);
+            let (mut read, mut write) = (ReadHalf(socket.clone()), WriteHalf(socket));
+            let body = &mut self.body;
+            // The client sends nothing more; EOF means it hung up (as hyper would notice by
+            // reading), found at once instead of at the next heartbeat.
+            let gone = client_gone(&mut read);
+            tokio::pin!(gone);
+            loop {
+                let frame = tokio::select! {
+                    frame = body.frame() => frame,
+                    () = &mut gone => return,
+                };
+                let Some(Ok(frame)) = frame else { break };
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                let pending = write.write_all(&data);
+                tokio::pin!(pending);
+                tokio::select! {
+                    res = &mut pending => if res.is_err() { return },
+                    () = &mut gone => return,
+                    () = body.closed() => {
+                        // The stream is closing (it overflowed, or the server drains) while a
+                        // peer that stopped reading may block this write: it gets the notice
+                        // deadline to finish (whole events), then the closing event follows
+                        // under the same deadline.
+                        let rest = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending));
+                        if !matches!(rest.await, Ok(Ok(()))) {
+                            return;
+                        }
+                    }
                 }
             }
+            let _ = Box::pin(tokio::time::timeout(
+                FINAL_NOTICE_DEADLINE,
+                write.shutdown(),
+            ))
+            .await;
+            // Wait for the client to hang up (or the deadline): closing with its bytes unread
+            // would reset the connection, and a reset can destroy the closing event before it
+            // is read.
+            let _ = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone)).await;
+            drop(permit);
         }
     }
-    let _ = Box::pin(tokio::time::timeout(
-        FINAL_NOTICE_DEADLINE,
-        write.shutdown(),
-    ))
-    .await;
-    // Wait for the client to hang up (or the deadline): closing with its bytes unread would
-    // reset the connection, and a reset can destroy the closing event before it is read.
-    let _ = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone)).await;
-    drop(permit);
 }
 
 /// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.

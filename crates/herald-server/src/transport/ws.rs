@@ -124,7 +124,12 @@ pub fn handle(app: &Arc<App>, mut req: Request<Incoming>) -> Response<Body> {
     Response::from_parts(parts, full(Bytes::new()))
 }
 
-/// Milliseconds since `start`: cheap "last heard from the client" clock shared with the reader.
+/// How long a client may stay silent (ms) before the ping timeout closes it.
+fn ping_deadline_ms(app: &App) -> u64 {
+    (app.config.ws_ping_interval + app.config.ws_ping_timeout).as_millis() as u64
+}
+
+/// Milliseconds since `start`: cheap "last heard from the client" clock.
 fn elapsed_ms(start: tokio::time::Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
@@ -262,8 +267,7 @@ where
                 write,
                 reader,
             } = &mut self;
-            let clock = reader.clock();
-            let read_end = run(app, conn, frames, write, reader, clock).await;
+            let read_end = run(app, conn, frames, write, reader).await;
             // The end-of-connection timeouts are boxed: a timer is ~120 B and, unboxed, every
             // idle connection's task would carry the space for each of them.
             let _ = Box::pin(tokio::time::timeout(
@@ -409,7 +413,6 @@ async fn run<R, W>(
     frames: &mut FrameReader<R>,
     write: &mut W,
     reader: &mut Reader,
-    clock: tokio::time::Instant,
 ) -> Option<u16>
 where
     R: AsyncRead + Unpin,
@@ -418,8 +421,9 @@ where
     // Armed only on connections with an auth deadline; boxed so others carry 8 bytes for it.
     let mut auth_timer: Option<Pin<Box<Sleep>>> = None;
     let mut armed = u64::MAX;
+    // Read from the configuration when needed: every local here is in every idle connection's
+    // task.
     let ping_every = app.config.ws_ping_interval;
-    let deadline = (ping_every + app.config.ws_ping_timeout).as_millis() as u64;
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
     let mut last_heard = 0u64;
     let mut read_end: Option<u16> = None;
@@ -444,7 +448,9 @@ where
             closed = conn.outbox.take_into(&mut batch) => closed,
             // Cancel-safe: a read dropped here loses nothing (see `frame`).
             frame = frames.read(), if read_end.is_none() => {
-                if let Read::Done(code) = on_read(app, conn, reader, frame, &mut last_heard).await {
+                // Boxed: inline, it would add its size to every idle connection's task.
+                let read = Box::pin(on_read(app, conn, reader, frame, &mut last_heard));
+                if let Read::Done(code) = read.await {
                     read_end = Some(code);
                 }
                 continue;
@@ -461,7 +467,7 @@ where
             _ = ping.tick() => {
                 if draining {
                     conn.outbox.close(CloseReason::Shutdown);
-                } else if elapsed_ms(clock).saturating_sub(last_heard) > deadline {
+                } else if elapsed_ms(reader.clock()).saturating_sub(last_heard) > ping_deadline_ms(app) {
                     conn.outbox.close(CloseReason::Closed { code: close::PING_TIMEOUT, reason: "ping timeout" });
                 } else {
                     conn.outbox.push(Item::raw(protocol::frame(Opcode::Ping, b"")));
@@ -531,7 +537,8 @@ where
                     Err(_) => return read_end,
                 },
                 frame = frames.read(), if read_end.is_none() => {
-                    if let Read::Done(code) = on_read(app, conn, reader, frame, &mut last_heard).await {
+                    let read = Box::pin(on_read(app, conn, reader, frame, &mut last_heard));
+                    if let Read::Done(code) = read.await {
                         read_end = Some(code);
                     }
                 }
