@@ -538,21 +538,23 @@ impl Outbox {
     /// in [`Outbox::take_into`]). It waits in the writer's waker slot, so only the writer's task
     /// may call it; a push meanwhile wakes it for nothing, which is harmless.
     pub async fn closed(&self) {
-        std::future::poll_fn(|cx| {
-            let mut inner = self.inner.lock();
-            if inner.closed.is_some() {
-                return Poll::Ready(());
-            }
-            if !inner
-                .waker
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                inner.waker = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
+    }
+
+    /// [`Outbox::closed`] for a hand-written future.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inner = self.inner.lock();
+        if inner.closed.is_some() {
+            return Poll::Ready(());
+        }
+        if !inner
+            .waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            inner.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Moves everything queued into `into` (which the caller has emptied), or registers the

@@ -131,13 +131,12 @@ pub async fn open(
     let heartbeat = app.config.sse_heartbeat;
     let envelope = query::first(q, "envelope").is_some_and(|v| matches!(&*v, "true" | "1"));
     let body = SseBody {
-        preamble: Some(sse::retry(app.config.sse_retry.as_millis() as u64)),
+        preamble: true,
         conn,
         ids: IdsAt::Here(Ids {
             envelope,
             ..Ids::default()
         }),
-        heartbeat_every: heartbeat,
         heartbeat: Box::pin(tokio::time::sleep(heartbeat)),
         expires: who
             .as_ref()
@@ -153,18 +152,36 @@ pub async fn open(
 /// Room reserved per message for its `id:` line (a one-channel token is ~40 bytes).
 const ID_LINE_ESTIMATE: usize = 64;
 
-/// A stream's position in each channel, written as every event's `id:` line, the scratch the
-/// line is rendered in, and how the stream renders messages.
+thread_local! {
+    /// The scratch an `id:` line is rendered in: one per thread, not one per stream (an idle
+    /// stream would keep its last id's allocation), and no allocation per event.
+    static ID_SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// A stream's position in each channel, written as every event's `id:` line, and how the
+/// stream renders messages.
 #[derive(Default)]
 pub struct Ids {
     token: ResumeToken,
-    id: String,
     /// `?envelope=true`: each message's `data:` is its JSON object (channel, offset, sender,
     /// data) as WebSocket delivers it.
     envelope: bool,
 }
 
 impl Ids {
+    /// Calls `f` with the token rendered as an `id:` value.
+    fn with_id<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        ID_SCRATCH.with_borrow_mut(|id| {
+            id.clear();
+            self.token.write_to(id);
+            let r = f(id);
+            if id.capacity() > 4096 {
+                // A token of many channels: not kept for the thread's lifetime.
+                *id = String::new();
+            }
+            r
+        })
+    }
     /// The shared event a message is written as on this stream.
     fn event_of<'d>(&self, d: &'d Delivery) -> &'d Bytes {
         if self.envelope {
@@ -190,9 +207,7 @@ impl Ids {
             Item::Message(d) => {
                 self.token
                     .advance(&d.msg.channel, &d.msg.epoch, d.msg.offset);
-                self.id.clear();
-                self.token.write_to(&mut self.id);
-                sse::id_line(out, &self.id);
+                self.with_id(|id| sse::id_line(out, id));
                 out.extend_from_slice(self.event_of(d));
                 return Some(d.msg.published_at_us);
             }
@@ -202,9 +217,9 @@ impl Ids {
                     s.channel, s.position.offset, s.position.epoch, s.recovered
                 );
                 self.token.set(&s.channel, s.position.clone());
-                self.id.clear();
-                self.token.write_to(&mut self.id);
-                out.extend_from_slice(&sse::event(Some(&self.id), "herald.subscribed", &data));
+                self.with_id(|id| {
+                    out.extend_from_slice(&sse::event(Some(id), "herald.subscribed", &data));
+                });
             }
             Item::Raw(bytes) => out.extend_from_slice(bytes),
         }
@@ -258,12 +273,11 @@ impl Wire for SseSocket {
 
 /// The event stream of one SSE connection.
 pub struct SseBody {
-    /// `retry:`, sent first.
-    preamble: Option<Bytes>,
+    /// `retry:` is still to be sent first (rendered then: not held by every stream).
+    preamble: bool,
     conn: Connection,
     /// This stream's position in each channel, written as every event's `id:`.
     ids: IdsAt,
-    heartbeat_every: std::time::Duration,
     /// Fires after a quiet period; any write by this body resets it.
     heartbeat: Pin<Box<Sleep>>,
     /// Fires when the subscriber's token expires (only streams opened with a token have one).
@@ -288,15 +302,16 @@ impl SseBody {
         self.conn.hold(permit);
     }
 
-    /// Resolves once the stream's outbox is closed: for the task writing the stream while a
+    /// Ready once the stream's outbox is closed: for the task writing the stream while a
     /// write blocks (see [`crate::hub::Outbox::closed`]).
-    pub fn closed(&self) -> impl Future<Output = ()> + Send + '_ {
-        self.conn.outbox.closed()
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.conn.outbox.poll_closed(cx)
     }
 
     /// The `retry:` line, for a caller that writes it with the response head.
     pub fn take_preamble(&mut self) -> Option<Bytes> {
-        self.preamble.take()
+        std::mem::take(&mut self.preamble)
+            .then(|| sse::retry(self.conn.app.config.sse_retry.as_millis() as u64))
     }
 
     /// Moves the stream onto `tcp` for direct writes by the hub: call once the response head
@@ -369,7 +384,7 @@ impl SseBody {
             // The timer times the drain now (see `shutdown`).
             return;
         }
-        let next = Instant::now() + self.heartbeat_every;
+        let next = Instant::now() + self.conn.app.config.sse_heartbeat;
         self.heartbeat.as_mut().reset(next);
     }
 }
@@ -386,7 +401,7 @@ impl hyper::body::Body for SseBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(p) = this.preamble.take() {
+        if let Some(p) = this.take_preamble() {
             return Poll::Ready(Some(Ok(Frame::data(p))));
         }
         if let Some(shutdown) = this.shutdown.as_mut()
@@ -429,6 +444,11 @@ impl hyper::body::Body for SseBody {
                     .outbox
                     .push(Item::raw(Bytes::from_static(sse::HEARTBEAT)));
                 continue;
+            }
+            // Nothing queued: the stream idles, and does not keep its batch buffer meanwhile
+            // (a busy stream keeps it from batch to batch; see `Outbox::poll_take`).
+            if this.batch.capacity() != 0 {
+                this.batch = VecDeque::new();
             }
             return Poll::Pending;
         }

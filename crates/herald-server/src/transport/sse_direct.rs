@@ -16,19 +16,26 @@
 //! hyper to serve, except a head hyper would refuse outright, which is answered here with a JSON
 //! error (hyper's own answer has no body).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
 
+use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
-use hyper::Response;
+use hyper::{Response, body::Body as _};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    time::Instant,
+    time::{Instant, Sleep},
 };
 
 use super::{
     FINAL_NOTICE_DEADLINE,
-    socket::{ReadHalf, WriteHalf},
+    socket::{self, AsTcp},
     sse::{self, SseBody, SseSocket},
 };
 use crate::{
@@ -248,77 +255,150 @@ pub struct SseStream {
 
 impl SseStream {
     /// Consumes the request head, writes the response head and streams until either side ends
-    /// it. `permit`, the connection's, is held until then.
+    /// it. `permit`, the connection's, is held until then (by [`Streaming`]).
     ///
-    /// This future is what an idle SSE connection costs besides its outbox, so whatever only the
-    /// start or the end needs (the head buffers, the end-of-stream timeouts) is on the heap while
-    /// it is needed, not in the future. (Not an `async fn`: that would keep a second copy of its
-    /// arguments beside the locals it moves them into, rust-lang/rust#62958.)
+    /// This future is what an idle SSE connection costs besides its outbox and socket, so it
+    /// holds the [`Streaming`] state inline (the body included: one allocation fewer) and
+    /// whatever only the start or the end needs (the head buffers, the end-of-stream timeouts)
+    /// is on the heap while it is needed. (Not an `async fn`: that would keep a second copy of
+    /// its arguments beside the locals it moves them into, rust-lang/rust#62958.)
     #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self, permit: Permit) -> impl Future<Output = ()> + Send + 'static {
+    pub fn run(self, permit: Permit) -> impl Future<Output = ()> + Send + 'static {
+        // Boxed, and made before the task's future, which therefore holds a pointer, not the
+        // stream's parts (what a future captures it keeps until it ends).
+        let start = Box::pin(self.start(permit));
         async move {
-            let mut head = vec![0u8; self.head_len];
-            if let Some(preamble) = self.body.take_preamble() {
-                self.response_head.extend_from_slice(&preamble);
-            }
-            if self.stream.read_exact(&mut head).await.is_err()
-                || self.stream.write_all(&self.response_head).await.is_err()
-            {
+            let Some(mut streaming) = start.await else {
                 return;
+            };
+            if (&mut streaming).await {
+                let _ = socket::shutdown_write(streaming.socket.tcp());
+                // Wait for the client to hang up (or the deadline): closing with its bytes
+                // unread would reset the connection, and a reset can destroy the closing event
+                // before it is read.
+                let gone = std::future::poll_fn(|cx| streaming.poll_gone(cx));
+                let _ = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone)).await;
             }
-            drop(head);
-            drop(std::mem::take(&mut self.response_head));
-            // From here the hub writes events to the socket itself while the stream is idle;
-            // this task writes only what was queued (see `hub::outbox`).
-            let socket = self.body.attach_socket(self.stream);
-            let (mut read, mut write) = (ReadHalf(socket.clone()), WriteHalf(socket));
-            let body = &mut self.body;
-            // The client sends nothing more; EOF means it hung up (as hyper would notice by
-            // reading), found at once instead of at the next heartbeat.
-            let gone = client_gone(&mut read);
-            tokio::pin!(gone);
-            loop {
-                let frame = tokio::select! {
-                    frame = body.frame() => frame,
-                    () = &mut gone => return,
-                };
-                let Some(Ok(frame)) = frame else { break };
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let pending = write.write_all(&data);
-                tokio::pin!(pending);
-                tokio::select! {
-                    res = &mut pending => if res.is_err() { return },
-                    () = &mut gone => return,
-                    () = body.closed() => {
-                        // The stream is closing (it overflowed, or the server drains) while a
-                        // peer that stopped reading may block this write: it gets the notice
-                        // deadline to finish (whole events), then the closing event follows
-                        // under the same deadline.
-                        let rest = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, pending));
-                        if !matches!(rest.await, Ok(Ok(()))) {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = Box::pin(tokio::time::timeout(
-                FINAL_NOTICE_DEADLINE,
-                write.shutdown(),
-            ))
-            .await;
-            // Wait for the client to hang up (or the deadline): closing with its bytes unread
-            // would reset the connection, and a reset can destroy the closing event before it
-            // is read.
-            let _ = Box::pin(tokio::time::timeout(FINAL_NOTICE_DEADLINE, gone)).await;
-            drop(permit);
         }
+    }
+
+    /// Consumes the request head and writes the response head with the preamble; then the hub
+    /// writes events to the socket itself while the stream is idle, and the stream's task writes
+    /// only what was queued (see `hub::outbox`). `None`: the client went.
+    async fn start(mut self, permit: Permit) -> Option<Streaming> {
+        let mut head = vec![0u8; self.head_len];
+        if let Some(preamble) = self.body.take_preamble() {
+            self.response_head.extend_from_slice(&preamble);
+        }
+        if self.stream.read_exact(&mut head).await.is_err()
+            || self.stream.write_all(&self.response_head).await.is_err()
+        {
+            return None;
+        }
+        let mut body = *self.body;
+        let socket = body.attach_socket(self.stream);
+        Some(Streaming {
+            body,
+            socket,
+            pending: Bytes::new(),
+            deadline: None,
+            _permit: permit,
+        })
     }
 }
 
-/// Resolves when the peer closes its side (or the socket fails); ignores anything it sends.
-async fn client_gone(read: &mut ReadHalf<SseSocket>) {
-    let mut byte = [0u8; 1];
-    while let Ok(1..) = read.read(&mut byte).await {}
+/// An open SSE stream on its socket, written by hand as a future so that an idle stream's task
+/// holds only this: its body, its socket and the frame being written. Ready with `true` when
+/// the body ended (its closing event is written), `false` when the client hung up or a write
+/// failed or timed out.
+struct Streaming {
+    body: SseBody,
+    socket: Arc<SseSocket>,
+    /// What is left to write of the body's current frame.
+    pending: Bytes,
+    /// Set when the stream closed (it overflowed, or the server drains) while `pending` was
+    /// blocked: a peer that stopped reading gets the notice deadline to take the frame.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The connection's, held until the stream ends.
+    _permit: Permit,
+}
+
+impl Streaming {
+    /// Ready when the peer closes its side (or the socket fails); reads and ignores anything it
+    /// sends. The client sends nothing more, so EOF means it hung up (as hyper would notice by
+    /// reading), found at once instead of at the next heartbeat.
+    fn poll_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let tcp = self.socket.tcp();
+        let mut byte = [0u8; 1];
+        loop {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            match tcp.try_read(&mut byte) {
+                Ok(1..) => {}
+                // Readiness was stale; `try_read` cleared it, so the next poll waits.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Ok(0) | Err(_) => return Poll::Ready(()),
+            }
+        }
+    }
+
+    /// Writes what is left of `pending`; ready once all of it is written.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let tcp = self.socket.tcp();
+        while !self.pending.is_empty() {
+            ready!(tcp.poll_write_ready(cx))?;
+            match tcp.try_write(&self.pending) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.pending.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // The frame's buffer, not kept while the stream idles (an advanced `Bytes` keeps it).
+        self.pending = Bytes::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Future for Streaming {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = &mut *self;
+        if this.poll_gone(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        loop {
+            match this.poll_write(cx) {
+                Poll::Ready(Ok(())) => this.deadline = None,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => {
+                    // A write blocked on a peer that stopped reading while the stream closes:
+                    // it gets the deadline to finish (whole events), then the closing event
+                    // follows under a deadline of its own.
+                    if this.deadline.is_none() && this.body.poll_closed(cx).is_ready() {
+                        this.deadline = Some(Box::pin(tokio::time::sleep(FINAL_NOTICE_DEADLINE)));
+                    }
+                    if let Some(deadline) = this.deadline.as_mut()
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(false);
+                    }
+                    return Poll::Pending;
+                }
+            }
+            match Pin::new(&mut this.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.pending = data;
+                    }
+                }
+                Poll::Ready(None | Some(Err(_))) => return Poll::Ready(true),
+            }
+        }
+    }
 }
