@@ -23,24 +23,25 @@ use herald_core::ChannelName;
 const SLOTS: u16 = 16384;
 
 pub(crate) fn meta(c: &ChannelName) -> String {
-    format!("herald:{{{c}}}:m")
+    Key::meta(c).to_string()
 }
 
 pub(crate) fn stream(c: &ChannelName) -> String {
-    format!("herald:{{{c}}}:s")
+    Key::stream(c).to_string()
 }
 
 #[cfg(test)]
 pub(crate) fn idempotency(c: &ChannelName, key: &str) -> String {
-    format!("herald:{{{c}}}:i:{key}")
+    Key::idempotency(c, &[":i:", key]).to_string()
 }
 
 pub(crate) fn backbone(c: &ChannelName) -> String {
-    format!("herald:{{{c}}}")
+    Key::backbone(c).to_string()
 }
 
-/// A key of channel `c` (`herald:{c}<suffix>`) written straight into a command's buffer: what
-/// the publish path uses instead of the `String`s above (no allocation per key per publish).
+/// A key of channel `c` (`herald:{c}<suffix>`): the one spelling of the per-channel layout.
+/// The publish path writes it straight into a command's buffer (no allocation per key per
+/// publish); the `String`s above are its `Display`.
 pub(crate) struct Key<'a> {
     channel: &'a ChannelName,
     suffix: &'a [&'a str],
@@ -74,18 +75,30 @@ impl<'a> Key<'a> {
     }
 }
 
+impl Key<'_> {
+    /// The key's pieces in order; both renderings below concatenate them.
+    fn pieces(&self) -> impl Iterator<Item = &str> {
+        ["herald:{", self.channel.as_str(), "}"]
+            .into_iter()
+            .chain(self.suffix.iter().copied())
+    }
+}
+
+impl std::fmt::Display for Key<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.pieces().try_for_each(|p| f.write_str(p))
+    }
+}
+
 impl redis::ToRedisArgs for Key<'_> {
     fn write_redis_args<W>(&self, out: &mut W)
     where
         W: ?Sized + redis::RedisWrite,
     {
         let mut w = out.writer_for_next_arg();
-        // Writing into the command's own buffer cannot fail.
-        let _ = std::io::Write::write_all(&mut w, b"herald:{");
-        let _ = std::io::Write::write_all(&mut w, self.channel.as_str().as_bytes());
-        let _ = std::io::Write::write_all(&mut w, b"}");
-        for part in self.suffix {
-            let _ = std::io::Write::write_all(&mut w, part.as_bytes());
+        for piece in self.pieces() {
+            // Writing into the command's own buffer cannot fail.
+            let _ = std::io::Write::write_all(&mut w, piece.as_bytes());
         }
     }
 }
